@@ -1,0 +1,1 @@
+"""CLI verbs. Each module has `register(app: typer.Typer)`; keep them thin."""

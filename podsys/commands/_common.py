@@ -1,0 +1,47 @@
+"""What every command shares: turning errors into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from podsys.errors import InputError, PodsysError
+
+console = Console()
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_FAILURE, EXIT_INPUT = 0, 1, 2
+
+F = TypeVar("F", bound=Callable)
+
+
+def guarded(fn: F) -> F:
+    """Bad input -> every problem on its own line, exit 2; other podsys failures -> exit 1.
+    Never a traceback for either."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as exc:
+            for problem in exc.problems:
+                err_console.print(f"error: {problem}", markup=False)
+            raise typer.Exit(EXIT_INPUT) from None
+        except PodsysError as exc:
+            err_console.print(f"error: {exc}", markup=False)
+            raise typer.Exit(EXIT_FAILURE) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> None:
+    err_console.print(f"error: {message}", markup=False)
+    sys.stderr.flush()
+    raise typer.Exit(code)
