@@ -41,8 +41,9 @@ class Head(Strict):
     hostname: str = Field(pattern=DNS_LABEL)
     interface: str = Field(description="head NIC on the provision network")
     address: IPv4Address
-    ssh_user: str = "root"
-    ssh_port: int = 22
+    ssh_address: IPv4Address | None = Field(
+        default=None, description="address podsys uses to reach the head over SSH (default: address)"
+    )
 
 
 class Network(Strict):
@@ -176,6 +177,17 @@ class BMCCredentials(Strict):
     password_file: str = Field(description="file holding the BMC password (0600); never inline")
 
 
+class Access(Strict):
+    """How podsys reaches nodes over SSH. Run from the head itself, the defaults fit; run from a
+    workstation (or the lab's host), `via_head: true` jumps through the head like a bastion."""
+
+    user: str = "root"
+    port: int = 22
+    private_key_file: str | None = Field(default=None, description="relative to the manifest")
+    known_hosts_file: str | None = Field(default=None, description="relative to the manifest")
+    via_head: bool = False
+
+
 class Manifest(Strict):
     apiVersion: Literal["podsys/v1"]
     kind: Literal["Cluster"]
@@ -197,3 +209,4 @@ class Manifest(Strict):
     infiniband: InfiniBandOptions = Field(default_factory=InfiniBandOptions)
     provisioning: Provisioning = Field(default_factory=Provisioning)
     bmc: BMCCredentials | None = None
+    access: Access = Field(default_factory=Access)
