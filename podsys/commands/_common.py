@@ -28,8 +28,7 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except InputError as exc:
-            for problem in exc.problems:
-                err_console.print(f"error: {problem}", markup=False)
+            report_problems(exc.problems)
             raise typer.Exit(EXIT_INPUT) from None
         except PodsysError as exc:
             err_console.print(f"error: {exc}", markup=False)
@@ -39,6 +38,19 @@ def guarded(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+MAX_PROBLEMS_SHOWN = 100
+
+
+def report_problems(problems) -> None:
+    """Every problem on its own line; past MAX_PROBLEMS_SHOWN a count (a CSV with thousands of
+    bad rows would otherwise bury the first, most useful lines)."""
+    for problem in problems[:MAX_PROBLEMS_SHOWN]:
+        err_console.print(f"error: {problem}", markup=False)
+    hidden = len(problems) - MAX_PROBLEMS_SHOWN
+    if hidden > 0:
+        err_console.print(f"error: ... and {hidden} more problems ({len(problems)} in all)", markup=False)
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
