@@ -169,6 +169,11 @@ class Provisioning(Strict):
     root_password_hash: str | None = Field(default=None, description="crypt(3) hash, never plain text")
     http_port: int = 80
     default_boot_state: Literal["install", "local"] = "install"
+    status_port: int = Field(default=8081, ge=1, le=65535, description="head port receiving installer callbacks")
+    root_authorized_keys: list[str] = Field(
+        default_factory=list,
+        description="public keys for root on installed nodes (the access key's .pub is added when present)",
+    )
 
 
 class BMCCredentials(Strict):

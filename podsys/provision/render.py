@@ -1,0 +1,366 @@
+"""Render the head's boot services and every node's unattended installer configuration.
+
+`render_files(cluster)` is pure and deterministic: the same cluster gives the same bytes. Its
+output lands under `provision/` in the build directory; the `provision` Ansible role copies it
+onto the head (dnsmasq, nginx, the boot tree) and `podsys.provision.state` picks each node's
+active iPXE script from the two rendered variants (`install` / `local`).
+
+Boot tree layout (served by nginx at http://HEAD[:PORT]/boot/):
+  ipxe/boot.ipxe                entry script every iPXE client gets from DHCP
+  ipxe/install/<mac>.ipxe       boots the installer with this node's config URL
+  ipxe/local/<mac>.ipxe         boots from the local disk
+  ipxe/nodes/<mac>.ipxe         the active one (a copy written on the head by state.py)
+  nodes/<name>/...              installer config (user-data + meta-data | ks.cfg | preseed.cfg)
+  media/<os>/vmlinuz, initrd    installer kernel and initrd (`podsys provision media add`)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from podsys.errors import InputError, Problem
+from podsys.model import Cluster, NodeSpec
+
+# crypt(3) hashes: yescrypt ($y$), SHA-512/256 ($6$/$5$), bcrypt ($2b$ ...). Plain text is refused.
+CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")
+SSH_KEY_RE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(\s+.*)?$")
+
+SUPPORTED_OS = ("ubuntu-22.04", "ubuntu-24.04", "rocky-9", "debian-12")
+DEBIAN_SUITES = {"12": "bookworm"}
+CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8"
+
+
+@dataclass(frozen=True)
+class HeadPaths:
+    """Where things live on the head. The role's defaults use these; tests pass their own."""
+
+    boot_root: str = "/srv/podsys/boot"
+    repo_root: str = "/srv/podsys/repo"
+    tftp_root: str = "/srv/podsys/tftp"
+    leases_file: str = "/var/lib/misc/podsys-dnsmasq.leases"
+    access_log: str = "/var/log/nginx/podsys-access.log"
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """First-stage iPXE binaries in the TFTP root (Debian's `ipxe` package ships the x86 ones)."""
+
+    bios: str = "undionly.kpxe"
+    efi_x86_64: str = "snponly.efi"
+    efi_arm64: str = "ipxe-arm64.efi"
+
+
+DEFAULT_PATHS = HeadPaths()
+DEFAULT_BOOT_FILES = BootFiles()
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the templates need to know about one node."""
+
+    name: str
+    fqdn: str
+    mac: str
+    mac_file: str  # aa-bb-cc-dd-ee-ff: how iPXE's ${netX/mac:hexhyp} spells it
+    ip: str
+    prefix: int
+    netmask: str
+    gateway: str | None
+    dns: tuple[str, ...]
+    mtu: int | None
+    disk: str
+    disk_short: str  # sda, nvme0n1, disk/by-id/...: anaconda wants no /dev/
+    pxe: bool
+    config_url: str
+    callback_url: str
+
+
+@dataclass(frozen=True)
+class Urls:
+    base: str  # http://HEAD[:PORT]
+    boot: str
+    repo: str
+    callback: str
+    webhook: str
+
+
+def urls_for(cluster: Cluster) -> Urls:
+    m = cluster.manifest
+    port = m.provisioning.http_port
+    base = f"http://{m.head.address}" + ("" if port == 80 else f":{port}")
+    status = f"http://{m.head.address}:{m.provisioning.status_port}/api/v1"
+    return Urls(base=base, boot=f"{base}/boot", repo=f"{base}/repo/{m.os.distro}",
+                callback=f"{status}/callback", webhook=f"{status}/webhook")
+
+
+def mac_filename(mac: str) -> str:
+    return mac.lower().replace(":", "-")
+
+
+def boot_nodes(cluster: Cluster) -> list[NodeSpec]:
+    """Nodes the head answers DHCP for: every node with a MAC (PXE or not)."""
+    return [n for n in cluster.nodes if n.mac]
+
+
+def _dns_servers(cluster: Cluster) -> tuple[str, ...]:
+    m = cluster.manifest
+    servers = [str(a) for a in m.networks.provision.dns]
+    if m.provisioning.dns and str(m.head.address) not in servers:
+        servers.insert(0, str(m.head.address))
+    return tuple(servers)
+
+
+def node_view(cluster: Cluster, node: NodeSpec, urls: Urls) -> NodeView:
+    net = cluster.manifest.networks.provision
+    disk = node.disk
+    return NodeView(
+        name=node.name,
+        fqdn=node.fqdn,
+        mac=node.mac or "",
+        mac_file=mac_filename(node.mac or ""),
+        ip=node.provision_ip,
+        prefix=net.cidr.prefixlen,
+        netmask=str(net.cidr.netmask),
+        gateway=str(net.gateway) if net.gateway else None,
+        dns=_dns_servers(cluster),
+        mtu=net.mtu,
+        disk=disk,
+        disk_short=disk[len("/dev/"):] if disk.startswith("/dev/") else disk,
+        pxe=node.pxe,
+        config_url=f"{urls.boot}/nodes/{node.name}/",
+        callback_url=urls.callback,
+    )
+
+
+@lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("podsys", "templates/provision"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def _render(template: str, **context) -> str:
+    return _env().get_template(template).render(**context)
+
+
+def root_password_hash(cluster: Cluster) -> str | None:
+    """The crypt(3) hash for root, or None. Anything that is not a hash is refused, and the
+    error never repeats the value (it may be a plain-text password typed by mistake)."""
+    value = cluster.manifest.provisioning.root_password_hash
+    if value is None:
+        return None
+    if not CRYPT_HASH_RE.match(value):
+        raise InputError(Problem(str(cluster.manifest_path), None, "provisioning.root_password_hash",
+                                 "is not a crypt(3) hash (create one with `mkpasswd -m sha-512` or `openssl passwd -6`)"))
+    return value
+
+
+def root_authorized_keys(cluster: Cluster) -> list[str]:
+    """provisioning.root_authorized_keys plus the public half of access.private_key_file
+    (<key>.pub next to it) when that file exists: the key podsys itself logs in with."""
+    m = cluster.manifest
+    keys = [k.strip() for k in m.provisioning.root_authorized_keys if k.strip()]
+    for key in keys:
+        if not SSH_KEY_RE.match(key):
+            raise InputError(Problem(str(cluster.manifest_path), None, "provisioning.root_authorized_keys",
+                                     f"not an OpenSSH public key: {key[:24]}..."))
+    if m.access.private_key_file:
+        pub = cluster.base_dir / (m.access.private_key_file + ".pub")
+        if pub.is_file():
+            text = pub.read_text().strip()
+            if text and text not in keys:
+                keys.append(text)
+    return keys
+
+
+def _ubuntu_user_data(cluster: Cluster, node: NodeView, keys: list[str], pw_hash: str | None, urls: Urls) -> str:
+    cb = node.callback_url
+
+    def callback(query: str) -> str:
+        return f"curl -fsS -m 10 -o /dev/null '{cb}?{query}' || true"
+
+    ethernet: dict = {"match": {"macaddress": node.mac}, "addresses": [f"{node.ip}/{node.prefix}"]}
+    if node.gateway:
+        ethernet["routes"] = [{"to": "default", "via": node.gateway}]
+    if node.dns:
+        ethernet["nameservers"] = {"addresses": list(node.dns), "search": [cluster.manifest.metadata.domain]}
+    if node.mtu:
+        ethernet["mtu"] = node.mtu
+    keys_b64 = base64.b64encode(("\n".join(keys) + "\n").encode()).decode() if keys else ""
+    late = [callback("event=stage&stage=configuring")]
+    late.append("mkdir -p -m 0700 /target/root/.ssh")
+    if keys_b64:
+        late.append(f"echo '{keys_b64}' | base64 -d > /target/root/.ssh/authorized_keys")
+        late.append("chmod 0600 /target/root/.ssh/authorized_keys")
+    if pw_hash:
+        late.append(f"curtin in-target --target=/target -- usermod -p '{pw_hash}' root")
+    late.append(f"echo '{node.name}' > /target/etc/hostname")
+    late.append(callback("event=finish"))
+    autoinstall = {
+        "version": 1,
+        "refresh-installer": {"update": False},
+        "locale": "en_US.UTF-8",
+        "keyboard": {"layout": "us"},
+        "timezone": "UTC",
+        "network": {"version": 2, "ethernets": {"provision": ethernet}},
+        "apt": {
+            "preserve_sources_list": False,
+            "geoip": False,
+            "primary": [{"arches": ["default"], "uri": urls.repo}],
+            "fallback": "abort",
+        },
+        "storage": {"layout": {"name": "direct", "match": {"path": node.disk}}},
+        "ssh": {"install-server": True, "allow-pw": False},
+        "packages": ["curl", "python3"],
+        "updates": "security",
+        "early-commands": [callback("event=start")],
+        "late-commands": late,
+        "error-commands": [callback("event=fail&message=subiquity+error")],
+        "reporting": {"podsys": {"type": "webhook", "endpoint": urls.webhook}},
+        # Root logs in with the head's key: cloud-init must not turn root's keys into a
+        # "please log in as ubuntu" stub on first boot.
+        "user-data": {
+            "disable_root": False,
+            "ssh_pwauth": False,
+            "hostname": node.name,
+            "fqdn": node.fqdn,
+        },
+        "shutdown": "reboot",
+    }
+    header = (
+        "#cloud-config\n"
+        f"# Ubuntu autoinstall for {node.name}, rendered by podsys for cluster {cluster.name}.\n"
+        f"# Installs onto {node.disk} only.\n"
+    )
+    return header + yaml.safe_dump({"autoinstall": autoinstall}, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def _meta_data(node: NodeView) -> str:
+    return f"instance-id: podsys-{node.name}\nlocal-hostname: {node.name}\n"
+
+
+def _kernel_args(cluster: Cluster, node: NodeView, urls: Urls) -> str:
+    os_spec = cluster.manifest.os
+    if os_spec.distro == "ubuntu":
+        # casper fetches the live ISO into RAM; the installer then reads our NoCloud seed.
+        return (f"ip=dhcp url={urls.boot}/media/{os_spec.key}/ubuntu.iso autoinstall "
+                f"ds=nocloud-net;s={node.config_url} cloud-config-url=/dev/null {CONSOLE_ARGS}")
+    if os_spec.distro == "rocky":
+        return (f"ip=dhcp inst.stage2={urls.boot}/media/{os_spec.key}/ inst.ks={node.config_url}ks.cfg "
+                f"inst.text {CONSOLE_ARGS}")
+    # debian-installer reads the preseed over a network it configures statically from these.
+    gateway = node.gateway or ""
+    return (f"auto=true priority=critical url={node.config_url}preseed.cfg "
+            f"netcfg/choose_interface={node.mac} netcfg/disable_autoconfig=true "
+            f"netcfg/get_ipaddress={node.ip} netcfg/get_netmask={node.netmask} "
+            f"netcfg/get_gateway={gateway} netcfg/get_nameservers={','.join(node.dns)} "
+            f"netcfg/confirm_static=true hostname={node.name} domain={cluster.manifest.metadata.domain} "
+            f"{CONSOLE_ARGS}")
+
+
+def _repo_parts(cluster: Cluster, urls: Urls) -> dict:
+    os_spec = cluster.manifest.os
+    if os_spec.distro == "rocky":
+        major = os_spec.version.split(".")[0]
+        return {"baseos": f"{urls.repo}/{major}/BaseOS/x86_64/os/",
+                "appstream": f"{urls.repo}/{major}/AppStream/x86_64/os/"}
+    host = urls.base[len("http://"):]
+    return {"host": host, "directory": f"/repo/{os_spec.distro}"}
+
+
+def installer_files(cluster: Cluster, node: NodeView, urls: Urls, keys: list[str], pw_hash: str | None) -> dict[str, str]:
+    """Relative path (under the boot tree) -> content, for one node's installer config."""
+    os_spec = cluster.manifest.os
+    base = f"nodes/{node.name}"
+    ctx = dict(cluster_name=cluster.name, node=node, os_key=os_spec.key, root_keys=keys,
+               root_password_hash=pw_hash, repo=_repo_parts(cluster, urls), domain=cluster.manifest.metadata.domain)
+    if os_spec.distro == "ubuntu":
+        return {f"{base}/user-data": _ubuntu_user_data(cluster, node, keys, pw_hash, urls),
+                f"{base}/meta-data": _meta_data(node),
+                f"{base}/vendor-data": ""}
+    if os_spec.distro == "rocky":
+        return {f"{base}/ks.cfg": _render("kickstart.cfg.j2", **ctx)}
+    keys_b64 = base64.b64encode(("\n".join(keys) + "\n").encode()).decode() if keys else ""
+    return {f"{base}/preseed.cfg": _render("preseed.cfg.j2", suite=DEBIAN_SUITES[os_spec.version],
+                                           root_keys_b64=keys_b64, **ctx)}
+
+
+def check_supported(cluster: Cluster) -> None:
+    key = cluster.manifest.os.key
+    rocky9 = cluster.manifest.os.distro == "rocky" and cluster.manifest.os.version.split(".")[0] == "9"
+    if key not in SUPPORTED_OS and not rocky9:
+        raise InputError(Problem(str(cluster.manifest_path), None, "os",
+                                 f"no unattended installer config for {key} (supported: {', '.join(SUPPORTED_OS)})"))
+
+
+def status_nodes(cluster: Cluster) -> dict[str, dict]:
+    """The node list the status service and state.py work from (no manifest parsing on the head)."""
+    return {n.name: {"ip": n.provision_ip, "mac": n.mac, "pxe": n.pxe} for n in boot_nodes(cluster)}
+
+
+def render_files(cluster: Cluster, paths: HeadPaths = DEFAULT_PATHS,
+                 boot_files: BootFiles = DEFAULT_BOOT_FILES) -> dict[str, str]:
+    """Everything the head's boot services need, as {path under the build dir: content}."""
+    check_supported(cluster)
+    m = cluster.manifest
+    urls = urls_for(cluster)
+    keys = root_authorized_keys(cluster)
+    pw_hash = root_password_hash(cluster)
+    net = m.networks.provision
+    views = [node_view(cluster, n, urls) for n in boot_nodes(cluster)]
+    discovery = None
+    if m.provisioning.discovery.enabled:
+        d = m.provisioning.discovery
+        if d.range_start is None or d.range_end is None:
+            raise InputError(Problem(str(cluster.manifest_path), None, "provisioning.discovery",
+                                     "enabled discovery needs range_start and range_end"))
+        discovery = {"start": str(d.range_start), "end": str(d.range_end)}
+    port = m.provisioning.http_port
+    files: dict[str, str] = {}
+    files["provision/dnsmasq.conf"] = _render(
+        "dnsmasq.conf.j2", cluster_name=cluster.name, dns=m.provisioning.dns, domain=m.metadata.domain,
+        upstream_dns=[s for s in _dns_servers(cluster) if s != str(m.head.address)],
+        interface=m.head.interface, paths=paths, network=str(net.cidr.network_address),
+        netmask=str(net.cidr.netmask), discovery=discovery,
+        gateway=str(net.gateway) if net.gateway else None, dns_servers=list(_dns_servers(cluster)),
+        mtu=net.mtu, nodes=views, boot_files=boot_files, ipxe_entry_url=f"{urls.boot}/ipxe/boot.ipxe",
+    )
+    files["provision/nginx-site.conf"] = _render(
+        "nginx-site.conf.j2", cluster_name=cluster.name, listen=f"{m.head.address}:{port}",
+        cidr=str(net.cidr), paths=paths,
+    )
+    files["provision/boot/ipxe/boot.ipxe"] = _render("boot.ipxe.j2", cluster_name=cluster.name, boot_url=urls.boot)
+    media_url = f"{urls.boot}/media/{m.os.key}"
+    for view in views:
+        if not view.pxe:
+            continue
+        files[f"provision/boot/ipxe/local/{view.mac_file}.ipxe"] = _render("node-local.ipxe.j2", node=view)
+        files[f"provision/boot/ipxe/install/{view.mac_file}.ipxe"] = _render(
+            "node-install.ipxe.j2", node=view, os_key=m.os.key, media_url=media_url,
+            kernel_args=_kernel_args(cluster, view, urls),
+        )
+        for rel, content in installer_files(cluster, view, urls, keys, pw_hash).items():
+            files[f"provision/boot/{rel}"] = content
+    files["provision/nodes.json"] = json.dumps(
+        {"cluster": cluster.name, "default_boot_state": m.provisioning.default_boot_state,
+         "nodes": {k: v for k, v in status_nodes(cluster).items() if v["pxe"]}},
+        indent=2, sort_keys=True) + "\n"
+    return files
+
+
+def head_address(cluster: Cluster) -> IPv4Address:
+    return cluster.manifest.head.address
