@@ -1,0 +1,69 @@
+"""The host side of the head's uplink: apt-cacher-ng run as a plain process with its own
+config, cache and log directories, bound only to the host's uplink address, fetching only
+from the host's own Debian mirror."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from podsys.errors import PodsysError
+from podsys.lab_plan import PROXY_PORT, LabPlan
+
+SUPPORT_DIR = Path("/usr/lib/apt-cacher-ng")
+
+
+def proxy_config(plan: LabPlan, proxy_dir: Path) -> str:
+    """acng.conf: BindAddress pins the listener to the uplink; the Remap line sends every
+    request for a known Debian mirror to backends_debian (the host's mirror) instead of
+    whichever public mirror the client named."""
+    return (
+        f"CacheDir: {proxy_dir / 'cache'}\n"
+        f"LogDir: {proxy_dir / 'log'}\n"
+        f"SupportDir: {SUPPORT_DIR}\n"
+        f"Port: {PROXY_PORT}\n"
+        f"BindAddress: {plan.host_uplink_address}\n"
+        f"PidFile: {proxy_dir / 'apt-cacher-ng.pid'}\n"
+        f"SocketPath: {proxy_dir / 'apt-cacher-ng.socket'}\n"
+        "Remap-debrep: file:deb_mirror*.gz /debian ; file:backends_debian # Debian archives\n"
+        "ReportPage: acng-report.html\n"
+        "ExThreshold: 4\n"
+    )
+
+
+def write_proxy_config(plan: LabPlan, proxy_dir: Path, mirror: str) -> Path:
+    conf = proxy_dir / "conf"
+    for sub in (conf, proxy_dir / "cache", proxy_dir / "log"):
+        sub.mkdir(parents=True, exist_ok=True)
+    (conf / "acng.conf").write_text(proxy_config(plan, proxy_dir))
+    (conf / "backends_debian").write_text(mirror.rstrip("/") + "/\n")
+    return conf
+
+
+def start_proxy(plan: LabPlan, proxy_dir: Path, mirror: str) -> int:
+    conf = write_proxy_config(plan, proxy_dir, mirror)
+    log = open(proxy_dir / "apt-cacher-ng.out", "ab")
+    proc = subprocess.Popen(
+        ["apt-cacher-ng", "-c", str(conf), "ForeGround=1"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    log.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = (proxy_dir / "apt-cacher-ng.out").read_text(errors="replace").strip().splitlines()
+            raise PodsysError(f"apt-cacher-ng exited at start: {out[-1] if out else 'no output'}")
+        if port_open(plan.host_uplink_address, PROXY_PORT):
+            return proc.pid
+        time.sleep(0.2)
+    raise PodsysError(f"apt-cacher-ng did not listen on {plan.host_uplink_address}:{PROXY_PORT} within 15 s")
+
+
+def port_open(address: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

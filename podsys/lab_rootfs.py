@@ -1,0 +1,195 @@
+"""Root filesystems for lab nodes: one debootstrap Debian 12 root built once and cached, then a
+copy-on-write overlay (or, where overlayfs cannot be mounted, a plain copy) per node, made
+node-specific: hostname, machine-id, its own SSH host key, the lab key, network units."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from podsys.errors import PodsysError
+from podsys.lab_plan import LabNode, LabPlan, networkd_units
+
+SUITE = "bookworm"
+PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "iproute2",
+    "iputils-ping", "ca-certificates", "sudo", "gnupg", "procps", "less",
+)
+# Bump when the build steps below change, so old caches are not reused.
+BUILD_VERSION = 1
+DEFAULT_CACHE = Path("/var/cache/podsys/lab")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PODSYS_LAB_CACHE", DEFAULT_CACHE))
+
+
+def cache_key(mirror: str) -> str:
+    spec = {"suite": SUITE, "mirror": mirror, "packages": PACKAGES, "version": BUILD_VERSION}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_rootfs(mirror: str) -> Path:
+    return cache_root() / f"debian-{SUITE}-{cache_key(mirror)}" / "rootfs"
+
+
+def ensure_base_rootfs(mirror: str, progress: Callable[[str], None]) -> Path:
+    """The cached base root for this mirror, debootstrapping it first if needed. A file lock
+    makes concurrent `lab up`s (two test sessions) build it once; the build happens in a
+    scratch directory renamed into place, so a killed build never leaves a half root behind."""
+    rootfs = cached_rootfs(mirror)
+    if (rootfs.parent / "ready").exists():
+        return rootfs
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (rootfs.parent / "ready").exists():
+            return rootfs
+        scratch = cache_root() / f".build-{cache_key(mirror)}-{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        try:
+            _debootstrap(scratch / "rootfs", mirror, progress)
+            _prepare_base(scratch / "rootfs")
+            shutil.rmtree(rootfs.parent, ignore_errors=True)
+            scratch.rename(rootfs.parent)
+            (rootfs.parent / "ready").write_text(json.dumps({"mirror": mirror, "packages": PACKAGES}) + "\n")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return rootfs
+
+
+def _debootstrap(target: Path, mirror: str, progress: Callable[[str], None]) -> None:
+    cmd = [
+        "nice", "debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+        "--components=main", SUITE, str(target), mirror,
+    ]
+    log_lines: list[str] = []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        log_lines.append(line)
+        if line.startswith(("I: Retrieving", "I: Extracting", "I: Unpacking", "I: Configuring",
+                            "I: Installing", "I: Resolving", "I: Validating", "I: Base")):
+            progress(f"debootstrap: {line[3:]}")
+    if proc.wait() != 0:
+        tail = "; ".join(log_lines[-3:])
+        raise PodsysError(f"debootstrap {SUITE} from {mirror} failed: {tail}")
+
+
+def _prepare_base(root: Path) -> None:
+    """Strip what must differ per node and enable networkd, once, in the shared base."""
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/machine-id").write_text("")
+    dbus_id = root / "var/lib/dbus/machine-id"
+    if dbus_id.is_symlink() or dbus_id.exists():
+        dbus_id.unlink()
+    subprocess.run(["chroot", str(root), "systemctl", "enable", "systemd-networkd"],
+                   capture_output=True, check=True)
+    # Nothing is listening for these in a container; they only slow the boot down.
+    subprocess.run(["chroot", str(root), "systemctl", "mask", "systemd-networkd-wait-online.service",
+                    "e2scrub_reap.service"], capture_output=True)
+    subprocess.run(["chroot", str(root), "apt-get", "clean"], capture_output=True)
+
+
+# --- per node ---------------------------------------------------------------------------------
+
+
+def node_dir(lab_dir: Path, node: LabNode) -> Path:
+    return lab_dir / "nodes" / node.hostname
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path.resolve())
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def mounts_under(path: Path) -> list[Path]:
+    base = str(path.resolve()).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        found = [Path(line.split()[4]) for line in f if line.split()[4].startswith(base)]
+    return sorted(found, key=lambda p: len(str(p)), reverse=True)
+
+
+def clone_rootfs(base: Path, dest: Path) -> str:
+    """Give a node its own root at dest/root. Returns how: 'overlay' (instant, copy-on-write)
+    or 'copy'."""
+    root = dest / "root"
+    if is_mounted(root):
+        return "overlay"
+    for sub in ("upper", "work", "root"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+    opts = f"lowerdir={base},upperdir={dest / 'upper'},workdir={dest / 'work'}"
+    if subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(root)],
+                      capture_output=True).returncode == 0:
+        return "overlay"
+    shutil.rmtree(root)
+    proc = subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(root)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PodsysError(f"cannot copy the base root to {root}: {proc.stderr.strip()}")
+    return "copy"
+
+
+def remove_node_root(dest: Path) -> None:
+    for mount in mounts_under(dest):
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    shutil.rmtree(dest, ignore_errors=True)
+
+
+def generate_host_key(root: Path, hostname: str) -> str:
+    """A fresh ed25519 host key inside the node's root; returns its public line."""
+    key = root / "etc/ssh/ssh_host_ed25519_key"
+    for old in (key, key.with_suffix(".pub")):
+        if old.exists():
+            old.unlink()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{hostname}", "-f", str(key)],
+                   check=True, capture_output=True)
+    return key.with_suffix(".pub").read_text().strip()
+
+
+def customise_node(root: Path, plan: LabPlan, node: LabNode, authorized_key: str,
+                   apt_settings: dict[str, str]) -> str:
+    """Write everything node-specific into its root; returns the node's SSH host public key."""
+    (root / "etc/hostname").write_text(node.hostname + "\n")
+    (root / "etc/hosts").write_text(
+        f"127.0.0.1\tlocalhost\n{node.address}\t{node.hostname}\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+    )
+    (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ssh_dir.chmod(0o700)
+    auth = ssh_dir / "authorized_keys"
+    auth.write_text(authorized_key.strip() + "\n")
+    auth.chmod(0o600)
+    netdir = root / "etc/systemd/network"
+    netdir.mkdir(parents=True, exist_ok=True)
+    for name, text in networkd_units(plan, node).items():
+        (netdir / name).write_text(text)
+    apt_conf = root / "etc/apt/apt.conf.d"
+    for name, text in apt_settings.items():
+        (apt_conf / name).write_text(text)
+    if node.role == "head":
+        # The head's only way out: the host's proxy on the uplink (a site proxy, in real life).
+        (apt_conf / "01podsys-lab-proxy").write_text(f'Acquire::http::Proxy "{plan.proxy_url}";\n')
+    return generate_host_key(root, node.hostname)
+
+
+def host_apt_settings() -> dict[str, str]:
+    """apt options the nodes must share with the host for its mirror to work: a snapshot
+    mirror's Release files are past Valid-Until, and the host has turned that check off."""
+    proc = subprocess.run(["apt-config", "dump", "Acquire::Check-Valid-Until"], capture_output=True, text=True)
+    if proc.returncode == 0 and '"false"' in proc.stdout:
+        return {"02podsys-lab-valid-until": 'Acquire::Check-Valid-Until "false";\n'}
+    return {}
