@@ -10,6 +10,7 @@ import typer
 # One module per verb group; each module's register(app) adds its commands.
 COMMAND_MODULES = [
     "podsys.commands.core",  # init, validate, render, compat
+    "podsys.commands.provision",  # status, reinstall, discover, power, provision media add
     "podsys.commands.lab",  # lab up|down|status|ssh|stop|start
 ]
 

@@ -1,0 +1,191 @@
+"""BMC power control: on, off, cycle, pxe (boot from the network once, then power-cycle), status.
+
+Through IPMI (ipmitool, `-f` reads the password file so it never appears in a process list)
+or Redfish (urllib, basic auth). Nodes run in parallel; every node gets its own result line,
+and one unreachable BMC does not stop the others. The BMC password is never printed: every
+message that leaves this module has it masked."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ACTIONS = ("on", "off", "cycle", "pxe", "status")
+
+
+@dataclass(frozen=True)
+class BMCTarget:
+    node: str
+    address: str
+
+
+@dataclass(frozen=True)
+class PowerResult:
+    node: str
+    ok: bool
+    message: str
+
+
+class BMCError(Exception):
+    pass
+
+
+def read_password(path: Path) -> str:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BMCError(f"{path}: cannot read the BMC password file ({exc.strerror})") from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise BMCError(f"{path}: the BMC password file is empty")
+    return password
+
+
+def _mask(text: str, secret: str) -> str:
+    return text.replace(secret, "********") if secret else text
+
+
+# --- IPMI ---------------------------------------------------------------------------------
+
+Runner = Callable[[list[str]], subprocess.CompletedProcess]
+
+
+def _default_runner(argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+class IPMI:
+    def __init__(self, username: str, password_file: Path, ipmitool: str = "ipmitool", runner: Runner = _default_runner):
+        self.username = username
+        self.password_file = password_file
+        self.ipmitool = ipmitool
+        self.runner = runner
+
+    def _run(self, address: str, *args: str) -> str:
+        argv = [self.ipmitool, "-I", "lanplus", "-H", address, "-U", self.username,
+                "-f", str(self.password_file), *args]
+        try:
+            proc = self.runner(argv)
+        except FileNotFoundError:
+            raise BMCError(f"{self.ipmitool} not found (apt install ipmitool)") from None
+        except subprocess.TimeoutExpired:
+            raise BMCError(f"ipmitool {' '.join(args)}: no answer from {address} in 60 s") from None
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise BMCError(f"ipmitool {' '.join(args)}: {detail[-1] if detail else f'exit {proc.returncode}'}")
+        return proc.stdout.strip()
+
+    def is_on(self, address: str) -> bool:
+        out = self._run(address, "chassis", "power", "status")  # "Chassis Power is on"
+        if out.endswith(" on"):
+            return True
+        if out.endswith(" off"):
+            return False
+        raise BMCError(f"unexpected answer to power status: {out!r}")
+
+    def act(self, address: str, action: str) -> str:
+        if action == "status":
+            return "on" if self.is_on(address) else "off"
+        if action in ("on", "off"):
+            return self._run(address, "chassis", "power", action)
+        if action == "pxe":
+            self._run(address, "chassis", "bootdev", "pxe")
+        # A powered-off chassis refuses "cycle": turn it on instead, which is what was meant.
+        if self.is_on(address):
+            return self._run(address, "chassis", "power", "cycle")
+        return self._run(address, "chassis", "power", "on")
+
+
+# --- Redfish ------------------------------------------------------------------------------
+
+class Redfish:
+    def __init__(self, username: str, password: str, verify_tls: bool = False,
+                 url_template: str = "https://{address}", timeout: float = 30):
+        self.auth = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.url_template = url_template
+        self.timeout = timeout
+        self.context = ssl.create_default_context()
+        if not verify_tls:
+            # BMCs ship self-signed certificates; verification is opt-in (--verify-tls).
+            self.context.check_hostname = False
+            self.context.verify_mode = ssl.CERT_NONE
+
+    def _request(self, address: str, method: str, path: str, body: dict | None = None) -> dict:
+        url = self.url_template.format(address=address) + path
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Authorization", self.auth)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise BMCError(f"{method} {path}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise BMCError(f"{method} {path}: {reason}") from None
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise BMCError(f"{method} {path}: answer is not JSON") from None
+
+    def _system(self, address: str) -> str:
+        members = self._request(address, "GET", "/redfish/v1/Systems").get("Members") or []
+        if not members or "@odata.id" not in members[0]:
+            raise BMCError("the BMC lists no computer system under /redfish/v1/Systems")
+        return members[0]["@odata.id"]
+
+    def _reset(self, address: str, system: str, reset_type: str) -> None:
+        self._request(address, "POST", f"{system}/Actions/ComputerSystem.Reset", {"ResetType": reset_type})
+
+    def act(self, address: str, action: str) -> str:
+        system = self._system(address)
+        state = self._request(address, "GET", system).get("PowerState", "")
+        if action == "status":
+            return state.lower() or "unknown"
+        if action == "on":
+            self._reset(address, system, "On")
+            return "power on requested"
+        if action == "off":
+            self._reset(address, system, "ForceOff")
+            return "power off requested"
+        if action == "pxe":
+            self._request(address, "PATCH", system, {"Boot": {"BootSourceOverrideTarget": "Pxe",
+                                                              "BootSourceOverrideEnabled": "Once"}})
+        if state == "On":
+            self._reset(address, system, "ForceRestart")
+            return ("next boot PXE, " if action == "pxe" else "") + "restart requested"
+        self._reset(address, system, "On")
+        return ("next boot PXE, " if action == "pxe" else "") + "power on requested"
+
+
+# --- fan-out ------------------------------------------------------------------------------
+
+def run_power(targets: list[BMCTarget], action: str, backend, secret: str = "", parallel: int = 32) -> list[PowerResult]:
+    """Run one action on every target at once; results in the targets' order."""
+    if action not in ACTIONS:
+        raise BMCError(f"unknown power action {action!r} (expected one of {', '.join(ACTIONS)})")
+
+    def one(target: BMCTarget) -> PowerResult:
+        try:
+            message = backend.act(target.address, action)
+            return PowerResult(target.node, True, _mask(message, secret))
+        except BMCError as exc:
+            return PowerResult(target.node, False, _mask(str(exc), secret))
+
+    if not targets:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets)))) as pool:
+        return list(pool.map(one, targets))
