@@ -11,7 +11,7 @@ import re
 from ipaddress import IPv4Address, IPv4Network
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from podsys.hardware import HardwareProfile
 
@@ -68,6 +68,9 @@ class Networks(Strict):
     ipoib: Network | None = None
 
 
+SUPPORTED_OS = {"ubuntu": ("22.04", "24.04"), "rocky": ("9",), "debian": ("12",)}
+
+
 class OSSpec(Strict):
     distro: Literal["ubuntu", "rocky", "debian"]
     version: str
@@ -80,6 +83,13 @@ class OSSpec(Strict):
     @classmethod
     def _as_str(cls, v):
         return str(v)
+
+    @model_validator(mode="after")
+    def _supported(self):
+        versions = SUPPORTED_OS[self.distro]
+        if self.version not in versions:
+            raise ValueError(f"{self.distro} {self.version} is not supported (supported: {', '.join(versions)}; quote versions like \"22.04\")")
+        return self
 
 
 class NodeEntry(Strict):

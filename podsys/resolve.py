@@ -39,7 +39,8 @@ def _suggest(word: str, known) -> str:
 
 def read_macs_file(path: Path, known_hosts: set[str], problems: _Problems) -> dict[str, str]:
     """hostname,mac per line ('#' comments and a 'hostname,mac' header allowed). One file may
-    serve several groups, so any host of the manifest may appear in it."""
+    serve several groups; rows for hosts the manifest no longer lists are ignored (a misspelt
+    name still surfaces as that node's missing MAC)."""
     macs: dict[str, str] = {}
     try:
         text = path.read_text()
@@ -61,8 +62,8 @@ def read_macs_file(path: Path, known_hosts: set[str], problems: _Problems) -> di
             problems.raw(Problem(str(path), lineno, "mac", str(exc)))
             continue
         if name not in known_hosts:
-            problems.raw(Problem(str(path), lineno, "hostname", f"{name} is not a node of the manifest"))
-        elif name in macs:
+            continue
+        if name in macs:
             problems.raw(Problem(str(path), lineno, "hostname", f"{name} is listed twice"))
         else:
             macs[name] = mac

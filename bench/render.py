@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Validate + render benchmark: 512 and 4,096 GPU nodes (four groups, BMC and IPoIB networks).
+
+Prints the wall time of each (best of --repeat runs, cold build directory each time) and the
+ratio 4096/512. Goals (issue "Cluster manifest, compatibility matrix and rendering"): 4,096
+nodes in under 2 s on a 2-core machine, ratio <= 9 (linear)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from podsys.loader import load_cluster  # noqa: E402
+from podsys.render import render_cluster  # noqa: E402
+
+GROUPS = [("h100a", "hgx-h100-8gpu", 16), ("h100b", "hgx-h100-8gpu", 32), ("h200", "hgx-h200-8gpu", 48), ("b200", "hgx-b200-8gpu", 64)]
+
+
+def write_cluster(directory: Path, nodes: int) -> Path:
+    per_group = nodes // len(GROUPS)
+    macs = ["hostname,mac"]
+    groups = []
+    for k, (name, hw, third_octet) in enumerate(GROUPS, start=1):
+        groups.append(
+            f"  - {{name: {name}, hosts: \"{name}-[0001-{per_group:04d}]\", hardware: {hw}, "
+            f"start_address: 10.128.{third_octet}.1, disk: /dev/nvme0n1, macs_file: macs.csv}}"
+        )
+        macs += [f"{name}-{i:04d},b8:3f:d2:{k:02x}:{i // 256:02x}:{i % 256:02x}" for i in range(1, per_group + 1)]
+    (directory / "macs.csv").write_text("\n".join(macs) + "\n")
+    text = (REPO / "manifests/large-4096.yaml").read_text()
+    head, _, rest = text.partition("node_groups:\n")
+    _, _, tail = rest.partition("slurm:\n")
+    path = directory / "cluster.yaml"
+    path.write_text(head + "node_groups:\n" + "\n".join(groups) + "\nslurm:\n" + tail)
+    return path
+
+
+def run_once(nodes: int) -> float:
+    directory = Path(tempfile.mkdtemp(prefix=f"podsys-bench-{nodes}-"))
+    try:
+        path = write_cluster(directory, nodes)
+        start = time.perf_counter()
+        cluster = load_cluster(path)
+        render_cluster(cluster, directory / "build")
+        elapsed = time.perf_counter() - start
+        assert len(cluster.nodes) == nodes, len(cluster.nodes)
+        return elapsed
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    run_once(64)  # warm imports and template caches
+    times = {n: min(run_once(n) for _ in range(args.repeat)) for n in (512, 4096)}
+    ratio = times[4096] / times[512]
+    print(f"validate+render  512 nodes: {times[512]:.3f} s")
+    print(f"validate+render 4096 nodes: {times[4096]:.3f} s  (goal < 2 s: {'met' if times[4096] < 2 else 'MISSED'})")
+    print(f"ratio 4096/512: {ratio:.2f}  (goal <= 9: {'met' if ratio <= 9 else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from podsys.topology import GroupRequest, HostlistError, allocate_addresses, collapse_hosts, expand_hosts, same_offset
+
+
+def ip(text: str) -> int:
+    return int(IPv4Address(text))
+
+
+def names(allocation) -> dict[str, str]:
+    return {k: str(IPv4Address(v)) for k, v in allocation.addresses.items()}
+
+
+@pytest.mark.parametrize(
+    "expression, expected",
+    [
+        ("gpu[001-010,015]", [f"gpu{i:03d}" for i in range(1, 11)] + ["gpu015"]),
+        ("a[1-2]-b[1-3]", ["a1-b1", "a1-b2", "a1-b3", "a2-b1", "a2-b2", "a2-b3"]),
+        ("node1", ["node1"]),
+        ("gpu[08-11]", ["gpu08", "gpu09", "gpu10", "gpu11"]),
+        ("login1,login2", ["login1", "login2"]),
+    ],
+)
+def test_expand_hosts(expression, expected):
+    assert expand_hosts(expression) == expected
+
+
+@pytest.mark.parametrize("expression", ["gpu[001-", "gpu[3-1]", "gpu[a-b]", "", "gpu[1-2],,x", "GPU_1", "gpu[1-2],"])
+def test_expand_hosts_rejects_malformed(expression):
+    with pytest.raises(HostlistError):
+        expand_hosts(expression)
+
+
+def test_collapse_round_trips():
+    hosts = expand_hosts("gpu[001-010,015]")
+    assert collapse_hosts(hosts) == "gpu[001-010,015]"
+
+
+NET = IPv4Network("10.10.0.0/16")
+
+
+def test_allocation_in_host_order_skipping_reserved():
+    alloc = allocate_addresses(
+        NET, [GroupRequest(0, expand_hosts("n[1-3]"), ip("10.10.1.1"))], {ip("10.10.1.2"): "the head"}
+    )
+    assert alloc.problems == []
+    assert names(alloc) == {"n1": "10.10.1.1", "n2": "10.10.1.3", "n3": "10.10.1.4"}
+
+
+def test_growing_group_keeps_existing_addresses():
+    first = allocate_addresses(NET, [GroupRequest(0, expand_hosts("gpu[01-04]"), ip("10.10.1.1"))], {})
+    # An admin pins gpu05 onto what would have been free space, and grows the group; the earlier
+    # nodes keep their addresses because the previous allocation is honoured first.
+    grown = allocate_addresses(
+        NET,
+        [GroupRequest(0, expand_hosts("gpu[00-08]"), ip("10.10.1.1"))],
+        {},
+        previous=first.addresses,
+    )
+    got = names(grown)
+    for host, addr in names(first).items():
+        assert got[host] == addr
+    assert got["gpu00"] == "10.10.1.5"  # new hosts take the next free addresses
+    assert len(set(got.values())) == 9
+
+
+def test_removed_node_does_not_shift_others():
+    first = allocate_addresses(NET, [GroupRequest(0, expand_hosts("n[1-4]"), ip("10.10.1.1"))], {})
+    second = allocate_addresses(NET, [GroupRequest(0, ["n1", "n3", "n4"], ip("10.10.1.1"))], {}, previous=first.addresses)
+    assert names(second) == {"n1": "10.10.1.1", "n3": "10.10.1.3", "n4": "10.10.1.4"}
+
+
+def test_group_that_does_not_fit():
+    small = IPv4Network("10.10.0.0/28")  # 14 usable
+    alloc = allocate_addresses(small, [GroupRequest("g", expand_hosts("n[1-20]"), ip("10.10.0.1"))], {})
+    assert len(alloc.problems) == 1
+    locator, message = alloc.problems[0]
+    assert locator == ("fit", "g")
+    assert "20 hosts" in message and "do not fit" in message and "6 left" in message
+
+
+def test_pinned_address_collisions_and_outside():
+    alloc = allocate_addresses(
+        NET,
+        [GroupRequest(0, ["a", "b", "c"], ip("10.10.1.1"), pinned={"a": ip("10.10.0.1"), "b": ip("10.99.0.1")})],
+        {ip("10.10.0.1"): "the head (mu01)"},
+    )
+    messages = [m for _, m in alloc.problems]
+    assert any("collides with the head (mu01)" in m for m in messages)
+    assert any("outside 10.10.0.0/16" in m for m in messages)
+
+
+def test_same_offset_follows_provision_host_part():
+    assert same_offset(ip("10.10.1.7"), NET, IPv4Network("10.20.0.0/16")) == ip("10.20.1.7")
+    assert same_offset(ip("10.10.1.7"), NET, IPv4Network("10.20.0.0/24")) is None
