@@ -1,5 +1,5 @@
 # `make lab`: install podsys and run its main job locally; `make test`: the test suite (CI runs this).
-.PHONY: setup lab test test-unit test-integration
+.PHONY: setup lab test test-unit test-integration inventories
 
 setup:
 	bash scripts/setup-dev.sh
@@ -16,3 +16,8 @@ test-unit:
 
 test-integration:
 	python3 -m pytest -m "integration and not slow"
+
+# Sample rendered build directories of the example manifests, checked in; a unit test fails
+# when they drift from what the renderer produces (run this target after changing rendering).
+inventories:
+	for m in lab hgx-h100-32; do podsys render manifests/$$m.yaml --output inventories/$$m; done

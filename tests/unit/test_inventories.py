@@ -1,0 +1,21 @@
+"""The checked-in sample build directories (inventories/) match what the renderer produces now;
+`make inventories` regenerates them."""
+
+from pathlib import Path
+
+import pytest
+
+from podsys.loader import load_cluster
+from podsys.render import render_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["lab", "hgx-h100-32"])
+def test_sample_inventory_is_current(name):
+    files = render_files(load_cluster(REPO / "manifests" / f"{name}.yaml"))
+    sample = REPO / "inventories" / name
+    on_disk = {str(p.relative_to(sample)) for p in sample.rglob("*") if p.is_file() and p.name != ".rendered.json"}
+    assert on_disk == set(files), "run `make inventories`"
+    for rel, content in files.items():
+        assert (sample / rel).read_text() == content, f"{rel} is stale: run `make inventories`"
