@@ -285,10 +285,11 @@ def lab_is_up(state: dict | None) -> bool:
 def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
        progress: Progress = lambda msg: None) -> dict:
     """Bring the lab up (or report the one already running there) and return its state."""
+    if not 1 <= nodes <= lab_plan.MAX_NODES:
+        raise InputError(Problem("command line", None, "--nodes",
+                                 f"must be between 1 and {lab_plan.MAX_NODES} (got {nodes})"))
     _require()
     paths = paths_for(directory)
-    if not 1 <= nodes <= lab_plan.MAX_NODES:
-        raise InputError(f"--nodes: must be between 1 and {lab_plan.MAX_NODES} (got {nodes})")
     state = load_state(paths)
     if lab_is_up(state):
         if len(state["plan"]["nodes"]) - 1 != nodes:
@@ -302,7 +303,8 @@ def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
         down(paths.directory, progress)
     mirror = mirror or lab_plan.host_debian_mirror()
     if not mirror:
-        raise InputError("no Debian mirror found in /etc/apt/sources.list{,.d}; pass --mirror URL")
+        raise InputError(Problem("/etc/apt/sources.list", None, "",
+                                 "no Debian mirror configured here (nor in sources.list.d); pass --mirror URL"))
 
     plan = _choose_plan(paths.directory, nodes)
     REGISTRY.mkdir(parents=True, exist_ok=True)
@@ -428,12 +430,13 @@ def ssh_argv(directory: Path | str, node: str, command: list[str] | tuple[str, .
     _, plan = _plan_from_state(paths)
     names = [n.hostname for n in plan.nodes]
     if node not in names:
-        raise InputError(f"NODE: no lab node {node!r} (nodes: {', '.join(names)})")
+        raise InputError(Problem("command line", None, "NODE",
+                                 f"no lab node {node!r} (nodes: {', '.join(names)})"))
     return ["ssh", "-F", str(paths.ssh_config), *(["-t"] if tty else []), node, *command]
 
 
 def run_ssh(directory: Path | str, node: str, command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    argv = ssh_argv(directory, node, command) 
+    argv = ssh_argv(directory, node, command)
     argv.insert(3, "-o")
     argv.insert(4, "BatchMode=yes")
     try:

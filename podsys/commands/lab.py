@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -32,8 +33,32 @@ DirOption = typer.Option(
 )
 
 
-def _progress(message: str) -> None:
-    err_console.print(f"[dim]·[/dim] {message}", markup=True, highlight=False)
+class _Progress:
+    """Step lines on stderr; debootstrap's hundreds of lines collapse into one live status line
+    on a terminal, and into a line every few seconds elsewhere (CI logs)."""
+
+    def __init__(self) -> None:
+        self._status = None
+        self._last_quiet = 0.0
+
+    def __call__(self, message: str) -> None:
+        if message.startswith("debootstrap:"):
+            if err_console.is_terminal:
+                if self._status is None:
+                    self._status = err_console.status(message)
+                    self._status.start()
+                self._status.update(message)
+            elif time.monotonic() - self._last_quiet > 10 or "Base system" in message:
+                self._last_quiet = time.monotonic()
+                err_console.print(f"· {message}", markup=False, highlight=False)
+            return
+        self.close()
+        err_console.print(f"· {message}", markup=False, highlight=False)
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
 
 
 @lab_app.command("up")
@@ -50,7 +75,11 @@ def up_cmd(
     The Debian 12 root is debootstrapped once and cached in /var/cache/podsys/lab
     (PODSYS_LAB_CACHE overrides); each node boots a copy-on-write clone of it."""
     directory.mkdir(parents=True, exist_ok=True)
-    state = lab.up(directory, nodes=nodes, mirror=mirror, progress=_progress)
+    progress = _Progress()
+    try:
+        state = lab.up(directory, nodes=nodes, mirror=mirror, progress=progress)
+    finally:
+        progress.close()
     info = lab.status(directory)
     _print_status(info)
     manifest = Path(state["manifest"])
@@ -65,7 +94,7 @@ def down_cmd(directory: Path = DirOption) -> None:
 
     Removes exactly what `podsys lab up` recorded (plus leftovers with the lab's name prefix);
     safe to run twice and after a crash. Keeps lab.yaml, the lab SSH key and the apt cache."""
-    removed = lab.down(directory, progress=_progress)
+    removed = lab.down(directory, progress=_Progress())
     console.print(f"removed {len(removed)} object(s)" if removed else "no lab running here; nothing to do")
 
 
@@ -116,7 +145,7 @@ def stop_cmd(node: str = typer.Argument(..., help="Node hostname."), directory: 
 def start_cmd(node: str = typer.Argument(..., help="Node hostname."), directory: Path = DirOption) -> None:
     """Boot a stopped node again and wait for its sshd."""
     lab.ssh_argv(directory, node)
-    lab.start_node(directory, node, progress=_progress)
+    lab.start_node(directory, node, progress=_Progress())
     console.print(f"{node} started")
 
 
@@ -125,11 +154,11 @@ def _print_status(info: dict) -> None:
         console.print(f"no lab running in {info['directory']}")
         return
     table = Table(title=f"lab {info['prefix']} in {info['directory']}: {info['state']}")
-    for col in ("node", "role", "address", "ssh via", "mac", "container", "sshd"):
-        table.add_column(col)
+    for col in ("node", "address", "ssh via", "mac", "container", "sshd"):
+        table.add_column(col, no_wrap=True)
     for n in info["nodes"]:
         via = n["ssh_address"] if n["role"] == "head" else "head"
-        table.add_row(n["name"], n["role"], n["address"], via, n["mac"],
+        table.add_row(n["name"], n["address"], via, n["mac"],
                       "running" if n["running"] else "[red]stopped[/red]",
                       "ok" if n["sshd"] else "[red]no[/red]")
     console.print(table)
