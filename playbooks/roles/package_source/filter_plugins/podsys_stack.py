@@ -1,0 +1,55 @@
+"""`podsys_package_plan`: the package plan of podsys/stack_packages.py as an Ansible filter, so
+the roles and the offline bundle read the same exact names and versions from the matrix."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+try:
+    from ansible.errors import AnsibleFilterError
+except ImportError:  # imported outside Ansible (unit tests)
+    AnsibleFilterError = ValueError  # type: ignore[misc,assignment]
+
+
+def _import_plan():
+    try:
+        from podsys import stack_packages
+    except ImportError:
+        # Running from a source checkout without `pip install`: the package sits four levels up.
+        sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+        try:
+            from podsys import stack_packages
+        except ImportError as exc:
+            # Not an AnsibleFilterError: linters that cannot import podsys then skip the check.
+            raise ImportError(f"podsys_package_plan needs the podsys package on the controller: {exc}") from None
+    return stack_packages
+
+
+def podsys_package_plan(stack, os_key, hardware=None, options=None):
+    """[{name, version, component, spec, origin}, ...] for one host."""
+    stack_packages = _import_plan()
+    try:
+        plan = stack_packages.package_plan(dict(stack), str(os_key), hardware or None, dict(options or {}))
+    except stack_packages.PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+    return [p.as_dict() for p in plan]
+
+
+def podsys_driver_flavour(stack, hardware=None, requested="auto"):
+    """{flavour, reason} for the host's GPU."""
+    stack_packages = _import_plan()
+    from podsys.compat import Stack
+    from podsys.hardware import HardwareProfile
+
+    profile = HardwareProfile.model_validate(dict(hardware)) if hardware else None
+    try:
+        flavour, reason = stack_packages.driver_flavour(Stack.model_validate(dict(stack)), profile, str(requested))
+    except stack_packages.PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+    return {"flavour": flavour, "reason": reason}
+
+
+class FilterModule:
+    def filters(self):
+        return {"podsys_package_plan": podsys_package_plan, "podsys_driver_flavour": podsys_driver_flavour}
