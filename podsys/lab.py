@@ -219,7 +219,11 @@ def _terminate(pids: list[int], timeout: float) -> None:
 
 
 def _nspawn_command(node: LabNode, root: Path) -> list[str]:
+    # nsenter first: nspawn mounts the container's /sys before it joins the namespace named by
+    # --network-namespace-path, so without it /sys/class/net inside shows the host's NICs
+    # (and Ansible's interface facts would too). nsenter execs, so the pid stays nspawn's.
     return [
+        "nsenter", f"--net=/run/netns/{node.netns}", "--",
         "systemd-nspawn", "--boot", "--keep-unit", "--register=no",
         # networkd inside needs it; the namespace is the node's own, so this reaches nothing else.
         "--capability=CAP_NET_ADMIN",
@@ -576,6 +580,7 @@ def down(directory: Path | str, progress: Progress = lambda msg: None) -> list[s
         for leftover in Path("/run/systemd/nspawn/propagate").glob(f"{prefix}-*"):
             shutil.rmtree(leftover, ignore_errors=True)
         (REGISTRY / prefix).unlink(missing_ok=True)
+        (lab_proxy.SOCKET_DIR / f"{prefix}-acng.sock").unlink(missing_ok=True)
 
     for f in (paths.state, paths.ssh_config, paths.known_hosts):
         f.unlink(missing_ok=True)

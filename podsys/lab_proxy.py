@@ -13,6 +13,7 @@ from podsys.errors import PodsysError
 from podsys.lab_plan import PROXY_PORT, LabPlan
 
 SUPPORT_DIR = Path("/usr/lib/apt-cacher-ng")
+SOCKET_DIR = Path("/run/podsys/lab-sockets")
 
 
 def proxy_config(plan: LabPlan, proxy_dir: Path) -> str:
@@ -26,11 +27,17 @@ def proxy_config(plan: LabPlan, proxy_dir: Path) -> str:
         f"Port: {PROXY_PORT}\n"
         f"BindAddress: {plan.host_uplink_address}\n"
         f"PidFile: {proxy_dir / 'apt-cacher-ng.pid'}\n"
-        f"SocketPath: {proxy_dir / 'apt-cacher-ng.socket'}\n"
+        f"SocketPath: {socket_path(plan)}\n"
         "Remap-debrep: file:deb_mirror*.gz /debian ; file:backends_debian # Debian archives\n"
         "ReportPage: acng-report.html\n"
         "ExThreshold: 4\n"
     )
+
+
+def socket_path(plan: LabPlan) -> Path:
+    """acng's local control socket. Not under the lab directory: a Unix socket path must fit
+    in 108 bytes, and lab directories (pytest temp dirs) can be longer."""
+    return SOCKET_DIR / f"{plan.prefix}-acng.sock"
 
 
 def write_proxy_config(plan: LabPlan, proxy_dir: Path, mirror: str) -> Path:
@@ -44,6 +51,7 @@ def write_proxy_config(plan: LabPlan, proxy_dir: Path, mirror: str) -> Path:
 
 def start_proxy(plan: LabPlan, proxy_dir: Path, mirror: str) -> int:
     conf = write_proxy_config(plan, proxy_dir, mirror)
+    SOCKET_DIR.mkdir(parents=True, exist_ok=True)
     log = open(proxy_dir / "apt-cacher-ng.out", "ab")
     proc = subprocess.Popen(
         ["apt-cacher-ng", "-c", str(conf), "ForeGround=1"],

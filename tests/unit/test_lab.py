@@ -189,6 +189,7 @@ def test_proxy_binds_only_the_uplink_and_uses_the_host_mirror(tmp_path):
     assert "Remap-debrep:" in text and "file:backends_debian" in text
     assert f"CacheDir: {tmp_path / 'proxy' / 'cache'}" in text
     assert (conf / "backends_debian").read_text() == "http://mirror.example/debian/\n"
+    assert len(str(lab_proxy.socket_path(plan))) < 108  # AF_UNIX limit, whatever the lab dir
 
 
 def test_nspawn_runs_without_host_systemd(tmp_path):

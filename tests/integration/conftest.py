@@ -1,0 +1,125 @@
+"""Shared integration fixtures.
+
+`lab_cluster` (session scope) brings one lab cluster up for the whole test session and tears it
+down at the end, also when tests fail or the session is interrupted. Use it in any test that
+needs real nodes; mark such tests `@pytest.mark.integration` and `@pytest.mark.lab`.
+
+Interface of the `LabCluster` object it yields (stable; other test modules rely on it):
+
+    directory       Path   the lab directory (a pytest temp dir); lab.yaml lives here
+    manifest        Path   <directory>/lab.yaml, a valid manifest: `podsys deploy` it
+    ssh_config      Path   ssh_config reaching every node by hostname (compute via the head)
+    private_key     Path   the lab's SSH private key (root on every node)
+    known_hosts     Path   known_hosts for every node (hostname, provision and uplink address)
+    head            str    the head's hostname ("head")
+    nodes           list   compute node hostnames, e.g. ["node01", "node02", "node03"]
+    addresses       dict   hostname -> provision IPv4 address (head included)
+    head_ssh_address str   the head's uplink address, where the host reaches it
+    proxy_url       str    the host's apt proxy, reachable from the head only
+    mirror          str    the upstream Debian mirror the proxy fetches from
+    ssh(node, command, check=True, timeout=600) -> CompletedProcess
+                           run a shell command string (or argv list) on a node as root
+    host(node)             a testinfra Host for the node (ssh backend, same config)
+    stop(node) / start(node)  power a node off / boot it again (waits for sshd)
+    status()               `podsys lab status --json` as a dict
+
+Size: PODSYS_LAB_NODES compute nodes (default 3). The Debian root is built once and cached in
+/var/cache/podsys/lab (PODSYS_LAB_CACHE overrides), so only the first session pays for
+debootstrap. Tests are skipped (with the reason) where the lab cannot run: not root, or
+systemd-nspawn/debootstrap/apt-cacher-ng/ssh missing."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from podsys import lab
+
+
+@dataclass
+class LabCluster:
+    directory: Path
+    manifest: Path
+    ssh_config: Path
+    private_key: Path
+    known_hosts: Path
+    head: str
+    nodes: list[str]
+    addresses: dict[str, str]
+    head_ssh_address: str
+    proxy_url: str
+    mirror: str
+    _hosts: dict = field(default_factory=dict, repr=False)
+
+    def ssh(self, node: str, command: str | list[str], check: bool = True,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        remote = command if isinstance(command, str) else shlex.join(command)
+        argv = ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", node, remote]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ssh {node} {remote!r} exited {proc.returncode}: "
+                                 f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def host(self, node: str):
+        import testinfra
+
+        if node not in self._hosts:
+            self._hosts[node] = testinfra.get_host(f"ssh://{node}", ssh_config=str(self.ssh_config))
+        return self._hosts[node]
+
+    def stop(self, node: str) -> None:
+        self._hosts.pop(node, None)
+        lab.stop_node(self.directory, node)
+
+    def start(self, node: str) -> None:
+        lab.start_node(self.directory, node)
+
+    def status(self) -> dict:
+        return lab.status(self.directory)
+
+
+def lab_skip_reason() -> str | None:
+    problems = lab.missing_requirements()
+    return "lab cluster cannot run here: " + "; ".join(problems) if problems else None
+
+
+def bring_up_lab(directory: Path, nodes: int) -> LabCluster:
+    """Bring a lab up in `directory` (tearing it down again if that fails half-way)."""
+    state = lab.up(directory, nodes=nodes)
+    paths = lab.paths_for(directory)
+    plan = lab.LabPlan.from_dict(state["plan"])
+    return LabCluster(
+        directory=paths.directory,
+        manifest=paths.manifest,
+        ssh_config=paths.ssh_config,
+        private_key=paths.private_key,
+        known_hosts=paths.known_hosts,
+        head=plan.head.hostname,
+        nodes=[n.hostname for n in plan.compute],
+        addresses={n.hostname: n.address for n in plan.nodes},
+        head_ssh_address=plan.head.uplink_address,
+        proxy_url=plan.proxy_url,
+        mirror=state["mirror"],
+    )
+
+
+@pytest.fixture(scope="session")
+def lab_cluster(tmp_path_factory) -> LabCluster:
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    directory = tmp_path_factory.mktemp("lab")
+    # Also on interpreter exit: a killed session still removes its namespaces and processes.
+    atexit.register(lab.down, directory)
+    try:
+        yield bring_up_lab(directory, int(os.environ.get("PODSYS_LAB_NODES", "3")))
+    finally:
+        lab.down(directory)
