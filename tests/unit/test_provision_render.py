@@ -1,0 +1,209 @@
+"""podsys.provision.render: the head's boot configuration and per-node installer configs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from podsys.errors import InputError
+from podsys.loader import load_cluster
+from podsys.provision.render import HeadPaths, render_files
+
+HASH = "$6$podsystestsalt$RLrny3EtmKdqGKHloDVBYqqIoGNgFkNucr0PhTE.pm7uDNfDwflLIVc6nBdRNlfy6wQiinUpFZMm2fDrob4Hm0"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests0000000000000000 admin@head"
+
+
+def write_manifest(tmp_path: Path, distro="debian", version="12", provisioning="", extra_group="") -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"""\
+apiVersion: podsys/v1
+kind: Cluster
+metadata: {{name: rt, domain: rt.example}}
+head: {{hostname: head, interface: eno1, address: 10.50.0.1}}
+networks:
+  provision: {{cidr: 10.50.0.0/16, gateway: 10.50.0.254, dns: [10.50.0.1]}}
+  bmc: {{cidr: 10.60.0.0/16}}
+os: {{distro: {distro}, version: "{version}"}}
+provisioning:
+  root_authorized_keys: ["{KEY}"]
+{provisioning}node_groups:
+  - name: gpu
+    hosts: gpu[01-03]
+    hardware: cpu-only
+    start_address: 10.50.1.1
+    disk: /dev/nvme0n1
+    nodes:
+      gpu01: {{mac: "b8:3f:d2:00:00:01"}}
+      gpu02: {{mac: "b8:3f:d2:00:00:02"}}
+      gpu03: {{mac: "b8:3f:d2:00:00:03"}}
+{extra_group}""")
+    return path
+
+
+def render(tmp_path, **kw) -> dict[str, str]:
+    return render_files(load_cluster(write_manifest(tmp_path, **kw)))
+
+
+def test_one_reservation_per_node_and_unknown_macs_ignored(tmp_path):
+    conf = render(tmp_path)["provision/dnsmasq.conf"]
+    hosts = [line for line in conf.splitlines() if line.startswith("dhcp-host=")]
+    assert hosts == [
+        "dhcp-host=b8:3f:d2:00:00:01,set:podsys-pxe,10.50.1.1,gpu01,infinite",
+        "dhcp-host=b8:3f:d2:00:00:02,set:podsys-pxe,10.50.1.2,gpu02,infinite",
+        "dhcp-host=b8:3f:d2:00:00:03,set:podsys-pxe,10.50.1.3,gpu03,infinite",
+    ]
+    assert "dhcp-ignore=tag:!known" in conf.splitlines()
+    assert "dhcp-range=set:provision,10.50.0.0,static,255.255.0.0,12h" in conf
+    assert "interface=eno1" in conf.splitlines()
+    assert "port=0" in conf.splitlines()  # DNS off by default
+    assert "dhcp-option=tag:provision,option:router,10.50.0.254" in conf
+
+
+def test_boot_files_per_client_architecture(tmp_path):
+    conf = render(tmp_path)["provision/dnsmasq.conf"].splitlines()
+    assert "dhcp-match=set:efi-arm64,option:client-arch,11" in conf
+    assert "dhcp-boot=tag:podsys-pxe,tag:!ipxe,tag:!efi-x86_64,tag:!efi-arm64,undionly.kpxe" in conf
+    assert "dhcp-boot=tag:podsys-pxe,tag:!ipxe,tag:efi-x86_64,snponly.efi" in conf
+    assert "dhcp-boot=tag:podsys-pxe,tag:!ipxe,tag:efi-arm64,ipxe-arm64.efi" in conf
+    assert "dhcp-boot=tag:podsys-pxe,tag:ipxe,http://10.50.0.1/boot/ipxe/boot.ipxe" in conf
+
+
+def test_discovery_pool_replaces_the_ignore_rule_and_dns_can_be_on(tmp_path):
+    prov = ("  dns: true\n  discovery: {enabled: true, range_start: 10.50.200.1, range_end: 10.50.200.50}\n")
+    conf = render(tmp_path, provisioning=prov)["provision/dnsmasq.conf"].splitlines()
+    assert "dhcp-range=set:discovery,10.50.200.1,10.50.200.50,255.255.0.0,10m" in conf
+    assert "dhcp-ignore=tag:!known" not in conf
+    assert "port=0" not in conf and "domain=rt.example" in conf
+    # Discovered machines never get a boot file: every dhcp-boot needs the podsys-pxe tag.
+    assert all("tag:podsys-pxe" in line for line in conf if line.startswith("dhcp-boot="))
+
+
+def test_discovery_without_a_pool_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="range_start and range_end"):
+        render(tmp_path, provisioning="  discovery: {enabled: true}\n")
+
+
+def test_non_pxe_nodes_get_an_address_but_no_boot_file(tmp_path):
+    extra = ('  - name: svc\n    hosts: svc01\n    hardware: cpu-only\n    pxe: false\n    start_address: 10.50.2.1\n'
+             '    nodes: {svc01: {mac: "b8:3f:d2:00:01:01"}}\n')
+    files = render(tmp_path, extra_group=extra)
+    assert "dhcp-host=b8:3f:d2:00:01:01,10.50.2.1,svc01,infinite" in files["provision/dnsmasq.conf"]
+    assert not any("svc01" in k or "b8-3f-d2-00-01-01" in k for k in files)
+    assert "svc01" not in json.loads(files["provision/nodes.json"])["nodes"]
+
+
+def test_nginx_serves_only_the_boot_tree_and_the_repo(tmp_path):
+    conf = render_files(load_cluster(write_manifest(tmp_path)),
+                        HeadPaths(boot_root="/b", repo_root="/r"))["provision/nginx-site.conf"]
+    locations = re.findall(r"location\s+(\S+)\s*\{", conf)
+    assert locations == ["/boot/", "/repo/", "/"]
+    assert "alias /b/;" in conf and "alias /r/;" in conf
+    catch_all = conf[conf.index("location / {"):]
+    assert "return 404;" in catch_all and "alias" not in catch_all
+    boot_block = conf[conf.index("location /boot/"):conf.index("location /repo/")]
+    assert "autoindex on" not in boot_block and "autoindex off;" in conf
+    assert "disable_symlinks on;" in conf and "allow 10.50.0.0/16;" in conf and "deny all;" in conf
+    assert "listen 10.50.0.1:80" in conf
+
+
+def test_ipxe_scripts_per_state(tmp_path):
+    files = render(tmp_path)
+    install = files["provision/boot/ipxe/install/b8-3f-d2-00-00-02.ipxe"]
+    local = files["provision/boot/ipxe/local/b8-3f-d2-00-00-02.ipxe"]
+    assert install.startswith("#!ipxe\n") and local.startswith("#!ipxe\n")
+    assert "kernel http://10.50.0.1/boot/media/debian-12/vmlinuz initrd=initrd" in install
+    assert "url=http://10.50.0.1/boot/nodes/gpu02/preseed.cfg" in install
+    assert "netcfg/get_ipaddress=10.50.1.2" in install
+    assert "sanboot --no-describe --drive 0x80" in local and "kernel" not in local
+    entry = files["provision/boot/ipxe/boot.ipxe"]
+    assert "chain --autofree http://10.50.0.1/boot/ipxe/nodes/${netX/mac:hexhyp}.ipxe" in entry
+
+
+def test_debian_preseed_static_address_disk_keys_and_hash(tmp_path):
+    text = render(tmp_path, provisioning=f'  root_password_hash: "{HASH}"\n')["provision/boot/nodes/gpu03/preseed.cfg"]
+    lines = text.splitlines()
+    assert "d-i netcfg/get_ipaddress string 10.50.1.3" in lines
+    assert "d-i netcfg/get_netmask string 255.255.0.0" in lines
+    assert "d-i netcfg/get_hostname string gpu03" in lines
+    assert "d-i partman-auto/disk string /dev/nvme0n1" in lines
+    assert "d-i grub-installer/bootdev string /dev/nvme0n1" in lines
+    assert f"d-i passwd/root-password-crypted password {HASH}" in lines
+    assert "d-i mirror/http/hostname string 10.50.0.1" in lines and "d-i mirror/http/directory string /repo/debian" in lines
+    assert "event=start" in text and "stage=partitioning" in text and "event=finish" in text
+    import base64
+
+    b64 = re.search(r"echo '([A-Za-z0-9+/=]+)' > /target/root/.ssh/authorized_keys.b64", text).group(1)
+    assert base64.b64decode(b64).decode().strip() == KEY
+
+
+def test_ubuntu_autoinstall_contents(tmp_path):
+    files = render(tmp_path, distro="ubuntu", version="24.04", provisioning=f'  root_password_hash: "{HASH}"\n')
+    data = yaml.safe_load(files["provision/boot/nodes/gpu01/user-data"])
+    assert files["provision/boot/nodes/gpu01/user-data"].startswith("#cloud-config\n")
+    ai = data["autoinstall"]
+    assert ai["storage"] == {"layout": {"name": "direct", "match": {"path": "/dev/nvme0n1"}}}
+    eth = ai["network"]["ethernets"]["provision"]
+    assert eth["match"] == {"macaddress": "b8:3f:d2:00:00:01"} and eth["addresses"] == ["10.50.1.1/16"]
+    assert ai["apt"]["primary"][0]["uri"] == "http://10.50.0.1/repo/ubuntu"
+    assert ai["early-commands"][0].startswith("curl") and "event=start" in ai["early-commands"][0]
+    assert "event=finish" in ai["late-commands"][-1]
+    assert any(f"usermod -p '{HASH}' root" in c for c in ai["late-commands"])
+    assert ai["reporting"]["podsys"] == {"type": "webhook", "endpoint": "http://10.50.0.1:8081/api/v1/webhook"}
+    assert ai["user-data"]["disable_root"] is False
+    install = files["provision/boot/ipxe/install/b8-3f-d2-00-00-01.ipxe"]
+    assert "ds=nocloud-net;s=http://10.50.0.1/boot/nodes/gpu01/" in install and " autoinstall " in install
+
+
+def test_rocky_kickstart_contents(tmp_path):
+    files = render(tmp_path, distro="rocky", version="9")
+    ks = files["provision/boot/nodes/gpu01/ks.cfg"]
+    assert "ignoredisk --only-use=nvme0n1" in ks and "clearpart --all --initlabel --drives=nvme0n1" in ks
+    assert "rootpw --lock" in ks  # no hash given: root has no password at all
+    assert f'sshkey --username=root "{KEY}"' in ks
+    assert "url --url=http://10.50.0.1/repo/rocky/9/BaseOS/x86_64/os/" in ks
+    assert "inst.ks=http://10.50.0.1/boot/nodes/gpu01/ks.cfg" in files["provision/boot/ipxe/install/b8-3f-d2-00-00-01.ipxe"]
+
+
+def test_plain_text_password_is_refused_without_echoing_it(tmp_path):
+    with pytest.raises(InputError) as exc:
+        render(tmp_path, provisioning='  root_password_hash: "hunter2-plain"\n')
+    assert "provisioning.root_password_hash" in str(exc.value)
+    assert "hunter2" not in str(exc.value)
+
+
+def test_access_key_pub_file_is_added_for_root(tmp_path):
+    (tmp_path / "id_ed25519.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAccessKey000000000000000000000000000000000 podsys\n")
+    path = write_manifest(tmp_path)
+    path.write_text(path.read_text() + "access: {private_key_file: id_ed25519}\n")
+    ks_keys = render_files(load_cluster(path))["provision/boot/nodes/gpu01/preseed.cfg"]
+    import base64
+
+    b64 = re.search(r"echo '([A-Za-z0-9+/=]+)'", ks_keys).group(1)
+    assert base64.b64decode(b64).decode().splitlines() == [KEY, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAccessKey000000000000000000000000000000000 podsys"]
+
+
+def test_os_without_an_installer_config_is_an_input_error(tmp_path):
+    # The loader refuses unknown OS versions already; render guards itself all the same.
+    import dataclasses
+
+    from podsys.manifest import OSSpec
+
+    cluster = load_cluster(write_manifest(tmp_path))
+    other = dataclasses.replace(cluster, manifest=cluster.manifest.model_copy(update={"os": OSSpec.model_construct(distro="debian", version="11")}))
+    with pytest.raises(InputError, match="no unattended installer config for debian-11"):
+        render_files(other)
+
+
+def test_render_is_deterministic(tmp_path):
+    cluster = load_cluster(write_manifest(tmp_path, distro="ubuntu", version="22.04"))
+    assert render_files(cluster) == render_files(cluster)
+
+
+def test_nodes_json_lists_pxe_nodes_for_the_head(tmp_path):
+    data = json.loads(render(tmp_path, provisioning="  default_boot_state: local\n")["provision/nodes.json"])
+    assert data["default_boot_state"] == "local"
+    assert data["nodes"]["gpu02"] == {"ip": "10.50.1.2", "mac": "b8:3f:d2:00:00:02", "pxe": True}

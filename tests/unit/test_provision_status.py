@@ -1,0 +1,107 @@
+"""podsys.provision.status: the callback receiver and the read-only status page, over real HTTP
+on loopback. The node list maps 127.0.0.1 to a node for the accepted path; the integration test
+drives the same service from real node addresses in network namespaces."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from podsys.provision.state import NodeInfo, StateStore
+from podsys.provision.status import StatusServer, render_html, status_rows, webhook_event
+
+
+def serve(store: StateStore):
+    server = StatusServer(("127.0.0.1", 0), store, "unit", refresh_s=7, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture
+def loopback_node(tmp_path):
+    store = StateStore(tmp_path / "state", None, {"n1": NodeInfo("n1", "127.0.0.1", "02:00:00:00:00:01"),
+                                                   "n2": NodeInfo("n2", "10.0.0.12", "02:00:00:00:00:02")})
+    server, base = serve(store)
+    yield store, base
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def no_loopback_node(tmp_path):
+    store = StateStore(tmp_path / "state", None, {"n2": NodeInfo("n2", "10.0.0.12", "02:00:00:00:00:02")})
+    server, base = serve(store)
+    yield store, base
+    server.shutdown()
+    server.server_close()
+
+
+def get(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_callbacks_update_the_record_and_the_page(loopback_node):
+    store, base = loopback_node
+    assert get(f"{base}/api/v1/callback?event=start")[0] == 200
+    assert get(f"{base}/api/v1/callback", data=b"event=stage&stage=packages&message=50%25")[0] == 200
+    rec = store.records()["n1"]
+    assert (rec["state"], rec["stage"], rec["message"]) == ("installing", "packages", "50%")
+    code, body = get(f"{base}/api/v1/callback?event=finish")
+    assert code == 200 and body.startswith("ok n1 installed")
+    rows = json.loads(get(f"{base}/api/v1/status")[1])["nodes"]
+    assert [(r["node"], r["state"], r["boot"]) for r in rows] == [("n1", "installed", "local"), ("n2", "pending", "install")]
+    code, page = get(f"{base}/")
+    assert code == 200 and '<meta http-equiv="refresh" content="7">' in page
+    assert "<td>n1</td><td>local</td><td>installed</td>" in page and "<form" not in page
+
+
+def test_subiquity_webhook_events_become_stages(loopback_node):
+    store, base = loopback_node
+    event = {"name": "subiquity/Install/install/curthooks", "description": "configuring target",
+             "event_type": "start", "origin": "curtin", "result": None}
+    code, _ = get(f"{base}/api/v1/webhook", data=json.dumps(event).encode(), headers={"Content-Type": "application/json"})
+    assert code == 200
+    rec = store.records()["n1"]
+    assert (rec["state"], rec["stage"], rec["message"]) == ("installing", "subiquity/Install/install/curthooks", "configuring target")
+    assert get(f"{base}/api/v1/webhook", data=b"not json")[0] == 400
+
+
+def test_bad_event_and_unknown_paths(loopback_node):
+    _, base = loopback_node
+    assert get(f"{base}/api/v1/callback?event=explode")[0] == 400
+    assert get(f"{base}/etc/passwd")[0] == 404
+    req = urllib.request.Request(f"{base}/api/v1/status", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=5)
+    assert exc.value.code == 405
+
+
+def test_callbacks_from_unlisted_addresses_are_refused(no_loopback_node):
+    store, base = no_loopback_node
+    for url, data in ((f"{base}/api/v1/callback?event=finish", None),
+                      (f"{base}/api/v1/webhook", b'{"name": "x"}')):
+        code, body = get(url, data=data)
+        assert code == 403 and "127.0.0.1 is not a node" in body
+    assert store.records()["n2"]["state"] == "pending"
+    assert not (store.state_dir / "nodes-state.json").exists()
+
+
+def test_html_escapes_installer_messages(tmp_path):
+    store = StateStore(tmp_path, None, {"n1": NodeInfo("n1", "10.0.0.11", "m")})
+    store.record_event("n1", "fail", message="<script>alert(1)</script>")
+    page = render_html("c", status_rows(store))
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_webhook_failure_is_a_message_not_a_verdict():
+    assert webhook_event({"name": "n", "description": "d", "result": "FAIL"}) == ("stage", "n", "FAIL: d")
