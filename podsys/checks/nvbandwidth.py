@@ -1,0 +1,117 @@
+"""nvbandwidth output: host<->device copy and GPU<->GPU (P2P) bandwidth matrices.
+
+Each testcase prints "Running <name>.", a title with the unit, a matrix (row/column device
+indices, N/A on the diagonal) and "SUM <name> <value>". Judged per testcase by its worst cell."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, judge_metric, skip
+from podsys.hardware import HardwareProfile
+
+# testcase -> (profile threshold key, what it measures)
+TESTCASE_KEYS = {
+    "host_to_device_memcpy_ce": ("h2d_bw", "host to device"),
+    "device_to_host_memcpy_ce": ("d2h_bw", "device to host"),
+    "host_to_device_memcpy_sm": ("h2d_bw", "host to device (SM copy)"),
+    "device_to_host_memcpy_sm": ("d2h_bw", "device to host (SM copy)"),
+    "device_to_device_memcpy_write_ce": ("p2p_bw", "GPU to GPU write"),
+    "device_to_device_memcpy_read_ce": ("p2p_bw", "GPU to GPU read"),
+}
+_CUDA_802 = re.compile(r"system not yet initialized|error 802|cudaErrorSystemNotReady", re.I)
+
+
+@dataclass(frozen=True)
+class BandwidthMatrix:
+    testcase: str
+    title: str
+    cells: dict[tuple[int, int], float]  # (row, column) -> GB/s; N/A cells left out
+    total: float | None
+
+    def worst(self) -> tuple[tuple[int, int], float] | None:
+        return min(self.cells.items(), key=lambda kv: kv[1]) if self.cells else None
+
+
+@dataclass
+class NvbandwidthRun:
+    matrices: list[BandwidthMatrix]
+    cuda_not_ready: bool = False
+    error: str | None = None
+
+
+def parse_nvbandwidth(text: str) -> NvbandwidthRun:
+    matrices: list[BandwidthMatrix] = []
+    lines = text.splitlines()
+    run = NvbandwidthRun(matrices=matrices)
+    i = 0
+    testcase = None
+    while i < len(lines):
+        line = lines[i].strip()
+        if _CUDA_802.search(line):
+            run.cuda_not_ready = True
+            run.error = run.error or line
+        m = re.match(r"^Running (\w+)\.", line)
+        if m:
+            testcase = m.group(1)
+            i += 1
+            continue
+        if testcase and "bandwidth (GB/s)" in line:
+            title = line
+            columns: list[int] = []
+            cells: dict[tuple[int, int], float] = {}
+            i += 1
+            while i < len(lines) and lines[i].strip():
+                tokens = lines[i].split()
+                if not columns:
+                    columns = [int(t) for t in tokens if t.isdigit()]
+                else:
+                    row = int(tokens[0])
+                    for column, value in zip(columns, tokens[1:]):
+                        if value != "N/A":
+                            cells[(row, column)] = float(value)
+                i += 1
+            total = None
+            while i < len(lines) and not lines[i].strip():
+                i += 1
+            if i < len(lines) and (s := re.match(rf"^SUM {testcase}\s+([\d.]+)", lines[i].strip())):
+                total = float(s.group(1))
+                i += 1
+            matrices.append(BandwidthMatrix(testcase=testcase, title=title, cells=cells, total=total))
+            testcase = None
+            continue
+        i += 1
+    if not matrices and not run.cuda_not_ready:
+        raise ValueError("no 'Running <testcase>.' bandwidth matrix found: not nvbandwidth output")
+    return run
+
+
+def judge_nvbandwidth(run: NvbandwidthRun, node: str, profile: HardwareProfile | None) -> list[Finding]:
+    if profile is not None and profile.gpu is None:
+        return [skip(node, "bandwidth.nvbandwidth", CPU_ONLY_REASON)]
+    if run.cuda_not_ready:
+        return [failed(
+            node, "bandwidth.nvbandwidth", detail=run.error or "CUDA error 802",
+            diagnosis="CUDA cannot initialise (error 802, system not yet initialized): fabric manager is not running on this "
+            "NVSwitch board; systemctl enable --now nvidia-fabricmanager",
+        )]
+    out: list[Finding] = []
+    for matrix in run.matrices:
+        key, what = TESTCASE_KEYS.get(matrix.testcase, (None, matrix.testcase))
+        check = f"bandwidth.{matrix.testcase}"
+        worst = matrix.worst()
+        if key is None or worst is None:
+            out.append(skip(node, check, f"no threshold for nvbandwidth testcase {matrix.testcase}"))
+            continue
+        (row, column), value = worst
+        where = f"GPU {column}" if "CPU(row)" in matrix.title else f"GPU {row} -> GPU {column}"
+        diagnosis = (
+            "P2P bandwidth far below NVLink: P2P is probably off (PCIe ACS on bare metal, NVLink down, fabric manager); "
+            "check nvidia-smi topo -m and nvlink -s"
+            if key == "p2p_bw"
+            else "host<->device copy slow: check the GPU's PCIe link (nvidia-smi -q -d PCIE: gen/width), NUMA placement and IOMMU settings"
+        )
+        out.append(judge_metric(node, check, value, profile, key, diagnosis=diagnosis,
+                                detail=f"{what}, worst {where} of {len(matrix.cells)} measurements"))
+    return out

@@ -1,0 +1,107 @@
+"""The catalogue: live areas in the order they run, and the saved-output kinds that
+`podsys check parse` judges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from podsys.checks import accelerators, dcgm, dmesg, ibstat, monitoring, nccl, network, nvbandwidth, nvsmi, pcie, perftest, slurm, versions
+from podsys.checks.findings import AREAS, Finding
+from podsys.checks.live import Context, Probe, Results
+from podsys.hardware import HardwareProfile
+
+
+@dataclass(frozen=True)
+class Area:
+    name: str
+    description: str
+    probes: Callable[[Context], list[Probe]]
+    judge: Callable[[Context, Results], list[Finding]]
+
+
+LIVE_AREAS: dict[str, Area] = {
+    a.name: a
+    for a in (
+        Area("versions", "OS, kernel, Slurm, driver, CUDA, NCCL, OFED, FM, DCGM vs the stack; kernel modules", versions.probes, versions.judge),
+        Area("gpu", "GPU count/model, persistence, ECC/row remaps, Xid, clocks, NVLink, topology, ACS, dcgmi diag", accelerators.gpu_probes, accelerators.gpu_judge),
+        Area("bandwidth", "host<->device and P2P copy bandwidth (nvbandwidth)", accelerators.bandwidth_probes, accelerators.bandwidth_judge),
+        Area("infiniband", "HCA ports Active at rate, error counters, NIC PCIe link, ib_write_bw between node pairs", accelerators.ib_probes, accelerators.ib_judge),
+        Area("nccl", "nccl-tests single-node on every GPU node and multi-node via Slurm", accelerators.nccl_probes, accelerators.nccl_judge),
+        Area("slurm", "all nodes idle, srun -N<all> hostname answers, GPU gres visible", slurm.probes, slurm.judge),
+        Area("monitoring", "every Prometheus scrape target up, one per node", monitoring.probes, monitoring.judge),
+        Area("network", "every host reaches every other on the provision network; MTU consistent", network.probes, network.judge),
+    )
+}
+assert tuple(LIVE_AREAS) == AREAS
+
+
+def selected(check: str, only: list[str], skip: list[str]) -> bool:
+    """--only/--skip take areas ("gpu") or check names ("gpu.nvlink"), matched as prefixes."""
+    def hit(patterns: list[str]) -> bool:
+        return any(check == p or check.startswith(p + ".") for p in patterns)
+
+    return (not only or hit(only)) and not hit(skip)
+
+
+def area_selected(area: str, only: list[str], skip: list[str]) -> bool:
+    if area in skip:
+        return False
+    return not only or any(p == area or p.startswith(area + ".") for p in only)
+
+
+def unknown_selectors(patterns: list[str]) -> list[str]:
+    return [p for p in patterns if p.split(".", 1)[0] not in AREAS]
+
+
+# --- saved outputs (`podsys check parse KIND FILE`) ------------------------------------------
+
+Parser = Callable[[str, str, HardwareProfile | None, str], list[Finding]]
+
+
+def _nccl(text, node, profile, hint):
+    run = nccl.parse_nccl_tests(text, hint)
+    if run.collective is None and run.rows:
+        raise ValueError("cannot tell which collective this is (no '<name>_perf' in the output or file name); pass --collective")
+    return nccl.judge_nccl(run, node, profile)
+
+
+def _dmesg(text, node, profile, hint):
+    has_gpu = profile is None or profile.gpu is not None
+    has_hca = profile is None or profile.hca is not None
+    return dmesg.judge_dmesg(dmesg.parse_dmesg(text), node, has_gpu=has_gpu, has_hca=has_hca)
+
+
+PARSE_KINDS: dict[str, tuple[str, Parser]] = {
+    "nccl": ("nccl-tests output (all_reduce_perf, all_gather_perf, reduce_scatter_perf, alltoall_perf)", _nccl),
+    "perftest": ("ib_write_bw / ib_read_bw / ib_send_bw client output", lambda t, n, p, h: perftest.judge_perftest(perftest.parse_perftest(t), n, p)),
+    "ibstat": ("ibstat", lambda t, n, p, h: ibstat.judge_ibstat(ibstat.parse_ibstat(t), n, p)),
+    "ib-counters": ("grep -H . /sys/class/infiniband/*/ports/*/counters/*", lambda t, n, p, h: [ibstat.judge_ib_counters(ibstat.parse_ib_counters(t), n, p)]),
+    "nvidia-smi-topo": ("nvidia-smi topo -m", lambda t, n, p, h: nvsmi.judge_topo(nvsmi.parse_topo(t), n, p)),
+    "nvidia-smi-query": (f"{nvsmi.QUERY_COMMAND}", lambda t, n, p, h: nvsmi.judge_query_gpu(nvsmi.parse_query_gpu(t), n, p)),
+    "nvidia-smi-nvlink": ("nvidia-smi nvlink -s", lambda t, n, p, h: nvsmi.judge_nvlink_status(nvsmi.parse_nvlink_status(t), n, p)),
+    "dcgmi-diag": ("dcgmi diag -r N", lambda t, n, p, h: dcgm.judge_dcgmi_diag(dcgm.parse_dcgmi_diag(t), n, p)),
+    "nvbandwidth": ("nvbandwidth", lambda t, n, p, h: nvbandwidth.judge_nvbandwidth(nvbandwidth.parse_nvbandwidth(t), n, p)),
+    "dmesg": ("dmesg / journalctl -k", _dmesg),
+    "lspci": ("lspci -vvv (PCIe ACS)", lambda t, n, p, h: [pcie.judge_acs(pcie.parse_lspci_acs(t), n)]),
+    "modules": ("/proc/modules or lsmod (nvidia, nvidia_peermem)", lambda t, n, p, h: _modules(t, n, p)),
+    "prometheus-targets": ("Prometheus GET /api/v1/targets JSON", lambda t, n, p, h: monitoring.judge_targets(monitoring.parse_targets(t), {})),
+}
+
+
+def _modules(text: str, node: str, profile: HardwareProfile | None) -> list[Finding]:
+    from podsys.checks.findings import failed, passed, skip
+
+    if profile is None:
+        return [skip(node, "versions.modules", "give --profile: which modules are needed depends on the hardware")]
+    loaded = versions.parse_modules(text)
+    need = (["nvidia"] if profile.gpu else []) + (["nvidia_peermem"] if profile.gpu and profile.has_ib else [])
+    if not need:
+        return [skip(node, "versions.modules", versions.CPU_ONLY_REASON)]
+    missing = [m for m in need if m not in loaded]
+    if missing:
+        return [failed(node, "versions.modules", value=", ".join(missing), detail=f"not loaded: {', '.join(missing)}",
+                       diagnosis="nvidia_peermem not loaded, so GPUDirect RDMA is off: modprobe nvidia_peermem and add it to "
+                       "/etc/modules-load.d (needs MLNX/DOCA OFED)" if missing == ["nvidia_peermem"]
+                       else "the NVIDIA kernel module is not loaded: check the driver install and dmesg")]
+    return [passed(node, "versions.modules", detail=f"loaded: {', '.join(need)}")]

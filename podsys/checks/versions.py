@@ -1,0 +1,247 @@
+"""Inventory and versions: OS, kernel, Slurm, driver, CUDA, NCCL, OFED/DOCA, fabric manager and
+DCGM equal the resolved stack; the kernel modules the stack needs are loaded.
+
+Expected values come from the manifest and the pinned stack (podsys.compat.Stack); nothing is
+guessed here."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
+from podsys.checks.live import Context, Probe, Results, sections_script, split_sections
+from podsys.hardware import HardwareProfile
+
+SECTIONS = {
+    "os-release": "cat /etc/os-release",
+    "kernel": "uname -r",
+    "slurm": "slurmd -V 2>/dev/null || sinfo -V",
+    "modules": "cat /proc/modules",
+    "driver": "cat /proc/driver/nvidia/version",
+    "cuda": "cat /usr/local/cuda/version.json 2>/dev/null || nvcc --version",
+    "nccl": "dpkg-query -W -f '${Version}\\n' libnccl2 2>/dev/null || rpm -q --qf '%{VERSION}-%{RELEASE}\\n' libnccl",
+    "ofed": "ofed_info -s",
+    "fabric-manager": "nv-fabricmanager --version",
+    "fabric-manager-active": "systemctl is-active nvidia-fabricmanager",
+    "dcgm": "dcgmi --version",
+}
+
+
+@dataclass(frozen=True)
+class Expected:
+    os_distro: str
+    os_version: str
+    slurm: str | None  # None: distro Slurm, judged for consistency only
+    driver: str | None = None
+    cuda: str | None = None
+    nccl: str | None = None
+    ofed_version: str | None = None
+    ofed_release: str | None = None
+    ofed_inbox: bool = False
+    fabric_manager: str | None = None
+    dcgm: str | None = None
+
+
+def expected_from_cluster(cluster) -> Expected:
+    manifest, stack = cluster.manifest, cluster.stack
+    ofed = getattr(stack, "ofed", None)
+    return Expected(
+        os_distro=manifest.os.distro,
+        os_version=str(manifest.os.version),
+        slurm=getattr(stack, "slurm", None) if manifest.slurm.source == "stack" else None,
+        driver=getattr(stack, "driver", None),
+        cuda=getattr(stack, "cuda", None),
+        nccl=getattr(stack, "nccl", None),
+        ofed_version=ofed.version if ofed else None,
+        ofed_release=ofed.release if ofed else None,
+        ofed_inbox=manifest.infiniband.stack == "inbox",
+        fabric_manager=getattr(stack, "fabric_manager", None),
+        dcgm=getattr(stack, "dcgm", None),
+    )
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'^([A-Z_]+)=(.*)$', line.strip())
+        if m:
+            out[m.group(1)] = m.group(2).strip().strip('"')
+    return out
+
+
+def parse_modules(text: str) -> set[str]:
+    """/proc/modules or lsmod output -> module names."""
+    names = set()
+    for line in text.splitlines():
+        tokens = line.split()
+        if tokens and tokens[0] != "Module" and re.fullmatch(r"[\w-]+", tokens[0]):
+            names.add(tokens[0].replace("-", "_"))
+    return names
+
+
+def _version(text: str, pattern: str = r"(\d+\.\d+(?:\.\d+)*)") -> str | None:
+    m = re.search(pattern, text or "")
+    return m.group(1) if m else None
+
+
+def parse_driver_version(text: str) -> str | None:
+    return _version(text, r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)")
+
+
+def parse_cuda_version(text: str) -> str | None:
+    try:
+        return json.loads(text)["cuda"]["version"]
+    except (ValueError, KeyError, TypeError):
+        return _version(text, r"release (\d+\.\d+)")
+
+
+def judge_versions(sections: dict[str, str], node: str, profile: HardwareProfile, layers: tuple[str, ...],
+                   expected: Expected) -> list[Finding]:
+    out: list[Finding] = []
+    osr = parse_os_release(sections.get("os-release", ""))
+    distro, version = osr.get("ID", "?"), osr.get("VERSION_ID", "?")
+    if distro == expected.os_distro and (version == expected.os_version or version.startswith(expected.os_version + ".")):
+        out.append(passed(node, "versions.os", value=f"{distro} {version}"))
+    else:
+        out.append(failed(
+            node, "versions.os", value=f"{distro} {version}", detail=f"runs {distro} {version}, manifest says {expected.os_distro} {expected.os_version}",
+            diagnosis="the node runs a different OS than the manifest: reinstall it (set its boot state to install) or fix `os` in the manifest",
+        ))
+    kernel = sections.get("kernel", "").strip()
+    out.append(passed(node, "versions.kernel", value=kernel or "?", detail="running kernel"))
+
+    if "slurm" in layers:
+        slurm = _version(sections.get("slurm", ""))
+        if slurm is None:
+            out.append(failed(node, "versions.slurm", detail="no slurmd/sinfo found",
+                              diagnosis="Slurm is not installed: rerun podsys deploy --tags slurm for this node"))
+        elif expected.slurm and not slurm.startswith(expected.slurm):
+            out.append(failed(node, "versions.slurm", value=slurm, detail=f"Slurm {slurm}, stack pins {expected.slurm}",
+                              diagnosis="Slurm differs from the stack: redeploy the slurm role (pyxis and slurmdbd must match it)"))
+        else:
+            out.append(passed(node, "versions.slurm", value=slurm, detail="matches the stack" if expected.slurm else "distribution Slurm"))
+    else:
+        out.append(skip(node, "versions.slurm", "node has no slurm layer"))
+
+    if profile.gpu is None and profile.hca is None:
+        for check in ("versions.driver", "versions.modules"):
+            out.append(skip(node, check, CPU_ONLY_REASON))
+        return out
+    modules = parse_modules(sections.get("modules", ""))
+    if profile.gpu is not None:
+        out.extend(_gpu_versions(sections, node, profile, expected, modules))
+    if profile.has_ib:
+        out.append(_ofed_version(sections, node, expected))
+    missing = []
+    if profile.gpu is not None and "nvidia" not in modules:
+        missing.append("nvidia")
+    if profile.gpu is not None and profile.has_ib and "nvidia_peermem" not in modules:
+        missing.append("nvidia_peermem")
+    if missing:
+        diag = ("nvidia_peermem not loaded, so GPUDirect RDMA is off: modprobe nvidia_peermem and add it to /etc/modules-load.d "
+                "(needs MLNX/DOCA OFED)") if missing == ["nvidia_peermem"] else \
+            "the NVIDIA kernel module is not loaded: check the driver install (dkms status) and dmesg for load errors"
+        out.append(failed(node, "versions.modules", value=", ".join(missing), detail=f"not loaded: {', '.join(missing)}", diagnosis=diag))
+    else:
+        loaded = ["nvidia"] * (profile.gpu is not None) + ["nvidia_peermem"] * (profile.gpu is not None and profile.has_ib)
+        out.append(passed(node, "versions.modules", detail=f"loaded: {', '.join(loaded) or 'none needed'}"))
+    return out
+
+
+def _compare(node: str, check: str, found: str | None, want: str | None, what: str, fix: str, match=None) -> Finding:
+    if want is None:
+        return skip(node, check, f"the stack pins no {what}")
+    if found is None:
+        return failed(node, check, detail=f"{what} not found", diagnosis=fix)
+    ok = match(found, want) if match else found == want
+    if not ok:
+        return failed(node, check, value=found, detail=f"{what} {found}, stack pins {want}", diagnosis=fix)
+    return passed(node, check, value=found, detail=f"{what} matches the stack")
+
+
+def _gpu_versions(sections, node, profile, expected: Expected, modules) -> list[Finding]:
+    out = [
+        _compare(node, "versions.driver", parse_driver_version(sections.get("driver", "")), expected.driver, "NVIDIA driver",
+                 "install the stack's driver (podsys deploy --tags gpu); reboot if an old module is still loaded"),
+        _compare(node, "versions.cuda", parse_cuda_version(sections.get("cuda", "")), expected.cuda, "CUDA toolkit",
+                 "install the stack's CUDA toolkit (podsys deploy --tags gpu)",
+                 match=lambda found, want: found == want or found.startswith(want + ".")),
+        _compare(node, "versions.nccl", (sections.get("nccl", "").split() or [None])[0], expected.nccl, "NCCL",
+                 "install the stack's libnccl2 build (podsys deploy --tags gpu)",
+                 match=lambda found, want: found == want or found.split("+")[0] == want.split("+")[0]),
+        _compare(node, "versions.dcgm", _version(sections.get("dcgm", ""), r"version:\s*(\d+\.\d+\.\d+)"), expected.dcgm, "DCGM",
+                 "install the stack's DCGM (datacenter-gpu-manager) with podsys deploy --tags gpu"),
+    ]
+    if profile.gpu.nvswitch:
+        fm = _version(sections.get("fabric-manager", ""), r"version is\s*:\s*(\d+\.\d+(?:\.\d+)?)")
+        out.append(_compare(node, "versions.fabric_manager", fm, expected.fabric_manager or expected.driver, "fabric manager",
+                            "install nvidia-fabricmanager of exactly the driver's version; it refuses to start otherwise"))
+        state = sections.get("fabric-manager-active", "").strip().splitlines()[-1:] or ["unknown"]
+        if state[0] != "active":
+            out.append(failed(
+                node, "gpu.fabric_manager", value=state[0], detail=f"nvidia-fabricmanager is {state[0]}",
+                diagnosis="fabric manager not running: CUDA fails with error 802 on NVSwitch boards; systemctl enable --now "
+                "nvidia-fabricmanager and read journalctl -u nvidia-fabricmanager (version must equal the driver)",
+            ))
+        else:
+            out.append(passed(node, "gpu.fabric_manager", value="active"))
+    else:
+        out.append(skip(node, "versions.fabric_manager", f"profile {profile.id} has no NVSwitch"))
+    return out
+
+
+def _ofed_version(sections, node, expected: Expected) -> Finding:
+    if expected.ofed_inbox:
+        return skip(node, "versions.ofed", "infiniband.stack: inbox (the distribution's RDMA stack)")
+    text = sections.get("ofed", "")
+    found = _version(text, r"(\d+\.\d+-[\d.]+)") or _version(text)
+    want = expected.ofed_version
+    if want is None:
+        return skip(node, "versions.ofed", "the stack pins no OFED/DOCA")
+    if not text.strip() or "not found" in text:
+        return failed(node, "versions.ofed", detail="ofed_info not found",
+                      diagnosis="MLNX/DOCA OFED is not installed: podsys deploy --tags infiniband")
+    if want in text or (expected.ofed_release and expected.ofed_release in text):
+        return passed(node, "versions.ofed", value=found, detail="OFED/DOCA matches the stack")
+    return failed(node, "versions.ofed", value=found, detail=f"OFED {found}, stack pins {want}",
+                  diagnosis="install the stack's OFED/DOCA release (podsys deploy --tags infiniband), then reboot")
+
+
+def judge_consistency(findings: list[Finding], check: str) -> list[Finding]:
+    """Nodes whose value differs from the majority (e.g. kernels after a partial upgrade)."""
+    values = Counter(str(f.value) for f in findings if f.check == check and f.verdict.value == "PASS")
+    if len(values) <= 1:
+        return findings
+    common = values.most_common(1)[0][0]
+    out = []
+    for f in findings:
+        if f.check == check and f.verdict.value == "PASS" and str(f.value) != common:
+            out.append(warned(f.node, check, value=f.value, detail=f"{f.value}, most nodes run {common}",
+                              diagnosis="nodes run different versions: upgrade/reboot the odd ones so modules and packages match"))
+        else:
+            out.append(f)
+    return out
+
+
+# --- live -------------------------------------------------------------------------------------
+
+def probes(ctx: Context) -> list[Probe]:
+    script = sections_script(SECTIONS)
+    return [Probe(host=node.name, name="versions", command=script, timeout=60) for node in ctx.nodes]
+
+
+def judge(ctx: Context, results: Results) -> list[Finding]:
+    expected = expected_from_cluster(ctx.cluster)
+    out: list[Finding] = []
+    for node in ctx.nodes:
+        result = results.get((node.name, "versions"))
+        if result is None or not result.ran:
+            out.append(failed(node.name, "versions.os", detail=result.problem() if result else "not collected",
+                              diagnosis="the node is unreachable over SSH: check it is up, its address and the access settings"))
+            continue
+        out.extend(judge_versions(split_sections(result.stdout), node.name, ctx.profile(node), node.layers, expected))
+    out = judge_consistency(out, "versions.kernel")
+    return judge_consistency(out, "versions.slurm") if expected.slurm is None else out

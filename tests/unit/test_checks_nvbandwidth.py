@@ -1,0 +1,30 @@
+import pytest
+
+from podsys.checks.findings import Verdict
+from podsys.checks.nvbandwidth import judge_nvbandwidth, parse_nvbandwidth
+from tests.unit.checks_helpers import fixture, one, profile
+
+H100 = profile("hgx-h100-8gpu")
+
+
+def test_healthy_matrices_parse_and_pass():
+    run = parse_nvbandwidth(fixture("nvbandwidth_8xh100_healthy.txt"))
+    assert [m.testcase for m in run.matrices] == ["host_to_device_memcpy_ce", "device_to_host_memcpy_ce", "device_to_device_memcpy_write_ce"]
+    h2d = run.matrices[0]
+    assert len(h2d.cells) == 8 and h2d.total == pytest.approx(441.9)
+    assert len(run.matrices[2].cells) == 56  # diagonal N/A left out
+    findings = judge_nvbandwidth(run, "gpu001", H100)
+    assert [f.verdict for f in findings] == [Verdict.PASS] * 3
+
+
+def test_p2p_off_and_slow_h2d_fail_naming_the_gpu():
+    findings = judge_nvbandwidth(parse_nvbandwidth(fixture("nvbandwidth_8xh100_p2p_off_slow_h2d.txt")), "gpu001", H100)
+    h2d = one(findings, "bandwidth.host_to_device_memcpy_ce")
+    assert h2d.verdict is Verdict.FAIL and "GPU 5" in h2d.detail and h2d.value == pytest.approx(24.1)
+    p2p = one(findings, "bandwidth.device_to_device_memcpy_write_ce")
+    assert p2p.verdict is Verdict.FAIL and "GPU 2" in p2p.detail and p2p.value < 40 and "ACS" in p2p.diagnosis
+
+
+def test_cuda_802_is_fabric_manager():
+    (finding,) = judge_nvbandwidth(parse_nvbandwidth(fixture("nvbandwidth_cuda_802.txt")), "gpu001", H100)
+    assert finding.verdict is Verdict.FAIL and "fabric" in finding.diagnosis
