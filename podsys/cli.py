@@ -12,6 +12,8 @@ COMMAND_MODULES = [
     "podsys.commands.core",  # init, validate, render, compat
     "podsys.commands.provision",  # status, reinstall, discover, power, provision media add
     "podsys.commands.lab",  # lab up|down|status|ssh|stop|start
+    "podsys.commands.deploy",  # deploy
+    "podsys.commands.bundle",  # bundle build|verify|iso|serve
 ]
 
 app = typer.Typer(
