@@ -63,6 +63,14 @@ def iso_files(iso: Path) -> set[str]:
     return {line.strip().strip("'") for line in proc.stdout.splitlines() if line.strip().startswith("'")}
 
 
+def is_iso9660(path: Path) -> bool:
+    """The ISO 9660 primary volume descriptor's "CD001" at 32769. Checked before tarfile,
+    which takes the zero-filled system area of an ISO for an empty tar archive."""
+    with path.open("rb") as fh:
+        fh.seek(0x8001)
+        return fh.read(5) == b"CD001"
+
+
 def plan(source: Path) -> MediaPlan:
     """What to take from SOURCE, decided by what is inside it (not by its name)."""
     if source.is_dir():
@@ -71,7 +79,7 @@ def plan(source: Path) -> MediaPlan:
         raise MediaError(f"{source}: no debian-installer/amd64/linux + initrd.gz in this directory")
     if not source.is_file():
         raise MediaError(f"{source}: no such file or directory")
-    if tarfile.is_tarfile(source):
+    if not is_iso9660(source) and tarfile.is_tarfile(source):
         with tarfile.open(source) as tar:
             names = {n.removeprefix("./") for n in tar.getnames()}
         if all(p in names for p in DEBIAN_NETBOOT.values()):
