@@ -21,8 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from ipaddress import IPv4Address
-from pathlib import Path
+from urllib.parse import urlsplit
 
 import jinja2
 import yaml
@@ -93,13 +92,27 @@ class Urls:
     webhook: str
 
 
+# packages.source: online -> installers fetch from the distribution's own mirror.
+PUBLIC_MIRRORS = {
+    "debian": "http://deb.debian.org/debian",
+    "ubuntu": "http://archive.ubuntu.com/ubuntu",
+    "rocky": "http://dl.rockylinux.org/pub/rocky",
+}
+# packages.source: proxy -> nginx hands /repo/ to the head's package cache (the package_proxy
+# role's apt-cacher-ng, which listens on the head's provision address on this port).
+PACKAGE_CACHE_PORT = 3142
+
+
 def urls_for(cluster: Cluster) -> Urls:
     m = cluster.manifest
     port = m.provisioning.http_port
     base = f"http://{m.head.address}" + ("" if port == 80 else f":{port}")
     status = f"http://{m.head.address}:{m.provisioning.status_port}/api/v1"
-    return Urls(base=base, boot=f"{base}/boot", repo=f"{base}/repo/{m.os.distro}",
-                callback=f"{status}/callback", webhook=f"{status}/webhook")
+    if m.packages.source == "online":
+        repo = (m.packages.upstream or PUBLIC_MIRRORS[m.os.distro]).rstrip("/")
+    else:
+        repo = f"{base}/repo/{m.os.distro}"
+    return Urls(base=base, boot=f"{base}/boot", repo=repo, callback=f"{status}/callback", webhook=f"{status}/webhook")
 
 
 def mac_filename(mac: str) -> str:
@@ -278,8 +291,8 @@ def _repo_parts(cluster: Cluster, urls: Urls) -> dict:
         major = os_spec.version.split(".")[0]
         return {"baseos": f"{urls.repo}/{major}/BaseOS/x86_64/os/",
                 "appstream": f"{urls.repo}/{major}/AppStream/x86_64/os/"}
-    host = urls.base[len("http://"):]
-    return {"host": host, "directory": f"/repo/{os_spec.distro}"}
+    parts = urlsplit(urls.repo)
+    return {"host": parts.netloc, "directory": parts.path or "/"}
 
 
 def installer_files(cluster: Cluster, node: NodeView, urls: Urls, keys: list[str], pw_hash: str | None) -> dict[str, str]:
@@ -342,6 +355,7 @@ def render_files(cluster: Cluster, paths: HeadPaths = DEFAULT_PATHS,
     files["provision/nginx-site.conf"] = _render(
         "nginx-site.conf.j2", cluster_name=cluster.name, listen=f"{m.head.address}:{port}",
         cidr=str(net.cidr), paths=paths,
+        repo_proxy=f"http://{m.head.address}:{PACKAGE_CACHE_PORT}" if m.packages.source == "proxy" else None,
     )
     files["provision/boot/ipxe/boot.ipxe"] = _render("boot.ipxe.j2", cluster_name=cluster.name, boot_url=urls.boot)
     media_url = f"{urls.boot}/media/{m.os.key}"
@@ -361,6 +375,3 @@ def render_files(cluster: Cluster, paths: HeadPaths = DEFAULT_PATHS,
         indent=2, sort_keys=True) + "\n"
     return files
 
-
-def head_address(cluster: Cluster) -> IPv4Address:
-    return cluster.manifest.head.address

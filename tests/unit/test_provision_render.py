@@ -17,7 +17,7 @@ HASH = "$6$podsystestsalt$RLrny3EtmKdqGKHloDVBYqqIoGNgFkNucr0PhTE.pm7uDNfDwflLIV
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests0000000000000000 admin@head"
 
 
-def write_manifest(tmp_path: Path, distro="debian", version="12", provisioning="", extra_group="") -> Path:
+def write_manifest(tmp_path: Path, distro="debian", version="12", provisioning="", extra_group="", packages="proxy") -> Path:
     path = tmp_path / "cluster.yaml"
     path.write_text(f"""\
 apiVersion: podsys/v1
@@ -28,6 +28,7 @@ networks:
   provision: {{cidr: 10.50.0.0/16, gateway: 10.50.0.254, dns: [10.50.0.1]}}
   bmc: {{cidr: 10.60.0.0/16}}
 os: {{distro: {distro}, version: "{version}"}}
+packages: {{source: {packages}}}
 provisioning:
   root_authorized_keys: ["{KEY}"]
 {provisioning}node_groups:
@@ -97,7 +98,7 @@ def test_non_pxe_nodes_get_an_address_but_no_boot_file(tmp_path):
 
 
 def test_nginx_serves_only_the_boot_tree_and_the_repo(tmp_path):
-    conf = render_files(load_cluster(write_manifest(tmp_path)),
+    conf = render_files(load_cluster(write_manifest(tmp_path, packages="bundle")),
                         HeadPaths(boot_root="/b", repo_root="/r"))["provision/nginx-site.conf"]
     locations = re.findall(r"location\s+(\S+)\s*\{", conf)
     assert locations == ["/boot/", "/repo/", "/"]
@@ -207,3 +208,13 @@ def test_nodes_json_lists_pxe_nodes_for_the_head(tmp_path):
     data = json.loads(render(tmp_path, provisioning="  default_boot_state: local\n")["provision/nodes.json"])
     assert data["default_boot_state"] == "local"
     assert data["nodes"]["gpu02"] == {"ip": "10.50.1.2", "mac": "b8:3f:d2:00:00:02", "pxe": True}
+
+
+def test_repo_follows_the_package_source(tmp_path):
+    proxied = render(tmp_path)
+    assert "proxy_pass http://10.50.0.1:3142/;" in proxied["provision/nginx-site.conf"]
+    assert "alias /srv/podsys/repo/" not in proxied["provision/nginx-site.conf"]
+    assert "d-i mirror/http/directory string /repo/debian" in proxied["provision/boot/nodes/gpu01/preseed.cfg"]
+    online = render(tmp_path, packages="online")["provision/boot/nodes/gpu01/preseed.cfg"].splitlines()
+    assert "d-i mirror/http/hostname string deb.debian.org" in online
+    assert "d-i mirror/http/directory string /debian" in online
