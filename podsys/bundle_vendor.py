@@ -53,12 +53,15 @@ def load_vendor_lock(lock: Path, search_dir: Path | None = None) -> list[VendorA
         unknown = set(item) - {"name", "file", "sha256", "url"}
         for key in sorted(unknown):
             problems.append(smap.problem((*where, key), f"unknown key {key!r} (name, file, sha256, url)"))
-        missing = [k for k in ("name", "file", "sha256") if not item.get(k)]
+        missing = [k for k in ("name", "file", "sha256") if item.get(k) in (None, "")]
         for key in missing:
             problems.append(smap.problem(where, f"artifact needs {key}"))
         if missing:
             continue
-        name, file, digest = str(item["name"]), str(item["file"]), str(item["sha256"]).lower()
+        raw = item["sha256"]
+        # An all-digit hash unquoted in YAML arrives as an int: pad it back to 64 digits.
+        digest = f"{raw:064d}" if isinstance(raw, int) and not isinstance(raw, bool) else str(raw).lower()
+        name, file = str(item["name"]), str(item["file"])
         if "/" in file or file.startswith("."):
             problems.append(smap.problem((*where, "file"), f"{file!r} must be a plain file name (looked up in {search_dir})"))
             continue

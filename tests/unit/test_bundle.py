@@ -1,0 +1,203 @@
+"""Offline bundle: the pure parts (what goes in, vendor.lock, index parsing) and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from podsys.bundle import BundlePlan, check_vendor_coverage, iso_volume_id, plan_bundle
+from podsys.bundle_apt import PrivateApt, parse_print_uris, target_for
+from podsys.bundle_repo import parse_deb822_hashes, parse_packages
+from podsys.bundle_vendor import load_vendor_lock, upstream_version
+from podsys.errors import InputError
+from podsys.loader import load_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = ROOT / "manifests" / "lab.yaml"
+HGX = ROOT / "manifests" / "hgx-h100-32.yaml"
+
+
+def test_print_uris_lines_are_parsed_with_sha256():
+    text = (
+        "'http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb' hello_2.10-3_amd64.deb 53000 "
+        "SHA256:" + "ab" * 32 + "\n"
+        "'http://deb.debian.org/debian/pool/main/g/gcc-12/libgcc-s1_12.2.0-14%2bdeb12u1_amd64.deb' "
+        "libgcc-s1_12.2.0-14+deb12u1_amd64.deb 49856 SHA256:" + "CD" * 32 + "\n"
+        "noise line from apt\n"
+    )
+    files = parse_print_uris(text)
+    assert [f.filename for f in files] == ["hello_2.10-3_amd64.deb", "libgcc-s1_12.2.0-14+deb12u1_amd64.deb"]
+    assert files[0].size == 53000 and files[1].sha256 == "cd" * 32
+
+
+def test_print_uris_without_sha256_is_refused():
+    from podsys.errors import PodsysError
+
+    with pytest.raises(PodsysError, match="no SHA256 for x.deb"):
+        parse_print_uris("'http://m/x.deb' x.deb 1 MD5Sum:" + "0" * 32)
+
+
+def test_private_apt_uses_the_target_suite_and_keyring_not_the_build_machine(tmp_path):
+    apt = PrivateApt(tmp_path, target_for("ubuntu-22.04"), mirror="http://mirror.example/ubuntu")
+    sources = (tmp_path / "etc/sources.list").read_text()
+    assert "http://mirror.example/ubuntu jammy main universe" in sources
+    assert "jammy-security" in sources and "ubuntu-archive-keyring.gpg" in sources
+    opts = " ".join(apt.options())
+    assert f"Dir::State::status={tmp_path}/state/status" in opts
+    assert "Debug::NoLocking=1" in opts
+    # every directory apt reads or writes is inside the private root
+    dirs = [o.split("=", 1)[1] for o in apt.options() if o.startswith("Dir::")]
+    assert dirs and all(d.startswith(str(tmp_path)) for d in dirs)
+    assert (tmp_path / "state/status").read_text() == ""  # empty: the whole closure is resolved
+
+
+def test_unsupported_os_is_an_input_error():
+    with pytest.raises(InputError, match="no offline bundle for rocky-9"):
+        target_for("rocky-9")
+
+
+def test_lab_plan_has_head_base_slurm_monitoring_packages_and_no_vendor_needs():
+    plan = plan_bundle(load_cluster(LAB))
+    assert plan.os_key == "debian-12"
+    for pkg in ("dnsmasq", "nginx", "ipxe", "chrony", "slurmd", "slurmctld", "munge", "prometheus", "prometheus-node-exporter"):
+        assert pkg in plan.packages
+    assert plan.vendor_packages == [] and plan.vendor_sources == []
+
+
+def test_gpu_plan_asks_vendor_lock_for_every_vendor_package_of_the_stack():
+    cluster = load_cluster(HGX)
+    plan = plan_bundle(cluster)
+    stack = cluster.stack
+    names = {name: version for name, version, _ in plan.vendor_packages}
+    branch = stack.driver.split(".")[0]
+    assert names[f"nvidia-fabricmanager-{branch}"] == stack.driver
+    assert names["libnccl2"] == stack.nccl
+    assert "linux-headers-generic" in plan.packages and "openmpi-bin" in plan.packages
+    problems = check_vendor_coverage(plan, [], Path("vendor.lock"))
+    assert any(f"libnccl2 {stack.nccl}" in p.message for p in problems)
+    assert len(problems) == len(plan.vendor_packages) + len(plan.vendor_sources)
+
+
+def test_only_restricts_the_plan():
+    plan = plan_bundle(load_cluster(LAB), only=["hello"], wheels=False, installer=False)
+    assert plan.packages == ["hello"] and not plan.ipxe and not plan.wheels
+
+
+def _lock(tmp_path: Path, body: str) -> Path:
+    lock = tmp_path / "vendor.lock"
+    lock.write_text(body)
+    return lock
+
+
+def test_vendor_lock_missing_and_mismatched_files_name_the_line(tmp_path):
+    (tmp_path / "pyxis-0.20.0.tar.gz").write_bytes(b"pyxis")
+    good = hashlib.sha256(b"pyxis").hexdigest()
+    lock = _lock(
+        tmp_path,
+        "artifacts:\n"
+        f"  - {{name: pyxis, file: pyxis-0.20.0.tar.gz, sha256: {good}}}\n"
+        f"  - {{name: enroot, file: enroot_3.5.0-1_amd64.deb, sha256: {good}}}\n"
+        f"  - {{name: pyxis2, file: pyxis-0.20.0.tar.gz, sha256: {'0' * 64}}}\n",
+    )
+    with pytest.raises(InputError) as exc:
+        load_vendor_lock(lock)
+    lines = [str(p) for p in exc.value.problems]
+    assert any(f"{lock}:3:" in ln and "enroot_3.5.0-1_amd64.deb not found" in ln for ln in lines)
+    assert any(f"{lock}:4:" in ln and "vendor.lock says 000" in ln for ln in lines)
+    assert len(lines) == 2
+
+
+def test_vendor_lock_ok(tmp_path):
+    (tmp_path / "a.tar.gz").write_bytes(b"a")
+    lock = _lock(tmp_path, f"artifacts:\n  - name: a\n    file: a.tar.gz\n    sha256: {hashlib.sha256(b'a').hexdigest()}\n")
+    [art] = load_vendor_lock(lock)
+    assert art.name == "a" and art.path == tmp_path / "a.tar.gz" and not art.is_deb
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("artifacts: {a: 1}\n", "expected `artifacts:`"),
+        ("artifacts:\n  - {name: a, file: ../x, sha256: " + "0" * 64 + "}\n", "plain file name"),
+        ("artifacts:\n  - {name: a, file: x, sha256: nothex}\n", "64 hex digits"),
+        ("artifacts:\n  - {name: a, file: x, sha256: " + "0" * 64 + ", md5: y}\n", "unknown key 'md5'"),
+    ],
+)
+def test_vendor_lock_schema_errors(tmp_path, body, message):
+    with pytest.raises(InputError, match=message):
+        load_vendor_lock(_lock(tmp_path, body))
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
+def test_vendor_coverage_checks_package_names_and_versions(tmp_path):
+    from podsys.bundle_vendor import VendorArtifact
+
+    def deb(name: str, version: str) -> VendorArtifact:
+        root = tmp_path / f"{name}-{version}"
+        (root / "DEBIAN").mkdir(parents=True)
+        (root / "DEBIAN/control").write_text(
+            f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: t <t@t>\nDescription: test\n"
+        )
+        out = tmp_path / f"{name}_{version}_amd64.deb"
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(out)], check=True, capture_output=True)
+        return VendorArtifact(name, out.name, "0" * 64, None, out, 1)
+
+    plan = BundlePlan("ubuntu-22.04", "c", ("gpu",), "s", [],
+                      vendor_packages=[("libnccl2", "2.18.5-1+cuda12.2", "nccl on gpu001"), ("nvidia-driver-535", "535.230.02", "driver on gpu001")],
+                      vendor_sources=[("pyxis-0.20.0.tar.gz", "pyxis on gpu001")])
+    arts = [deb("libnccl2", "2.18.5-1+cuda12.2"), deb("nvidia-driver-535", "535.216.01-0ubuntu1")]
+    problems = [p.message for p in check_vendor_coverage(plan, arts, tmp_path / "vendor.lock")]
+    assert problems == [
+        "nvidia-driver-535 is 535.216.01-0ubuntu1 but the stack pins 535.230.02 (driver on gpu001)",
+        "needs pyxis-0.20.0.tar.gz (pyxis on gpu001); download it and list it",
+    ]
+
+
+@pytest.mark.parametrize(
+    "deb,upstream",
+    [("1:4.2.3-1", "4.2.3"), ("535.230.02-0ubuntu1", "535.230.02"), ("2.18.5-1+cuda12.2", "2.18.5-1+cuda12.2"), ("1:3.3.9", "3.3.9")],
+)
+def test_upstream_version(deb, upstream):
+    assert upstream_version(deb) == upstream
+
+
+def test_release_and_packages_parsing():
+    release = (
+        "Origin: podsys\nSuite: bookworm\nMD5Sum:\n 00 1 main/binary-amd64/Packages\nSHA256:\n"
+        " " + "a" * 64 + " 120 main/binary-amd64/Packages\n " + "b" * 64 + " 80 main/binary-amd64/Packages.gz\n"
+    )
+    assert parse_deb822_hashes(release) == {
+        "main/binary-amd64/Packages": ("a" * 64, 120),
+        "main/binary-amd64/Packages.gz": ("b" * 64, 80),
+    }
+    stanzas = parse_packages("Package: a\nFilename: pool/a.deb\nDescription: x\n more\n\nPackage: b\nSHA256: cc\n")
+    assert [s["Package"] for s in stanzas] == ["a", "b"] and stanzas[0]["Filename"] == "pool/a.deb"
+
+
+def test_iso_volume_id_is_iso9660_safe(tmp_path):
+    (tmp_path / "bundle.json").write_text('{"cluster": "pod-01", "os": "debian-12"}')
+    vid = iso_volume_id(tmp_path)
+    assert vid == "PODSYS_POD_01_DEBIAN_12" and len(vid) <= 32
+
+
+def test_cli_bad_vendor_lock_is_one_line_exit_2(tmp_path):
+    lock = _lock(tmp_path, "artifacts:\n  - {name: a, file: missing.deb, sha256: " + "0" * 64 + "}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "podsys.cli", "bundle", "build", str(LAB), "--output", str(tmp_path / "b"),
+         "--vendor-lock", str(lock), "--only", "hello"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {lock}:2: artifacts[0].file: a: missing.deb not found in {tmp_path}"
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_verify_on_a_non_bundle_names_the_missing_key(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "bundle", "verify", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "repo/podsys-site.gpg: missing" in proc.stderr and "Traceback" not in proc.stderr
