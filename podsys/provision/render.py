@@ -21,6 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from urllib.parse import urlsplit
 
 import jinja2
@@ -325,6 +326,22 @@ def status_nodes(cluster: Cluster) -> dict[str, dict]:
     return {n.name: {"ip": n.provision_ip, "mac": n.mac, "pxe": n.pxe} for n in boot_nodes(cluster)}
 
 
+SERVICE_MODULES = ("state.py", "status.py")
+
+
+def service_files() -> dict[str, str]:
+    """The status service's code (stdlib only) as a tiny `podsys` package the role copies to
+    the head, so the head needs nothing but python3 to run it."""
+    package = resources.files("podsys.provision")
+    files = {
+        "provision/service/podsys/__init__.py": '"""podsys runtime on the head: the install status service only."""\n',
+        "provision/service/podsys/provision/__init__.py": package.joinpath("__init__.py").read_text(),
+    }
+    for module in SERVICE_MODULES:
+        files[f"provision/service/podsys/provision/{module}"] = package.joinpath(module).read_text()
+    return files
+
+
 def render_files(cluster: Cluster, paths: HeadPaths = DEFAULT_PATHS,
                  boot_files: BootFiles = DEFAULT_BOOT_FILES) -> dict[str, str]:
     """Everything the head's boot services need, as {path under the build dir: content}."""
@@ -369,6 +386,7 @@ def render_files(cluster: Cluster, paths: HeadPaths = DEFAULT_PATHS,
         )
         for rel, content in installer_files(cluster, view, urls, keys, pw_hash).items():
             files[f"provision/boot/{rel}"] = content
+    files.update(service_files())
     files["provision/nodes.json"] = json.dumps(
         {"cluster": cluster.name, "default_boot_state": m.provisioning.default_boot_state,
          "nodes": {k: v for k, v in status_nodes(cluster).items() if v["pxe"]}},

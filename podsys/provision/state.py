@@ -150,9 +150,10 @@ class StateStore:
         stored = self._read()
         return {name: {**new_record(self.default_boot), **stored.get(name, {})} for name in self.nodes}
 
-    def _activate(self, name: str, boot: str) -> None:
+    def _activate(self, name: str, boot: str) -> bool:
+        """Make the served script the one for `boot`; True if the file changed."""
         if self.boot_root is None:
-            return
+            return False
         mac_file = self.nodes[name].mac.lower().replace(":", "-") + ".ipxe"
         source = self.boot_root / "ipxe" / boot / mac_file
         try:
@@ -161,8 +162,10 @@ class StateStore:
             raise StateError(f"{source}: no rendered '{boot}' boot script for {name} (run the provision role)") from None
         target = self.boot_root / "ipxe" / "nodes" / mac_file
         current = target.read_bytes() if target.exists() else None
-        if current != content:
-            _atomic_write(target, content, 0o644)
+        if current == content:
+            return False
+        _atomic_write(target, content, 0o644)
+        return True
 
     def set_boot_state(self, names: list[str], boot: str) -> list[str]:
         """Switch nodes to `install` or `local`; returns the names whose boot state changed.
@@ -188,19 +191,22 @@ class StateStore:
         return changed
 
     def init_boot_states(self) -> list[str]:
-        """Give every node without a record its default boot state; re-activate the others'
-        scripts (idempotent: a second run changes nothing)."""
+        """Give every node without a record its default boot state and bring every served
+        script in line with the rendered one for the node's state (a re-render may have
+        changed it). Returns the nodes whose record or script changed: a second run, []."""
         with self._locked():
             stored = self._read()
-            created = []
+            changed, created = [], False
             for name in self.nodes:
                 if name not in stored:
                     stored[name] = new_record(self.default_boot)
-                    created.append(name)
-                self._activate(name, stored[name]["boot"])
+                    created = True
+                    changed.append(name)
+                if self._activate(name, stored[name]["boot"]) and name not in changed:
+                    changed.append(name)
             if created:
                 self._write(stored)
-        return created
+        return changed
 
     def record_event(self, name: str, event: str, stage: str = "", message: str = "") -> dict:
         with self._locked():
@@ -242,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         nodes, default = load_nodes_file(args.nodes)
         store = StateStore(args.state_dir, args.boot_root, nodes, default)
         if args.action == "init":
-            created = store.init_boot_states()
-            print(f"initialised: {len(created)}")
+            changed = store.init_boot_states()
+            print(f"changed: {len(changed)}")
         elif args.action == "show":
             print(json.dumps(store.records(), indent=2, sort_keys=True))
         else:

@@ -218,3 +218,28 @@ def test_repo_follows_the_package_source(tmp_path):
     online = render(tmp_path, packages="online")["provision/boot/nodes/gpu01/preseed.cfg"].splitlines()
     assert "d-i mirror/http/hostname string deb.debian.org" in online
     assert "d-i mirror/http/directory string /debian" in online
+
+
+def test_status_service_runtime_needs_only_the_stdlib(tmp_path):
+    """The role copies provision/service/ to the head and runs it with plain python3."""
+    import subprocess
+    import sys
+
+    files = render(tmp_path)
+    runtime = tmp_path / "runtime"
+    for rel, content in files.items():
+        if rel.startswith("provision/service/") or rel == "provision/nodes.json":
+            target = runtime / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+    # -S: no site-packages, so neither podsys's dependencies nor the installed podsys are there.
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "podsys.provision.state", "init", "--nodes", str(runtime / "provision/nodes.json"),
+         "--state-dir", str(tmp_path / "state"), "--boot-root", str(tmp_path / "no-boot-tree")],
+        capture_output=True, text=True, env={"PYTHONPATH": str(runtime / "provision/service")}, cwd=tmp_path)
+    assert "No module named" not in proc.stderr
+    assert proc.returncode == 1 and "no rendered 'install' boot script for gpu01" in proc.stderr
+    proc = subprocess.run([sys.executable, "-S", "-c", "import podsys.provision.status as s; print(s.__file__)"],
+                          capture_output=True, text=True, env={"PYTHONPATH": str(runtime / "provision/service")},
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith(str(runtime)), proc.stderr

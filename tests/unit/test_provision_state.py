@@ -69,6 +69,10 @@ def test_init_writes_active_scripts_and_is_idempotent(tmp_path):
     assert active(root, "n1") == "#!ipxe\n# n1 install\n"
     assert store.init_boot_states() == []
     assert {r["boot"] for r in store.records().values()} == {"install"}
+    # A re-render changed n2's install script: init serves the new one and says so.
+    (root / "ipxe/install/02-00-00-00-00-02.ipxe").write_text("#!ipxe\n# n2 install v2\n")
+    assert store.init_boot_states() == ["n2"]
+    assert active(root, "n2") == "#!ipxe\n# n2 install v2\n"
 
 
 def test_finish_switches_to_local_and_reinstall_switches_back(tmp_path):
@@ -121,10 +125,10 @@ def test_role_entry_point_init_then_local(tmp_path, capsys):
                                  "nodes": {n.name: {"ip": n.ip, "mac": n.mac, "pxe": True} for n in NODES.values()}}))
     args = ["--nodes", str(nodes), "--state-dir", str(tmp_path / "state"), "--boot-root", str(root)]
     assert main(["init", *args]) == 0
-    assert capsys.readouterr().out == "initialised: 2\n"
+    assert capsys.readouterr().out == "changed: 2\n"
     assert active(root, "n2") == "#!ipxe\n# n2 local\n"
     assert main(["init", *args]) == 0
-    assert capsys.readouterr().out == "initialised: 0\n"
+    assert capsys.readouterr().out == "changed: 0\n"
     assert main(["install", "n2", *args]) == 0
     assert capsys.readouterr().out == "changed: 1\n"
     assert main(["local", "n9", *args]) == 1
