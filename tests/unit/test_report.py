@@ -1,0 +1,90 @@
+import json
+import re
+from io import StringIO
+
+from rich.console import Console
+
+from podsys.checks.findings import Finding, Verdict, finding, skip
+from podsys.report import bars_svg, busbw_svg, exit_code, heatmap_svg, load_report, plots, print_report, render_html, report_data, summary, write_report
+from tests.report_samples import sample_findings
+
+
+def test_summary_and_exit_code():
+    findings = sample_findings()
+    counts = summary(findings)
+    assert counts["FAIL"] > 0 and counts["PASS"] > 0
+    assert exit_code(findings) == 1
+    assert exit_code([f for f in findings if f.verdict is not Verdict.FAIL]) == 0
+    assert exit_code([skip("n", "gpu.count", "cpu-only profile")]) == 0
+
+
+def test_terminal_tables_per_area_with_failures_first():
+    out = StringIO()
+    print_report(sample_findings(), Console(file=out, width=220, color_system=None))
+    text = out.getvalue()
+    titles = re.findall(r"^(\w+) \(", text, flags=re.M)
+    assert titles[0] in ("gpu", "infiniband", "nccl") and set(titles) == {"gpu", "infiniband", "nccl", "bandwidth"}
+    assert titles[-1] == "bandwidth"  # the only area without a failure comes last
+    gpu_rows = [l for l in text.splitlines() if "│ gpu0" in l and ("FAIL" in l or "PASS" in l)]
+    first_pass = next(i for i, l in enumerate(gpu_rows) if "PASS" in l)
+    assert all("FAIL" in l for l in gpu_rows[:first_pass])
+    # data is printed literally: PCI ids must not turn into emoji, hostlists not into markup
+    assert "00000000:5D:00.0" in text and "gpu[001-002]" in text
+
+
+def test_json_has_every_field_and_round_trips(tmp_path):
+    findings = sample_findings()
+    paths = write_report(findings, tmp_path, {"cluster": "pod01"})
+    data = json.loads(paths["json"].read_text())
+    assert data["cluster"] == "pod01" and data["exit_code"] == 1
+    first = data["findings"][0]
+    assert first["verdict"] == "FAIL"
+    for key in ("node", "check", "area", "verdict", "value", "unit", "threshold", "limit", "source", "detail", "diagnosis"):
+        assert key in first
+    assert all(f["diagnosis"] for f in data["findings"] if f["verdict"] == "FAIL")
+    assert sorted(load_report(paths["json"]), key=repr) == sorted(findings, key=repr)
+
+
+def test_html_is_self_contained_and_has_plots(tmp_path):
+    html = render_html(sample_findings(), {"cluster": "pod01", "generated": "2026-01-01T00:00:00Z"})
+    # nothing to fetch: no scripts, stylesheets, images or fonts from anywhere
+    assert not re.search(r"<script|<link|<img|@import|url\(|src=", html, flags=re.I)
+    assert set(re.findall(r"https?://[^\"' ]+", html)) <= {"http://www.w3.org/2000/svg"}
+    assert html.count('class="heatmap"') == 1
+    assert 'class="plot busbw"' in html and 'class="plot bars"' in html
+    assert 'data-threshold="337.5"' in html  # all_reduce threshold line = 450 x 0.75
+    assert 'data-threshold="380"' in html  # ib_write_bw threshold line
+    assert html.index('data-verdict="FAIL"') < html.rindex('data-verdict="PASS"')
+
+
+def test_heatmap_cell_is_worst_verdict():
+    fs = [finding("n1", "gpu.count", Verdict.PASS), finding("n1", "gpu.nvlink", Verdict.FAIL), finding("n2", "gpu.count", Verdict.PASS)]
+    svg = heatmap_svg(fs)
+    assert svg.count('data-verdict="FAIL"') == 1 and svg.count('data-verdict="PASS"') == 1
+    assert svg.index(">n1<") < svg.index(">n2<")  # failing node listed first
+
+
+def test_busbw_plot_scales_points_inside_the_frame():
+    f = Finding("n", "nccl.all_reduce", "nccl", Verdict.PASS, value=480, threshold=337.5, limit=450,
+                series=((8.0, 0.1), (1024.0, 5.0), (2**34, 480.0)))
+    svg = busbw_svg("t", [f])
+    coords = [tuple(map(float, p.split(","))) for p in re.search(r'points="([^"]+)"', svg).group(1).split()]
+    assert coords[0][0] < coords[1][0] < coords[2][0]  # log x axis, increasing
+    assert coords[2][1] < coords[0][1]  # higher busbw drawn higher
+    assert all(60 <= x <= 480 and 30 <= y <= 275 for x, y in coords)
+
+
+def test_bars_and_plot_selection():
+    fs = sample_findings()
+    titles = [t for t, _ in plots(fs)]
+    assert titles == ["nccl.all_gather: busbw vs message size", "nccl.all_reduce: busbw vs message size",
+                      "nccl.multinode.all_reduce: busbw vs message size", "ib_write_bw per node pair"]
+    ib = [f for f in fs if f.check == "infiniband.ib_write_bw"]
+    svg = bars_svg("ib", ib, "Gb/s")
+    assert svg.count("<rect") == len(ib) and 'data-verdict="FAIL"' in svg
+
+
+def test_report_data_orders_failures_first():
+    data = report_data(sample_findings(), {"generated": "x"})
+    verdicts = [f["verdict"] for f in data["findings"]]
+    assert verdicts == sorted(verdicts, key=lambda v: Verdict(v).rank)
