@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "podsys.commands.lab",  # lab up|down|status|ssh|stop|start
     "podsys.commands.deploy",  # deploy
     "podsys.commands.bundle",  # bundle build|verify|iso|serve
+    "podsys.commands.check",  # check, check parse
 ]
 
 app = typer.Typer(
