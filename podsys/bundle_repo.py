@@ -121,10 +121,10 @@ def build_repository(repo: Path, suite: str, key: SiteKey, label: str, arch: str
     opts = []
     for k, v in conf.items():
         opts += ["-o", f"APT::FTPArchive::Release::{k}={v}"]
-    release = _run([ftparchive, *opts, "release", str(dist)], "apt-ftparchive release").stdout
+    # Old signatures and Release go first so the new Release does not list them.
     for stale in ("Release", "InRelease", "Release.gpg"):
         (dist / stale).unlink(missing_ok=True)
-    # Written after the listing so Release does not list itself.
+    release = _run([ftparchive, *opts, "release", str(dist)], "apt-ftparchive release").stdout
     (dist / "Release").write_bytes(release)
     key.sign_clear(dist / "Release", dist / "InRelease")
     key.sign_detached(dist / "Release", dist / "Release.gpg", armor=False)
