@@ -10,6 +10,8 @@ background processes, and the apt proxy is a plain process too."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -286,6 +288,18 @@ def lab_is_up(state: dict | None) -> bool:
     return all(proc_alive(p) for p in procs)
 
 
+@contextlib.contextmanager
+def _exclusive(paths: LabPaths):
+    """One lab command at a time per directory (two `up`s would fight over the same names)."""
+    paths.lab_dir.mkdir(parents=True, exist_ok=True)
+    with open(paths.lab_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PodsysError(f"another `podsys lab` command is working in {paths.directory}") from None
+        yield
+
+
 def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
        progress: Progress = lambda msg: None) -> dict:
     """Bring the lab up (or report the one already running there) and return its state."""
@@ -294,6 +308,11 @@ def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
                                  f"must be between 1 and {lab_plan.MAX_NODES} (got {nodes})"))
     _require()
     paths = paths_for(directory)
+    with _exclusive(paths):
+        return _up(paths, nodes, mirror, progress)
+
+
+def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress) -> dict:
     state = load_state(paths)
     if lab_is_up(state):
         if len(state["plan"]["nodes"]) - 1 != nodes:
@@ -304,7 +323,7 @@ def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
     _check_manifest_is_ours(paths)
     if state or _registered_prefixes(paths.directory):
         progress("removing the remains of an earlier lab in this directory")
-        down(paths.directory, progress)
+        _down(paths, progress)
     mirror = mirror or lab_plan.host_debian_mirror()
     if not mirror:
         raise InputError(Problem("/etc/apt/sources.list", None, "",
@@ -332,7 +351,7 @@ def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
     except BaseException:
         progress("bring-up failed; removing what was created (logs stay in " f"{paths.logs})")
         try:
-            down(paths.directory, lambda msg: None)
+            _down(paths, lambda msg: None)
         except Exception:
             pass
         raise
@@ -520,6 +539,13 @@ def down(directory: Path | str, progress: Progress = lambda msg: None) -> list[s
     Returns what was removed (empty when there was nothing)."""
     _require()
     paths = paths_for(directory)
+    if not paths.lab_dir.exists() and not _registered_prefixes(paths.directory):
+        return []
+    with _exclusive(paths):
+        return _down(paths, progress)
+
+
+def _down(paths: LabPaths, progress: Progress) -> list[str]:
     state = load_state(paths) or {}
     prefixes = set(_registered_prefixes(paths.directory))
     if state.get("prefix"):

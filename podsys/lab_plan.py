@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -301,14 +302,14 @@ def ssh_config(plan: LabPlan, private_key: Path, known_hosts_file: Path, config_
     for node in plan.compute:
         blocks.append(
             f"Host {node.hostname} {node.address}\n  HostName {node.address}\n"
-            f"  ProxyCommand ssh -F {config_file} -W %h:%p {head.hostname}\n"
+            f"  ProxyCommand ssh -F {shlex.quote(str(config_file))} -W %h:%p {head.hostname}\n"
         )
     blocks.append(
         "Host *\n"
         "  User root\n"
-        f"  IdentityFile {private_key}\n"
+        f'  IdentityFile "{private_key}"\n'
         "  IdentitiesOnly yes\n"
-        f"  UserKnownHostsFile {known_hosts_file}\n"
+        f'  UserKnownHostsFile "{known_hosts_file}"\n'
         "  StrictHostKeyChecking yes\n"
         "  GlobalKnownHostsFile /dev/null\n"
         "  LogLevel ERROR\n"

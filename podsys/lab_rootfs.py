@@ -52,17 +52,19 @@ def ensure_base_rootfs(mirror: str, progress: Callable[[str], None]) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (rootfs.parent / "ready").exists():
             return rootfs
+        # Holding the lock, no other build runs: scratch dirs still here are from killed builds.
+        for stale in cache_root().glob(".build-*"):
+            remove_tree(stale)
         scratch = cache_root() / f".build-{cache_key(mirror)}-{os.getpid()}"
-        shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         try:
             _debootstrap(scratch / "rootfs", mirror, progress)
             _prepare_base(scratch / "rootfs")
-            shutil.rmtree(rootfs.parent, ignore_errors=True)
+            remove_tree(rootfs.parent)
             scratch.rename(rootfs.parent)
             (rootfs.parent / "ready").write_text(json.dumps({"mirror": mirror, "packages": PACKAGES}) + "\n")
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch)
     return rootfs
 
 
@@ -74,12 +76,18 @@ def _debootstrap(target: Path, mirror: str, progress: Callable[[str], None]) -> 
     log_lines: list[str] = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        log_lines.append(line)
-        if line.startswith(("I: Retrieving", "I: Extracting", "I: Unpacking", "I: Configuring",
-                            "I: Installing", "I: Resolving", "I: Validating", "I: Base")):
-            progress(f"debootstrap: {line[3:]}")
+    try:
+        for line in proc.stdout:
+            line = line.rstrip()
+            log_lines.append(line)
+            if line.startswith(("I: Retrieving", "I: Extracting", "I: Unpacking", "I: Configuring",
+                                "I: Installing", "I: Resolving", "I: Validating", "I: Base")):
+                progress(f"debootstrap: {line[3:]}")
+    except BaseException:
+        # Interrupted: stop debootstrap before the caller removes the tree it is writing.
+        proc.terminate()
+        proc.wait()
+        raise
     if proc.wait() != 0:
         tail = "; ".join(log_lines[-3:])
         raise PodsysError(f"debootstrap {SUITE} from {mirror} failed: {tail}")
@@ -140,11 +148,22 @@ def clone_rootfs(base: Path, dest: Path) -> str:
     return "copy"
 
 
-def remove_node_root(dest: Path) -> None:
-    for mount in mounts_under(dest):
+def remove_tree(path: Path) -> None:
+    """rm -rf that first unmounts everything below `path` and refuses to recurse into a mount:
+    a killed debootstrap can leave the host's /proc, /sys or /dev bound inside its target."""
+    if not path.exists():
+        return
+    for mount in mounts_under(path) + ([path] if is_mounted(path) else []):
         if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-    shutil.rmtree(dest, ignore_errors=True)
+    left = mounts_under(path)
+    if left or is_mounted(path):
+        raise PodsysError(f"cannot unmount {(left or [path])[0]}; not removing {path}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_node_root(dest: Path) -> None:
+    remove_tree(dest)
 
 
 def generate_host_key(root: Path, hostname: str) -> str:

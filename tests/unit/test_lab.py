@@ -166,8 +166,10 @@ def test_ssh_config_jumps_through_head_with_pinned_keys(tmp_path):
     head_block, node_block = text.split("\n\n")[:2]
     assert f"HostName {plan.head.uplink_address}" in head_block and "ProxyCommand" not in head_block
     assert "ProxyCommand ssh -F /k/config -W %h:%p head" in node_block
-    assert "StrictHostKeyChecking yes" in text and "UserKnownHostsFile /k/known" in text
-    assert "IdentityFile /k/id" in text
+    assert "StrictHostKeyChecking yes" in text and 'UserKnownHostsFile "/k/known"' in text
+    assert 'IdentityFile "/k/id"' in text
+    spaced = lab_plan.ssh_config(plan, Path("/a b/id"), Path("/a b/kh"), Path("/a b/config"))
+    assert "ProxyCommand ssh -F '/a b/config' -W %h:%p head" in spaced
 
 
 def test_networkd_units_have_no_gateway_and_head_gets_uplink(tmp_path):
