@@ -182,12 +182,12 @@ def _gpu_versions(sections, node, profile, expected: Expected, modules) -> list[
         state = sections.get("fabric-manager-active", "").strip().splitlines()[-1:] or ["unknown"]
         if state[0] != "active":
             out.append(failed(
-                node, "gpu.fabric_manager", value=state[0], detail=f"nvidia-fabricmanager is {state[0]}",
+                node, "versions.fabric_manager_active", value=state[0], detail=f"nvidia-fabricmanager is {state[0]}",
                 diagnosis="fabric manager not running: CUDA fails with error 802 on NVSwitch boards; systemctl enable --now "
                 "nvidia-fabricmanager and read journalctl -u nvidia-fabricmanager (version must equal the driver)",
             ))
         else:
-            out.append(passed(node, "gpu.fabric_manager", value="active"))
+            out.append(passed(node, "versions.fabric_manager_active", value="active"))
     else:
         out.append(skip(node, "versions.fabric_manager", f"profile {profile.id} has no NVSwitch"))
     return out

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from podsys.cli import build_app
+from tests.unit.checks_helpers import FIXTURES
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(build_app(), ["check", *args])
+
+
+@pytest.mark.parametrize(
+    "kind, name, code",
+    [
+        ("nccl", "nccl_all_reduce_8xh100_single_node.txt", 0),
+        ("nccl", "nccl_all_reduce_multinode_socket_fallback.txt", 1),
+        ("perftest", "ib_write_bw_mb_old_degraded.txt", 1),
+        ("ibstat", "ibstat_8x_ndr_healthy.txt", 0),
+        ("ibstat", "ibstat_8x_ndr_degraded_and_down.txt", 1),
+        ("nvidia-smi-topo", "nvidia_smi_topo_8xh100_missing_nvlink.txt", 1),
+        ("nvidia-smi-query", "nvidia_smi_query_7of8_faults.csv", 1),
+        ("nvidia-smi-nvlink", "nvidia_smi_nvlink_s_inactive.txt", 1),
+        ("dcgmi-diag", "dcgmi_diag_r2_pass_dcgm3.txt", 0),
+        ("nvbandwidth", "nvbandwidth_cuda_802.txt", 1),
+        ("dmesg", "dmesg_xid79_and_downtrained_nic.txt", 1),
+        ("modules", "proc_modules_no_peermem.txt", 1),
+        ("lspci", "lspci_acs_enabled.txt", 1),
+        ("prometheus-targets", "prometheus_targets_one_down.json", 1),
+    ],
+)
+def test_parse_exit_codes(kind, name, code):
+    result = invoke("parse", kind, str(FIXTURES / name), "--profile", "hgx-h100-8gpu")
+    assert result.exit_code == code, result.output
+
+
+def test_parse_json_output():
+    result = invoke("parse", "nccl", str(FIXTURES / "nccl_all_reduce_2x8xh100_multinode.txt"), "--profile", "hgx-h100-8gpu", "--json", "--node", "pair1")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    bw = next(f for f in data["findings"] if f["check"] == "nccl.multinode.all_reduce")
+    assert bw["node"] == "pair1" and bw["verdict"] == "PASS" and bw["threshold"] == 300 and bw["limit"] == 400
+    assert data["summary"]["FAIL"] == 0
+
+
+def test_parse_without_profile_skips_thresholds_but_still_flags_faults():
+    result = invoke("parse", "nccl", str(FIXTURES / "nccl_all_reduce_multinode_socket_fallback.txt"), "--json")
+    data = json.loads(result.stdout)
+    verdicts = {f["check"]: f["verdict"] for f in data["findings"]}
+    assert verdicts["nccl.multinode.all_reduce"] == "SKIP" and verdicts["nccl.multinode.transport"] == "FAIL"
+    assert result.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["parse", "bogus", "x"], "unknown kind"),
+        (["parse", "nccl", "/nonexistent/file"], "cannot read"),
+        (["parse", "ibstat", str(FIXTURES / "dmesg_clean.txt")], "not ibstat output"),
+        (["parse", "nccl", str(FIXTURES / "ibstat_8x_ndr_healthy.txt")], "no nccl-tests result rows"),
+        (["parse", "ibstat", str(FIXTURES / "ibstat_8x_ndr_healthy.txt"), "--profile", "h100"], "unknown hardware profile"),
+        (["parse", "nccl"], "usage: podsys check parse"),
+        (["/nonexistent/cluster.yaml"], "file not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_collective_must_be_known_when_output_does_not_say(tmp_path):
+    text = (FIXTURES / "nccl_all_reduce_perf_8xa100_old_error_column.txt").read_text()
+    saved = tmp_path / "run1.log"
+    saved.write_text(text)
+    assert invoke("parse", "nccl", str(saved)).exit_code == 2
+    result = invoke("parse", "nccl", str(saved), "--collective", "all_reduce", "--profile", "hgx-a100-8gpu", "--json")
+    assert result.exit_code == 0
+    assert "nccl.all_reduce" in {f["check"] for f in json.loads(result.stdout)["findings"]}
