@@ -177,31 +177,33 @@ def generate_host_key(root: Path, hostname: str) -> str:
     return key.with_suffix(".pub").read_text().strip()
 
 
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.write_text(text)
+    path.chmod(mode)  # write_text keeps an existing file's mode, whatever debootstrap left
+
+
 def customise_node(root: Path, plan: LabPlan, node: LabNode, authorized_key: str,
                    apt_settings: dict[str, str]) -> str:
     """Write everything node-specific into its root; returns the node's SSH host public key."""
-    (root / "etc/hostname").write_text(node.hostname + "\n")
-    (root / "etc/hosts").write_text(
-        f"127.0.0.1\tlocalhost\n{node.address}\t{node.hostname}\n"
-        "::1\tlocalhost ip6-localhost ip6-loopback\n"
-    )
-    (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    _write(root / "etc/hostname", node.hostname + "\n")
+    _write(root / "etc/hosts",
+           f"127.0.0.1\tlocalhost\n{node.address}\t{node.hostname}\n"
+           "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    _write(root / "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ssh_dir.chmod(0o700)
-    auth = ssh_dir / "authorized_keys"
-    auth.write_text(authorized_key.strip() + "\n")
-    auth.chmod(0o600)
+    _write(ssh_dir / "authorized_keys", authorized_key.strip() + "\n", 0o600)
     netdir = root / "etc/systemd/network"
     netdir.mkdir(parents=True, exist_ok=True)
     for name, text in networkd_units(plan, node).items():
-        (netdir / name).write_text(text)
+        _write(netdir / name, text)
     apt_conf = root / "etc/apt/apt.conf.d"
     for name, text in apt_settings.items():
-        (apt_conf / name).write_text(text)
+        _write(apt_conf / name, text)
     if node.role == "head":
         # The head's only way out: the host's proxy on the uplink (a site proxy, in real life).
-        (apt_conf / "01podsys-lab-proxy").write_text(f'Acquire::http::Proxy "{plan.proxy_url}";\n')
+        _write(apt_conf / "01podsys-lab-proxy", f'Acquire::http::Proxy "{plan.proxy_url}";\n')
     return generate_host_key(root, node.hostname)
 
 
