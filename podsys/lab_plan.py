@@ -11,7 +11,7 @@ import hashlib
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import yaml

@@ -103,6 +103,26 @@ def test_lab_yaml_validates_and_renders_for_these_nodes(lab_cluster):
         assert f"mac: {mac}" in lab_cluster.manifest.read_text() or node["role"] == "head"
 
 
+def test_rendered_inventory_reaches_every_node_with_ansible(lab_cluster):
+    """The contract with `podsys render`: its inventory (ProxyCommand through the head, the
+    lab's key and known_hosts) gets Ansible onto every lab node."""
+    build = lab_cluster.directory / "inventory-check"
+    res = podsys("render", lab_cluster.manifest, "--output", build)
+    assert res.returncode == 0, res.stderr
+    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3"}
+    proc = subprocess.run(["ansible", "-i", str(build / "inventory/hosts.yml"), "all", "-m", "ping", "-o"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    ok = {line.split(" | ")[0] for line in proc.stdout.splitlines() if " | SUCCESS" in line}
+    assert ok == {lab_cluster.head, *lab_cluster.nodes}, proc.stdout + proc.stderr
+
+
+def test_up_again_reports_the_running_lab(lab_cluster):
+    before = json.loads((lab_cluster.directory / ".podsys/lab/state.json").read_text())
+    state = lab.up(lab_cluster.directory, nodes=len(lab_cluster.nodes))
+    assert state["prefix"] == before["prefix"]
+    assert state["nodes"] == before["nodes"]  # same containers, nothing rebuilt
+
+
 def test_stop_and_start_one_node(lab_cluster):
     node = lab_cluster.nodes[-1]
     lab_cluster.stop(node)
