@@ -11,6 +11,7 @@ background processes, and the apt proxy is a plain process too."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -366,6 +367,8 @@ def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, 
     progress(f"network: namespaces {plan.prefix}-*, bridge, uplink {plan.host_uplink_link} "
              f"{plan.host_uplink_address} <-> head {plan.head.uplink_address}")
     lab_net.build_network(plan, record)
+    plan = dataclasses.replace(plan, proxy_port=lab_proxy.free_port(plan.host_uplink_address))
+    state["plan"] = plan.to_dict()
 
     progress(f"apt proxy: apt-cacher-ng on {plan.proxy_url} (upstream {mirror})")
     state["proxy"] = {"pid": None, "conf": str(paths.proxy_dir / "conf"), "url": plan.proxy_url}

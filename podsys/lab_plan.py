@@ -23,7 +23,8 @@ UPLINK_POOL = IPv4Network("10.254.0.0/16")  # 2**14 /30s
 LAB_SLOTS = 2**14
 MAX_NODES = 200  # provision addresses .11 .. .210 of the lab's /24
 FIRST_NODE_HOST = 11
-PROXY_PORT = 3142
+PROXY_PORT = 3142  # apt-cacher-ng's usual port; alternatives when the host's own holds it
+PROXY_PORT_ALTERNATIVES = range(13142, 13242)
 
 NAME_PREFIX = "pl"  # every kernel object and machine name of every lab starts with this
 HEAD_HOSTNAME = "head"
@@ -91,6 +92,7 @@ class LabPlan:
     host_uplink_mac: str
     host_uplink_address: str
     nodes: tuple[LabNode, ...] = field(default_factory=tuple)
+    proxy_port: int = PROXY_PORT  # another port when something on the host holds *:3142
 
     @property
     def head(self) -> LabNode:
@@ -102,7 +104,7 @@ class LabPlan:
 
     @property
     def proxy_url(self) -> str:
-        return f"http://{self.host_uplink_address}:{PROXY_PORT}"
+        return f"http://{self.host_uplink_address}:{self.proxy_port}"
 
     def node(self, name: str) -> LabNode:
         for n in self.nodes:

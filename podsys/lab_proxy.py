@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from podsys.errors import PodsysError
-from podsys.lab_plan import PROXY_PORT, LabPlan
+from podsys.lab_plan import PROXY_PORT, PROXY_PORT_ALTERNATIVES, LabPlan
 
 SUPPORT_DIR = Path("/usr/lib/apt-cacher-ng")
 SOCKET_DIR = Path("/run/podsys/lab-sockets")
@@ -24,7 +24,7 @@ def proxy_config(plan: LabPlan, proxy_dir: Path) -> str:
         f"CacheDir: {proxy_dir / 'cache'}\n"
         f"LogDir: {proxy_dir / 'log'}\n"
         f"SupportDir: {SUPPORT_DIR}\n"
-        f"Port: {PROXY_PORT}\n"
+        f"Port: {plan.proxy_port}\n"
         f"BindAddress: {plan.host_uplink_address}\n"
         f"PidFile: {proxy_dir / 'apt-cacher-ng.pid'}\n"
         f"SocketPath: {socket_path(plan)}\n"
@@ -63,10 +63,23 @@ def start_proxy(plan: LabPlan, proxy_dir: Path, mirror: str) -> int:
         if proc.poll() is not None:
             out = (proxy_dir / "apt-cacher-ng.out").read_text(errors="replace").strip().splitlines()
             raise PodsysError(f"apt-cacher-ng exited at start: {out[-1] if out else 'no output'}")
-        if port_open(plan.host_uplink_address, PROXY_PORT):
+        if port_open(plan.host_uplink_address, plan.proxy_port):
             return proc.pid
         time.sleep(0.2)
-    raise PodsysError(f"apt-cacher-ng did not listen on {plan.host_uplink_address}:{PROXY_PORT} within 15 s")
+    raise PodsysError(f"apt-cacher-ng did not listen on {plan.host_uplink_address}:{plan.proxy_port} within 15 s")
+
+
+def free_port(address: str) -> int:
+    """3142 unless the host already listens on it for all addresses (an apt-cacher-ng service
+    installed the usual way does): a listener on *:3142 blocks binding uplink:3142 too."""
+    for port in (PROXY_PORT, *PROXY_PORT_ALTERNATIVES):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, port))
+                return port
+            except OSError:
+                continue
+    raise PodsysError(f"no free port for the lab's apt proxy on {address}")
 
 
 def port_open(address: str, port: int, timeout: float = 0.5) -> bool:

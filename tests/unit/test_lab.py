@@ -242,3 +242,25 @@ def test_cli_refuses_to_overwrite_a_foreign_lab_yaml(tmp_path, monkeypatch):
     with pytest.raises(lab.InputError) as exc:
         lab.up(tmp_path, nodes=1)
     assert "not written by `podsys lab up`" in str(exc.value)
+
+
+def test_proxy_port_moves_off_3142_when_the_host_holds_it(tmp_path):
+    import socket
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        try:
+            holder.bind(("127.0.0.1", lab_plan.PROXY_PORT))
+            holder.listen()
+        except OSError:
+            pass  # something on this machine holds it already: the same situation
+        port = lab_proxy.free_port("127.0.0.1")
+        assert port in lab_plan.PROXY_PORT_ALTERNATIVES
+    finally:
+        holder.close()
+    plan = lab_plan.plan_lab(tmp_path, 1, slot=9)
+    moved = lab_plan.LabPlan.from_dict({**plan.to_dict(), "proxy_port": port})
+    assert moved.proxy_url == f"http://{plan.host_uplink_address}:{port}"
+    assert f"Port: {port}\n" in lab_proxy.proxy_config(moved, tmp_path)
+    old_state_plan = {k: v for k, v in plan.to_dict().items() if k != "proxy_port"}
+    assert lab_plan.LabPlan.from_dict(old_state_plan).proxy_port == 3142
