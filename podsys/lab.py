@@ -320,6 +320,8 @@ def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress) -> 
             raise PodsysError(f"a lab with {len(state['plan']['nodes']) - 1} compute nodes is already up in "
                               f"{paths.directory}; run `podsys lab down` first to change its size")
         progress("lab already up")
+        if not paths.manifest.exists():
+            _write_manifest(paths, LabPlan.from_dict(state["plan"]), state["mirror"])
         return state
     _check_manifest_is_ours(paths)
     if state or _registered_prefixes(paths.directory):
@@ -399,14 +401,17 @@ def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, 
 
     _wait_for_ssh(paths, plan, state, progress)
 
-    text = lab_plan.lab_manifest_text(
+    _write_manifest(paths, plan, mirror)
+    state["phase"] = "up"
+    save_state(paths, state)
+
+
+def _write_manifest(paths: LabPaths, plan: LabPlan, mirror: str) -> None:
+    paths.manifest.write_text(lab_plan.lab_manifest_text(
         plan, mirror,
         str(paths.private_key.relative_to(paths.directory)),
         str(paths.known_hosts.relative_to(paths.directory)),
-    )
-    paths.manifest.write_text(text)
-    state["phase"] = "up"
-    save_state(paths, state)
+    ))
 
 
 def _wait_for_ssh(paths: LabPaths, plan: LabPlan, state: dict, progress: Progress) -> None:
@@ -537,15 +542,27 @@ def start_node(directory: Path | str, name: str, progress: Progress = lambda msg
 # --- down -------------------------------------------------------------------------------------
 
 
-def down(directory: Path | str, progress: Progress = lambda msg: None) -> list[str]:
+def down(directory: Path | str, progress: Progress = lambda msg: None, purge: bool = False) -> list[str]:
     """Remove the lab recorded for this directory, and any leftovers under its prefix.
-    Returns what was removed (empty when there was nothing)."""
+    Returns what was removed (empty when there was nothing). `purge` also deletes what `up`
+    keeps for next time: the lab key, apt cache, logs, and lab.yaml if `up` wrote it."""
     _require()
     paths = paths_for(directory)
     if not paths.lab_dir.exists() and not _registered_prefixes(paths.directory):
         return []
     with _exclusive(paths):
-        return _down(paths, progress)
+        removed = _down(paths, progress)
+    if purge:
+        try:
+            _check_manifest_is_ours(paths)
+            if paths.manifest.exists():
+                paths.manifest.unlink()
+                removed.append(f"file {paths.manifest}")
+        except InputError:
+            progress(f"keeping {paths.manifest}: not written by `podsys lab up`")
+        lab_rootfs.remove_tree(paths.lab_dir)
+        removed.append(f"directory {paths.lab_dir}")
+    return removed
 
 
 def _down(paths: LabPaths, progress: Progress) -> list[str]:

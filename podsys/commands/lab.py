@@ -89,12 +89,16 @@ def up_cmd(
 
 @lab_app.command("down")
 @guarded
-def down_cmd(directory: Path = DirOption) -> None:
+def down_cmd(
+    directory: Path = DirOption,
+    purge: bool = typer.Option(False, "--purge", help="Also delete the lab key, apt cache, logs and lab.yaml."),
+) -> None:
     """Stop the containers and the apt proxy, delete the namespaces, bridge, veths and node roots.
 
     Removes exactly what `podsys lab up` recorded (plus leftovers with the lab's name prefix);
-    safe to run twice and after a crash. Keeps lab.yaml, the lab SSH key and the apt cache."""
-    removed = lab.down(directory, progress=_Progress())
+    safe to run twice and after a crash. Keeps lab.yaml, the lab SSH key and the apt cache
+    for the next `up` unless --purge."""
+    removed = lab.down(directory, progress=_Progress(), purge=purge)
     console.print(f"removed {len(removed)} object(s)" if removed else "no lab running here; nothing to do")
 
 

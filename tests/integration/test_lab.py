@@ -15,7 +15,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from podsys import lab, lab_net
+from podsys import lab, lab_net, lab_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -78,6 +78,8 @@ def test_compute_nodes_reach_the_head_and_nothing_else(lab_cluster):
     # The head: no default route either, but the proxy on its uplink is open.
     assert lab_cluster.ssh("head", "ip -4 route show default").stdout.strip() == ""
     assert lab_cluster.ssh("head", probe).stdout.strip().endswith("OPEN")
+    # Bound to the uplink only: not even the host's loopback reaches it.
+    assert not lab_proxy.port_open("127.0.0.1", int(proxy_port))
 
 
 def test_head_fetches_packages_through_the_host_proxy(lab_cluster):
@@ -178,6 +180,10 @@ def test_lab_down_after_a_crash_leaves_nothing_and_spares_other_labs(tmp_path, l
 
     res = podsys("lab", "down", "--dir", directory)
     assert res.returncode == 0 and "nothing to do" in res.stdout
+    assert (directory / "lab.yaml").exists() and (directory / ".podsys/lab/ssh/id_ed25519").exists()
+    res = podsys("lab", "down", "--purge", "--dir", directory)
+    assert res.returncode == 0, res.stderr
+    assert not (directory / "lab.yaml").exists() and not (directory / ".podsys/lab").exists()
 
     # `down` removed this lab's objects and nothing else: the session's lab is untouched.
     assert lab_cluster.status()["state"] == "up"

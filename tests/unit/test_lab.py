@@ -264,3 +264,17 @@ def test_proxy_port_moves_off_3142_when_the_host_holds_it(tmp_path):
     assert f"Port: {port}\n" in lab_proxy.proxy_config(moved, tmp_path)
     old_state_plan = {k: v for k, v in plan.to_dict().items() if k != "proxy_port"}
     assert lab_plan.LabPlan.from_dict(old_state_plan).proxy_port == 3142
+
+
+def test_uplink_conflict_with_host_networks(tmp_path, monkeypatch):
+    from podsys import lab_net
+
+    plan = lab_plan.plan_lab(tmp_path, 1, slot=9)
+    monkeypatch.setattr(lab_net, "host_networks", lambda: [("eth0", IPv4Network("192.0.2.0/24"))])
+    assert lab_net.uplink_conflict(plan) is None
+    monkeypatch.setattr(lab_net, "host_networks", lambda: [("eth0", IPv4Network("192.0.2.0/24")),
+                                                           ("vpn0", IPv4Network("10.254.0.0/16"))])
+    assert "overlaps 10.254.0.0/16 on host interface vpn0" in lab_net.uplink_conflict(plan)
+    # Its own uplink (a lab being re-created) is not a conflict.
+    monkeypatch.setattr(lab_net, "host_networks", lambda: [(plan.host_uplink_link, IPv4Network(plan.uplink_cidr))])
+    assert lab_net.uplink_conflict(plan) is None
