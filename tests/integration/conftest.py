@@ -20,7 +20,9 @@ Interface of the `LabCluster` object it yields (stable; other test modules rely 
     ssh(node, command, check=True, timeout=600) -> CompletedProcess
                            run a shell command string (or argv list) on a node as root
     host(node)             a testinfra Host for the node (ssh backend, same config)
-    stop(node) / start(node)  power a node off / boot it again (waits for sshd)
+    stop(node) / start(node)  power a node off / boot it again (waits for sshd); the lab is
+                           shared by the session, so a test that stops a node starts it
+                           again in a `finally:`
     status()               `podsys lab status --json` as a dict
 
 Size: PODSYS_LAB_NODES compute nodes (default 3). The Debian root is built once and cached in

@@ -88,8 +88,16 @@ def test_head_fetches_packages_through_the_host_proxy(lab_cluster):
     assert "Err:" not in proc.stdout
     log = lab_cluster.directory / ".podsys/lab/proxy/log/apt-cacher.log"
     head_uplink = lab_cluster.head_ssh_address
-    assert any(f"|{head_uplink}|" in line and "InRelease" in line for line in log.read_text().splitlines()), \
-        "the head's apt-get update did not go through the lab proxy"
+
+    def head_fetched_index() -> bool:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return any(f"|{head_uplink}|" in line and "InRelease" in line for line in lines)
+
+    for _ in range(50):  # acng appends the line once the transfer is accounted
+        if head_fetched_index():
+            break
+        time.sleep(0.1)
+    assert head_fetched_index(), "the head's apt-get update did not go through the lab proxy"
 
 
 def test_lab_yaml_validates_and_renders_for_these_nodes(lab_cluster):
