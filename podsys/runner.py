@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from podsys.errors import InputError, PodsysError
+from podsys.errors import InputError, PodsysError, Problem
 
 STATE_FILE = "deploy-state.json"
 LOG_DIR = "logs"
@@ -80,13 +80,13 @@ def expand_limit(expression: str, known: Iterable[str]) -> list[str]:
     try:
         wanted = hostlist.expand_hostlist(expression.replace(" ", ""))
     except hostlist.BadHostlist as exc:
-        raise InputError(f"--limit: bad hostlist {expression!r}: {exc}") from None
+        raise InputError(Problem("command line", None, "--limit", f"bad hostlist {expression!r}: {exc}")) from None
     unknown = [h for h in wanted if h not in known]
     if unknown:
-        raise InputError(
-            f"--limit: not in the inventory: {hostlist.collect_hostlist(unknown)} "
-            f"(known: {hostlist.collect_hostlist(known)})"
-        )
+        raise InputError(Problem(
+            "command line", None, "--limit",
+            f"not in the inventory: {hostlist.collect_hostlist(unknown)} (known: {hostlist.collect_hostlist(known)})",
+        ))
     return [h for h in known if h in wanted]
 
 
@@ -142,11 +142,17 @@ retries = 0
 # ----------------------------------------------------------------------------- events
 
 
+SSH_CHATTER = re.compile(r"Warning: Permanently added [^\r\n]*")
+
+
 def one_line(text: str, limit: int = 240) -> str:
-    lines = [ln.strip() for ln in str(text).replace("\r", "\n").split("\n")]
     # ssh prefixes its real error with host key chatter.
-    lines = [ln for ln in lines if ln and not ln.startswith("Warning: Permanently added")]
-    joined = " / ".join(lines)
+    text = SSH_CHATTER.sub("", str(text))
+    lines = [ln.strip() for ln in text.replace("\r", "\n").split("\n")]
+    lines = [ln for ln in lines if ln]
+    joined = ""
+    for ln in lines:
+        joined += (" " if joined.endswith(":") else " / ") + ln if joined else ln
     return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from podsys.commands._common import console, err_console, guarded
-from podsys.errors import InputError
+from podsys.errors import InputError, Problem
 
 DEFAULT_MANIFESTS = ("cluster.yaml", "lab.yaml")
 
@@ -19,12 +19,15 @@ def find_manifest(given: Optional[Path]) -> Path:
     `podsys lab up` writes) in the current directory."""
     if given is not None:
         if not given.is_file():
-            raise InputError(f"{given}: no such manifest file")
+            raise InputError(Problem(str(given), None, "", "file not found"))
         return given
     for name in DEFAULT_MANIFESTS:
         if Path(name).is_file():
             return Path(name)
-    raise InputError(f"no manifest given and none of {', '.join(DEFAULT_MANIFESTS)} in {Path.cwd()}")
+    raise InputError(Problem(
+        "command line", None, "MANIFEST",
+        f"no manifest given and neither {' nor '.join(DEFAULT_MANIFESTS)} in {Path.cwd()}",
+    ))
 
 
 def register(app: typer.Typer) -> None:
