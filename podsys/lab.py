@@ -255,8 +255,11 @@ def _sshd_answers(node: LabNode) -> bool:
         "s.settimeout(2)\n"
         "sys.exit(0 if s.recv(4)==b'SSH-' else 1)\n"
     )
-    proc = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c", probe],
-                          capture_output=True, timeout=10)
+    try:
+        proc = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c", probe],
+                              capture_output=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return False  # a loaded machine; the caller's deadline decides
     return proc.returncode == 0
 
 

@@ -204,6 +204,9 @@ def customise_node(root: Path, plan: LabPlan, node: LabNode, authorized_key: str
     if node.role == "head":
         # The head's only way out: the host's proxy on the uplink (a site proxy, in real life).
         _write(apt_conf / "01podsys-lab-proxy", f'Acquire::http::Proxy "{plan.proxy_url}";\n')
+        # Every SSH session to a compute node opens one to the head first (ProxyCommand); with
+        # many Ansible forks, sshd's default MaxStartups (10) would drop some of them.
+        _write(root / "etc/ssh/sshd_config.d/podsys-lab-jumphost.conf", "MaxStartups 100:30:200\n")
     return generate_host_key(root, node.hostname)
 
 

@@ -35,6 +35,8 @@ def test_every_node_answers_over_openssh_with_pinned_host_keys(lab_cluster):
     assert len(machine_ids) == 1 + len(lab_cluster.nodes), "every node needs its own machine-id"
     assert lab_cluster.ssh(lab_cluster.nodes[0], "stat -c %a /root/.ssh/authorized_keys").stdout.strip() == "600"
     assert oct(lab_cluster.private_key.stat().st_mode & 0o777) == "0o600"
+    # The head is the jump host for every compute session: sshd must accept many at once.
+    assert "maxstartups 100:30:200" in lab_cluster.ssh("head", "sshd -T").stdout
     # Strict host key checking is on: a wrong known_hosts entry must make ssh fail.
     bad = lab_cluster.known_hosts.read_text().replace("ssh-ed25519 AAAA", "ssh-ed25519 AAAB", 1)
     bad_file = lab_cluster.directory / "bad_known_hosts"
