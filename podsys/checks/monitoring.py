@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from podsys.checks.findings import Finding, failed, passed, skip
+from podsys.checks.findings import Finding, failed, passed, skip, warned
 from podsys.checks.live import Context, Probe, Results
 
 PROMETHEUS_PORT = 9090
+UNKNOWN_RETRIES = 12
 
 
 def parse_targets(text: str) -> list[dict]:
@@ -48,7 +49,8 @@ def judge_targets(targets: list[dict], nodes: dict[str, list[str]], optional: di
     out: list[Finding] = []
     for name in list(nodes) + [h for h in optional if h not in nodes and per_node.get(h)]:
         mine = per_node.get(name, [])
-        down = [t for t in mine if t.get("health") != "up"]
+        down = [t for t in mine if t.get("health") not in ("up", "unknown")]
+        pending = [t for t in mine if t.get("health") == "unknown"]
         if not mine:
             out.append(failed(name, "monitoring.targets", detail="no Prometheus scrape target for this node",
                               diagnosis="add the node to the scrape config: rerun podsys deploy --tags monitoring (head)"))
@@ -60,6 +62,10 @@ def judge_targets(targets: list[dict], nodes: dict[str, list[str]], optional: di
                 diagnosis="the exporter is not answering: systemctl status prometheus-node-exporter on the node, and check "
                 "the head can reach its port (firewall)",
             ))
+        elif pending:
+            out.append(warned(name, "monitoring.targets", value=len(pending),
+                              detail="not scraped yet: " + ", ".join(t.get("labels", {}).get("job", "?") for t in pending),
+                              diagnosis="Prometheus has not scraped these targets yet (just deployed?): rerun the check in a minute"))
         else:
             jobs = sorted({t.get("labels", {}).get("job", "?") for t in mine})
             out.append(passed(name, "monitoring.targets", value=len(mine), detail=f"up: {', '.join(jobs)}"))
@@ -83,8 +89,16 @@ def probes(ctx: Context) -> list[Probe]:
         'if command -v curl >/dev/null; then curl -fsS --max-time 10 "$u"; else python3 -c '
         '"import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())" "$u"; fi'
     )
-    script = f'for u in {urls}; do {fetch} && exit 0; done; echo "Prometheus API not answering on port {PROMETHEUS_PORT}" >&2; exit 1'
-    return [Probe(host=ctx.head, name="prometheus-targets", command=script, timeout=60)]
+    # A target Prometheus has not scraped yet reports health "unknown" (right after a deploy);
+    # ask again every 5 s for up to a minute before answering.
+    script = (
+        f"for attempt in $(seq 1 {UNKNOWN_RETRIES}); do "
+        f'for u in {urls}; do if out=$({fetch} 2>/dev/null); then break; fi; out=""; done; '
+        f'[ -n "$out" ] || {{ echo "Prometheus API not answering on port {PROMETHEUS_PORT} ({urls})" >&2; exit 1; }}; '
+        """printf '%s' "$out" | grep -q '"health":"unknown"' || break; sleep 5; """
+        'done; printf "%s\\n" "$out"'
+    )
+    return [Probe(host=ctx.head, name="prometheus-targets", command=script, timeout=60 + 5 * UNKNOWN_RETRIES)]
 
 
 def judge(ctx: Context, results: Results) -> list[Finding]:

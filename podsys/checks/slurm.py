@@ -28,17 +28,27 @@ def parse_sinfo(text: str) -> dict[str, dict[str, str]]:
 
 def parse_srun(text: str) -> tuple[set[str], int | None, str]:
     """hostnames printed, srun's exit code (from the trailing 'rc=N'), and the first error line."""
-    hosts, rc, error = set(), None, ""
+    hosts, rc, errors, notes = set(), None, [], []
     for line in text.splitlines():
         line = line.strip()
         m = re.fullmatch(r"rc=(\d+)", line)
         if m:
             rc = int(m.group(1))
-        elif line.startswith("srun:") or line.startswith("error:") or "error" in line.lower():
-            error = error or line
+        elif "error" in line.lower():
+            errors.append(line)
+        elif line.startswith("srun:"):
+            notes.append(line)
         elif re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", line):
             hosts.add(line.split(".")[0])
-    return hosts, rc, error
+    return hosts, rc, (errors + notes + [""])[0]
+
+
+def _launch_error_for(text: str, node: str) -> str:
+    """The srun error line naming this node, e.g. 'Task launch ... failed on node node02: ...'."""
+    for line in text.splitlines():
+        if re.search(rf"\bon node {re.escape(node)}\b", line):
+            return line.strip()
+    return ""
 
 
 def parse_srun_each(text: str) -> dict[str, tuple[set[str], int | None, str]]:
@@ -127,9 +137,11 @@ def judge_slurm(sections: dict[str, str], nodes: list) -> list[Finding]:
                     diagnosis="the multi-node step was aborted by another node's failure; fix the failing node and rerun",
                 ))
             else:
-                why = alone_error or srun_error or f"rc {alone_rc if alone_rc is not None else srun_rc}"
+                named = _launch_error_for(sections.get("srun", ""), name)
+                why = "; ".join(dict.fromkeys(w for w in (named, alone_error) if w)) or srun_error or \
+                    f"rc {alone_rc if alone_rc is not None else srun_rc}"
                 out.append(failed(
-                    name, "slurm.srun", detail=f"no answer to srun: {why[:160]}",
+                    name, "slurm.srun", detail=f"no answer to srun: {why[:300]}",
                     diagnosis="Slurm cannot start tasks on this node: check slurmd (systemctl status slurmd), munge, and the node's "
                     "firewall for the slurmd port",
                 ))
