@@ -25,7 +25,6 @@ from importlib import resources
 from urllib.parse import urlsplit
 
 import jinja2
-import yaml
 
 from podsys.errors import InputError, Problem
 from podsys.model import Cluster, NodeSpec
@@ -34,6 +33,7 @@ from podsys.model import Cluster, NodeSpec
 CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")
 SSH_KEY_RE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(\s+.*)?$")
 
+DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 SUPPORTED_OS = ("ubuntu-22.04", "ubuntu-24.04", "rocky-9", "debian-12")
 DEBIAN_SUITES = {"12": "bookworm"}
 CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8"
@@ -157,7 +157,7 @@ def node_view(cluster: Cluster, node: NodeSpec, urls: Urls) -> NodeView:
 
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("podsys", "templates/provision"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -165,6 +165,10 @@ def _env() -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    # A JSON string/list is a YAML flow scalar/sequence: quoting that no value can break out
+    # of, without Jinja's tojson HTML escapes (\u0027 for ') that would puzzle a reader.
+    env.filters["yaml_quote"] = lambda value: json.dumps(value, ensure_ascii=False)
+    return env
 
 
 def _render(template: str, **context) -> str:
@@ -202,65 +206,21 @@ def root_authorized_keys(cluster: Cluster) -> list[str]:
 
 
 def _ubuntu_user_data(cluster: Cluster, node: NodeView, keys: list[str], pw_hash: str | None, urls: Urls) -> str:
-    cb = node.callback_url
-
     def callback(query: str) -> str:
-        return f"curl -fsS -m 10 -o /dev/null '{cb}?{query}' || true"
+        return f"curl -fsS -m 10 -o /dev/null '{node.callback_url}?{query}' || true"
 
-    ethernet: dict = {"match": {"macaddress": node.mac}, "addresses": [f"{node.ip}/{node.prefix}"]}
-    if node.gateway:
-        ethernet["routes"] = [{"to": "default", "via": node.gateway}]
-    if node.dns:
-        ethernet["nameservers"] = {"addresses": list(node.dns), "search": [cluster.manifest.metadata.domain]}
-    if node.mtu:
-        ethernet["mtu"] = node.mtu
-    keys_b64 = base64.b64encode(("\n".join(keys) + "\n").encode()).decode() if keys else ""
-    late = [callback("event=stage&stage=configuring")]
-    late.append("mkdir -p -m 0700 /target/root/.ssh")
-    if keys_b64:
+    late = [callback("event=stage&stage=configuring"), "mkdir -p -m 0700 /target/root/.ssh"]
+    if keys:
+        keys_b64 = base64.b64encode(("\n".join(keys) + "\n").encode()).decode()
         late.append(f"echo '{keys_b64}' | base64 -d > /target/root/.ssh/authorized_keys")
         late.append("chmod 0600 /target/root/.ssh/authorized_keys")
     if pw_hash:
         late.append(f"curtin in-target --target=/target -- usermod -p '{pw_hash}' root")
     late.append(f"echo '{node.name}' > /target/etc/hostname")
     late.append(callback("event=finish"))
-    autoinstall = {
-        "version": 1,
-        "refresh-installer": {"update": False},
-        "locale": "en_US.UTF-8",
-        "keyboard": {"layout": "us"},
-        "timezone": "UTC",
-        "network": {"version": 2, "ethernets": {"provision": ethernet}},
-        "apt": {
-            "preserve_sources_list": False,
-            "geoip": False,
-            "primary": [{"arches": ["default"], "uri": urls.repo}],
-            "fallback": "abort",
-        },
-        "storage": {"layout": {"name": "direct", "match": {"path": node.disk}}},
-        "ssh": {"install-server": True, "allow-pw": False},
-        "packages": ["curl", "python3"],
-        "updates": "security",
-        "early-commands": [callback("event=start")],
-        "late-commands": late,
-        "error-commands": [callback("event=fail&message=subiquity+error")],
-        "reporting": {"podsys": {"type": "webhook", "endpoint": urls.webhook}},
-        # Root logs in with the head's key: cloud-init must not turn root's keys into a
-        # "please log in as ubuntu" stub on first boot.
-        "user-data": {
-            "disable_root": False,
-            "ssh_pwauth": False,
-            "hostname": node.name,
-            "fqdn": node.fqdn,
-        },
-        "shutdown": "reboot",
-    }
-    header = (
-        "#cloud-config\n"
-        f"# Ubuntu autoinstall for {node.name}, rendered by podsys for cluster {cluster.name}.\n"
-        f"# Installs onto {node.disk} only.\n"
-    )
-    return header + yaml.safe_dump({"autoinstall": autoinstall}, sort_keys=False, default_flow_style=False, width=1000)
+    return _render("ubuntu-user-data.yaml.j2", cluster_name=cluster.name, node=node, callback=callback,
+                   late_commands=late, repo_url=urls.repo, webhook_url=urls.webhook,
+                   domain=cluster.manifest.metadata.domain)
 
 
 def _meta_data(node: NodeView) -> str:
@@ -347,6 +307,11 @@ def render_files(cluster: Cluster, paths: HeadPaths = DEFAULT_PATHS,
     """Everything the head's boot services need, as {path under the build dir: content}."""
     check_supported(cluster)
     m = cluster.manifest
+    if not DOMAIN_RE.match(m.metadata.domain):
+        # It lands in kernel command lines and preseed lines, where a space or newline would
+        # split it into something else.
+        raise InputError(Problem(str(cluster.manifest_path), None, "metadata.domain",
+                                 f"{m.metadata.domain!r} is not a DNS domain (lowercase labels separated by dots)"))
     urls = urls_for(cluster)
     keys = root_authorized_keys(cluster)
     pw_hash = root_password_hash(cluster)

@@ -243,3 +243,10 @@ def test_status_service_runtime_needs_only_the_stdlib(tmp_path):
                           capture_output=True, text=True, env={"PYTHONPATH": str(runtime / "provision/service")},
                           cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith(str(runtime)), proc.stderr
+
+
+def test_domain_that_could_break_a_kernel_command_line_is_refused(tmp_path):
+    path = write_manifest(tmp_path)
+    path.write_text(path.read_text().replace("domain: rt.example", 'domain: "rt.example\\nd-i foo string bar"'))
+    with pytest.raises(InputError, match="metadata.domain"):
+        render_files(load_cluster(path))
