@@ -16,17 +16,15 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from podsys import lab_net, lab_plan, lab_proc, lab_proxy, lab_rootfs
 from podsys.errors import InputError, PodsysError, Problem
-from podsys import lab_net, lab_plan, lab_proxy, lab_rootfs
-from podsys.lab_plan import LabNode, LabPlan
+from podsys.lab_plan import LabPlan
 
 Progress = Callable[[str], None]
 STATE_VERSION = 1
@@ -40,6 +38,13 @@ REQUIRED_TOOLS = {
     "ssh-keygen": "openssh-client",
 }
 BOOT_TIMEOUT_S = 120
+# Every container's systemd takes several inotify instances from root's shared quota; the
+# default 128 runs out at about four labs' worth of nodes ("Failed to allocate manager
+# object: Too many open files"). Raised, never lowered: other labs may be running.
+HOST_SYSCTL_MINIMUMS = {
+    "fs.inotify.max_user_instances": 8192,
+    "fs.inotify.max_user_watches": 524288,
+}
 STOP_TIMEOUT_S = 20
 
 
@@ -155,114 +160,6 @@ def _choose_plan(directory: Path, nodes: int) -> LabPlan:
     raise PodsysError("no free lab slot: " + "; ".join(reasons[:3]))
 
 
-# --- processes --------------------------------------------------------------------------------
-
-
-def proc_cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def proc_alive(pid: int | None) -> bool:
-    """Running, not a zombie (the host's PID 1 may not reap what we leave behind)."""
-    if not pid:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _is_nspawn_of(pid: int, machine: str) -> bool:
-    args = proc_cmdline(pid)
-    return bool(args) and args[0].endswith("systemd-nspawn") and machine in args
-
-
-def _nspawn_pids_with_prefix(prefix: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            args = proc_cmdline(int(entry.name))
-            if args and args[0].endswith("systemd-nspawn") and any(a.startswith(prefix + "-") for a in args):
-                found.append(int(entry.name))
-    return found
-
-
-def _proxy_pids_for(conf_dir: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            args = proc_cmdline(int(entry.name))
-            if args and "apt-cacher-ng" in os.path.basename(args[0]) and str(conf_dir) in args:
-                found.append(int(entry.name))
-    return found
-
-
-def _terminate(pids: list[int], timeout: float) -> None:
-    """SIGTERM (nspawn turns it into an orderly container shutdown), then SIGKILL."""
-    pids = [p for p in pids if proc_alive(p)]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(proc_alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if proc_alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _nspawn_command(node: LabNode, root: Path) -> list[str]:
-    # nsenter first: nspawn mounts the container's /sys before it joins the namespace named by
-    # --network-namespace-path, so without it /sys/class/net inside shows the host's NICs
-    # (and Ansible's interface facts would too). nsenter execs, so the pid stays nspawn's.
-    return [
-        "nsenter", f"--net=/run/netns/{node.netns}", "--",
-        "systemd-nspawn", "--boot", "--keep-unit", "--register=no",
-        # networkd inside needs it; the namespace is the node's own, so this reaches nothing else.
-        "--capability=CAP_NET_ADMIN",
-        f"--network-namespace-path=/run/netns/{node.netns}",
-        "-D", str(root), "-M", node.machine, f"--hostname={node.hostname}",
-        "--console=read-only", "--link-journal=no",
-    ]
-
-
-def _boot(paths: LabPaths, node: LabNode, root: Path) -> int:
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    with open(paths.logs / f"{node.hostname}.log", "ab") as log:
-        proc = subprocess.Popen(
-            _nspawn_command(node, root), stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    return proc.pid
-
-
-def _sshd_answers(node: LabNode) -> bool:
-    """Probe the node's sshd from inside its own namespace (compute nodes are unreachable
-    from the host by design) and check it speaks SSH."""
-    probe = (
-        "import socket,sys\n"
-        f"s=socket.create_connection(('{node.address}',22),timeout=1)\n"
-        "s.settimeout(2)\n"
-        "sys.exit(0 if s.recv(4)==b'SSH-' else 1)\n"
-    )
-    try:
-        proc = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c", probe],
-                              capture_output=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        return False  # a loaded machine; the caller's deadline decides
-    return proc.returncode == 0
-
-
 # --- up ---------------------------------------------------------------------------------------
 
 
@@ -289,7 +186,7 @@ def lab_is_up(state: dict | None) -> bool:
     if not state or state.get("phase") != "up":
         return False
     procs = [n.get("pid") for n in state.get("nodes", {}).values()] + [state.get("proxy", {}).get("pid")]
-    return all(proc_alive(p) for p in procs)
+    return all(lab_proc.proc_alive(p) for p in procs)
 
 
 @contextlib.contextmanager
@@ -364,8 +261,25 @@ def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress) -> 
     return state
 
 
+def _raise_host_limits(progress: Progress) -> dict[str, list[int]]:
+    """Raise the host limits containers need; returns {sysctl: [old, new]} for what changed."""
+    changed = {}
+    for name, minimum in HOST_SYSCTL_MINIMUMS.items():
+        path = Path("/proc/sys") / name.replace(".", "/")
+        try:
+            current = int(path.read_text().split()[0])
+            if current < minimum:
+                path.write_text(f"{minimum}\n")
+                changed[name] = [current, minimum]
+                progress(f"host: raised {name} from {current} to {minimum} (containers need more)")
+        except (OSError, ValueError) as exc:
+            progress(f"host: cannot raise {name} ({exc}); many nodes may fail to boot")
+    return changed
+
+
 def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, progress: Progress) -> None:
     lab_key = _ensure_keypair(paths)
+    state["host_sysctls_raised"] = _raise_host_limits(progress)
     progress(f"base root: Debian 12 from {mirror} (built once, cached in {lab_rootfs.cache_root()})")
     base = lab_rootfs.ensure_base_rootfs(mirror, progress)
 
@@ -399,7 +313,8 @@ def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, 
 
     for node in plan.nodes:
         progress(f"booting {node.hostname} ({node.address})")
-        state["nodes"][node.hostname]["pid"] = _boot(paths, node, Path(state["nodes"][node.hostname]["rootfs"]))
+        rec = state["nodes"][node.hostname]
+        rec["pid"] = lab_proc.boot_container(paths.logs, node, Path(rec["rootfs"]))
         save_state(paths, state)
 
     _wait_for_ssh(paths, plan, state, progress)
@@ -422,10 +337,11 @@ def _wait_for_ssh(paths: LabPaths, plan: LabPlan, state: dict, progress: Progres
     pending = list(plan.nodes)
     while pending:
         for node in list(pending):
-            if not proc_alive(state["nodes"][node.hostname]["pid"]):
-                raise PodsysError(f"{node.hostname}: container exited during boot; see "
-                                  f"{paths.logs / (node.hostname + '.log')}")
-            if _sshd_answers(node):
+            if not lab_proc.proc_alive(state["nodes"][node.hostname]["pid"]):
+                log = paths.logs / f"{node.hostname}.log"
+                raise PodsysError(f"{node.hostname}: container exited during boot "
+                                  f"({lab_proc.boot_failure(log)}); see {log}")
+            if lab_proc.sshd_answers(node):
                 pending.remove(node)
                 progress(f"sshd up on {node.hostname}")
         if pending and time.monotonic() > deadline:
@@ -491,15 +407,15 @@ def status(directory: Path | str) -> dict:
     nodes = []
     for node in plan.nodes:
         rec = state.get("nodes", {}).get(node.hostname, {})
-        running = proc_alive(rec.get("pid")) and _is_nspawn_of(rec["pid"], node.machine)
+        running = lab_proc.proc_alive(rec.get("pid")) and lab_proc.is_nspawn_of(rec["pid"], node.machine)
         nodes.append({
             "name": node.hostname, "role": node.role, "address": node.address, "mac": node.mac,
             "ssh_address": node.uplink_address or node.address, "machine": node.machine,
             "pid": rec.get("pid"), "running": running,
-            "sshd": bool(running and node.netns in lab_net.list_netns() and _sshd_answers(node)),
+            "sshd": bool(running and node.netns in lab_net.list_netns() and lab_proc.sshd_answers(node)),
         })
     proxy_pid = state.get("proxy", {}).get("pid")
-    proxy = {"url": plan.proxy_url, "pid": proxy_pid, "running": proc_alive(proxy_pid),
+    proxy = {"url": plan.proxy_url, "pid": proxy_pid, "running": lab_proc.proc_alive(proxy_pid),
              "upstream": state.get("mirror")}
     healthy = state.get("phase") == "up" and proxy["running"] and all(n["sshd"] for n in nodes)
     return {
@@ -520,9 +436,9 @@ def stop_node(directory: Path | str, name: str) -> None:
     state, plan = _plan_from_state(paths)
     node = plan.node(name)
     pid = state["nodes"][name].get("pid")
-    if pid and _is_nspawn_of(pid, node.machine):
-        _terminate([pid], STOP_TIMEOUT_S)
-    _terminate(lab_net.netns_pids(node.netns), 2)
+    if pid and lab_proc.is_nspawn_of(pid, node.machine):
+        lab_proc.terminate([pid], STOP_TIMEOUT_S)
+    lab_proc.terminate(lab_net.netns_pids(node.netns), 2)
 
 
 def start_node(directory: Path | str, name: str, progress: Progress = lambda msg: None) -> None:
@@ -530,13 +446,13 @@ def start_node(directory: Path | str, name: str, progress: Progress = lambda msg
     state, plan = _plan_from_state(paths)
     node = plan.node(name)
     rec = state["nodes"][name]
-    if proc_alive(rec.get("pid")) and _is_nspawn_of(rec["pid"], node.machine):
+    if lab_proc.proc_alive(rec.get("pid")) and lab_proc.is_nspawn_of(rec["pid"], node.machine):
         return
-    rec["pid"] = _boot(paths, node, Path(rec["rootfs"]))
+    rec["pid"] = lab_proc.boot_container(paths.logs, node, Path(rec["rootfs"]))
     save_state(paths, state)
     deadline = time.monotonic() + BOOT_TIMEOUT_S
-    while not _sshd_answers(node):
-        if not proc_alive(rec["pid"]) or time.monotonic() > deadline:
+    while not lab_proc.sshd_answers(node):
+        if not lab_proc.proc_alive(rec["pid"]) or time.monotonic() > deadline:
             raise PodsysError(f"{name} did not come back; see {paths.logs / (name + '.log')}")
         time.sleep(0.5)
     progress(f"{name} is up")
@@ -580,13 +496,13 @@ def _down(paths: LabPaths, progress: Progress) -> list[str]:
     pids = []
     for name, rec in state.get("nodes", {}).items():
         machine = rec.get("machine", "")
-        if rec.get("pid") and proc_alive(rec["pid"]) and _is_nspawn_of(rec["pid"], machine):
+        if rec.get("pid") and lab_proc.proc_alive(rec["pid"]) and lab_proc.is_nspawn_of(rec["pid"], machine):
             pids.append(rec["pid"])
     for prefix in prefixes:
-        pids += [p for p in _nspawn_pids_with_prefix(prefix) if p not in pids]
+        pids += [p for p in lab_proc.nspawn_pids_with_prefix(prefix) if p not in pids]
     if pids:
         progress(f"stopping {len(pids)} container(s)")
-        _terminate(pids, STOP_TIMEOUT_S)
+        lab_proc.terminate(pids, STOP_TIMEOUT_S)
         removed += [f"container pid {p}" for p in pids]
 
     # 2. the namespaces: whatever still runs inside them belongs to the lab's containers
@@ -596,15 +512,15 @@ def _down(paths: LabPaths, progress: Progress) -> list[str]:
             namespaces.add(ns)
     stragglers = [p for ns in namespaces for p in lab_net.netns_pids(ns)]
     if stragglers:
-        _terminate(stragglers, 5)
+        lab_proc.terminate(stragglers, 5)
         removed += [f"process {p}" for p in stragglers]
 
     # 3. the proxy
     conf = Path(state.get("proxy", {}).get("conf") or paths.proxy_dir / "conf")
-    proxy_pids = _proxy_pids_for(conf)
+    proxy_pids = lab_proc.proxy_pids_for(conf)
     if proxy_pids:
         progress("stopping the apt proxy")
-        _terminate(proxy_pids, 10)
+        lab_proc.terminate(proxy_pids, 10)
         removed += [f"apt-cacher-ng pid {p}" for p in proxy_pids]
 
     # 4. root filesystems (unmount overlays first)

@@ -15,7 +15,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from podsys import lab, lab_net, lab_proxy
+from podsys import lab, lab_net, lab_proc, lab_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -152,8 +152,8 @@ def test_stop_and_start_one_node(lab_cluster):
 def _live_processes_mentioning(text: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and lab.proc_alive(int(entry.name)):
-            args = lab.proc_cmdline(int(entry.name))
+        if entry.name.isdigit() and lab_proc.proc_alive(int(entry.name)):
+            args = lab_proc.proc_cmdline(int(entry.name))
             if any(text in a for a in args):
                 found.append(f"{entry.name}: {' '.join(args)}")
     return found

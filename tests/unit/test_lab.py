@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podsys import lab, lab_plan, lab_proxy
+from podsys import lab, lab_plan, lab_proc, lab_proxy
 from podsys.loader import load_cluster
 from podsys.manifest import Manifest
 
@@ -196,7 +196,7 @@ def test_proxy_binds_only_the_uplink_and_uses_the_host_mirror(tmp_path):
 
 def test_nspawn_runs_without_host_systemd(tmp_path):
     plan = lab_plan.plan_lab(tmp_path, 1, slot=9)
-    argv = lab._nspawn_command(plan.head, tmp_path / "root")
+    argv = lab_proc.nspawn_command(plan.head, tmp_path / "root")
     assert {"--boot", "--keep-unit", "--register=no"} <= set(argv)
     assert f"--network-namespace-path=/run/netns/{plan.head.netns}" in argv
     assert argv[argv.index("-M") + 1] == plan.head.machine
@@ -210,9 +210,9 @@ def test_zombies_count_as_dead():
             break
         time.sleep(0.05)
     assert state == "Z"
-    assert not lab.proc_alive(proc.pid)
+    assert not lab_proc.proc_alive(proc.pid)
     proc.wait()
-    assert not lab.proc_alive(proc.pid) and lab.proc_alive(os.getpid())
+    assert not lab_proc.proc_alive(proc.pid) and lab_proc.proc_alive(os.getpid())
 
 
 # --- the CLI without root ---------------------------------------------------------------------
@@ -278,3 +278,16 @@ def test_uplink_conflict_with_host_networks(tmp_path, monkeypatch):
     # Its own uplink (a lab being re-created) is not a conflict.
     monkeypatch.setattr(lab_net, "host_networks", lambda: [(plan.host_uplink_link, IPv4Network(plan.uplink_cidr))])
     assert lab_net.uplink_conflict(plan) is None
+
+
+def test_boot_failure_names_the_reason(tmp_path):
+    log = tmp_path / "node01.log"
+    log.write_text(
+        "Spawning container pl2b7d-node01 on /x.\n"
+        "\x1b[0;1;31mFailed to create symlink /sys/fs/cgroup/cpu: File exists\x1b[0m\n"
+        "\x1b[0;1;31mFailed to create control group inotify object: Too many open files\x1b[0m\n"
+        "\x1b[0;1;31mFailed to allocate manager object: Too many open files\x1b[0m\n"
+        "Container pl2b7d-node01 failed with error code 255.\n"
+    )
+    assert lab_proc.boot_failure(log) == "Failed to allocate manager object: Too many open files"
+    assert lab_proc.boot_failure(tmp_path / "missing.log") == "no console log"
