@@ -18,6 +18,7 @@ fetches and signs, `verify_bundle` checks, `write_iso` packs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -74,9 +75,13 @@ class BundlePlan:
     wheels: bool = True
     installer: bool = True
     ipxe: bool = True
+    # Recommends are not needed for apt to install (it skips unavailable ones); leaving them
+    # out makes the bundle much smaller (python3-pip alone recommends a compiler toolchain).
+    recommends: bool = False
 
 
-def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, installer: bool = True) -> BundlePlan:
+def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, installer: bool = True,
+                recommends: bool = False) -> BundlePlan:
     """The bundle a manifest needs: head services + every layer's packages + the stack's plan."""
     from podsys.stack_packages import package_plan
 
@@ -93,7 +98,7 @@ def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, ins
     if only is not None:
         return BundlePlan(os_key, cluster.name, tuple(layers), cluster.stack.id if cluster.stack else None,
                           sorted(set(only)), mirror=manifest.packages.upstream, wheels=wheels, installer=installer,
-                          ipxe="ipxe" in only)
+                          ipxe="ipxe" in only, recommends=recommends)
     wanted: list[str] = list(data["head"])
     for layer in layers:
         wanted += data.get(layer, [])
@@ -128,6 +133,7 @@ def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, ins
         os_key, cluster.name, tuple(layers), stack.id if stack else None, packages,
         vendor_packages=[(n, v, why) for n, (v, why) in sorted(vendor.items())],
         vendor_sources=sorted(sources.items()), mirror=manifest.packages.upstream, wheels=wheels, installer=installer,
+        recommends=recommends,
     )
 
 
@@ -160,11 +166,15 @@ Progress = Callable[[str, int, int], None]  # (label, done, total) in bytes or f
 
 def _fetch(url: str, dest: Path, sha256: str, size: int | None) -> None:
     part = dest.with_name(dest.name + ".part")
-    h = __import__("hashlib").sha256()
-    with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-        for block in iter(lambda: resp.read(1 << 16), b""):
-            out.write(block)
-            h.update(block)
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
+            for block in iter(lambda: resp.read(1 << 16), b""):
+                out.write(block)
+                h.update(block)
+    except OSError as exc:  # URLError, HTTPError, timeouts
+        part.unlink(missing_ok=True)
+        raise PodsysError(f"download of {url} failed: {exc}") from None
     if h.hexdigest() != sha256 or (size is not None and part.stat().st_size != size):
         part.unlink(missing_ok=True)
         raise PodsysError(f"{dest.name}: downloaded file does not match its sha256 from the signed index ({url})")
@@ -176,7 +186,7 @@ def _have(path: Path, sha256: str, size: int | None) -> bool:
 
 
 def download(files: list[AptFile], dest_of: Callable[[AptFile], Path], on_progress: Progress | None = None,
-             workers: int = 4) -> tuple[int, int]:
+             workers: int = 4, label: str = "packages") -> tuple[int, int]:
     """Fetch what is not already there (checked by sha256). Returns (downloaded, reused)."""
     todo, reused = [], 0
     for f in files:
@@ -187,7 +197,7 @@ def download(files: list[AptFile], dest_of: Callable[[AptFile], Path], on_progre
     total = sum(f.size for f in todo)
     done = 0
     if on_progress:
-        on_progress("download", 0, total)
+        on_progress(label, 0, total)
 
     def one(f: AptFile) -> int:
         dest = dest_of(f)
@@ -199,7 +209,7 @@ def download(files: list[AptFile], dest_of: Callable[[AptFile], Path], on_progre
         for size in pool.map(one, todo):
             done += size
             if on_progress:
-                on_progress("download", done, total)
+                on_progress(label, done, total)
     return len(todo), reused
 
 
@@ -236,18 +246,45 @@ def _project_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
-def build_wheels(dest: Path, log: Callable[[str], None]) -> int:
-    """podsys and its dependencies as wheels; offline from `dest` first (warm), else from PyPI."""
+def _source_digest(root: Path) -> str:
+    """Changes whenever podsys's source or its dependency list changes."""
+    h = hashlib.sha256()
+    files = [root / "pyproject.toml", *sorted(p for p in (root / "podsys").rglob("*") if p.is_file() and "__pycache__" not in p.parts)]
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def build_wheels(dest: Path, log: Callable[[str], None], marker: Path | None = None) -> int:
+    """podsys and its dependencies as wheels. Skipped when the source is unchanged since the last
+    build (`marker`), built offline from `dest` when possible, else fetched from PyPI."""
     root = _project_root()
     if root is None:
         raise PodsysError("bundle: podsys is not installed from a source tree, so its wheel cannot be built here")
     dest.mkdir(parents=True, exist_ok=True)
+    digest = _source_digest(root)
+    if marker is not None and marker.is_file():
+        recorded = marker.read_text().split()
+        if recorded and recorded[0] == digest and all((dest / name).is_file() for name in recorded[1:]):
+            return len(list(dest.glob("*.whl")))
+    count = _pip_wheels(dest, root, log)
+    if marker is not None:
+        marker.write_text(" ".join([digest, *sorted(p.name for p in dest.glob("*.whl"))]) + "\n")
+    return count
+
+
+def _pip_wheels(dest: Path, root: Path, log: Callable[[str], None]) -> int:
     base = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir", str(dest)]
     offline = subprocess.run([*base, "--no-index", "--find-links", str(dest), str(root)], capture_output=True, text=True)
     if offline.returncode != 0:
         log("wheels: fetching podsys's dependencies from PyPI")
+        # The build backend goes in too, so the next build (and the head) can build offline.
+        backend = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                                  "--only-binary=:all:", "--dest", str(dest), "setuptools>=68", "wheel"],
+                                 capture_output=True, text=True)
         online = subprocess.run([*base, "--find-links", str(dest), str(root)], capture_output=True, text=True)
-        if online.returncode != 0:
+        if backend.returncode != 0 or online.returncode != 0:
+            online = online if online.returncode != 0 else backend
             raise PodsysError(f"bundle: pip wheel failed: {' '.join(online.stderr.strip().splitlines()[-2:])}")
     return len(list(dest.glob("*.whl")))
 
@@ -273,42 +310,45 @@ def _extract_ipxe(repo: Path, boot: Path) -> list[str]:
     return found
 
 
-def _fetch_installer(apt: PrivateApt, mirror: str, boot: Path, log: Callable[[str], None]) -> list[str]:
-    """Netboot kernel + initrd, checked against SHA256SUMS whose hash the signed Release lists."""
+def _fetch_installer(apt: PrivateApt, work: Path, boot: Path, log: Callable[[str], None],
+                     on_progress: Progress | None = None) -> list[str]:
+    """Netboot kernel + initrd from the distribution's own installer package (signed like every
+    other package through the mirror's Release), unpacked into boot/<os>/."""
     target = apt.target
-    if not target.installer_path:
-        log(f"installer: {target.os_key} has no netboot images on its mirror; list the installer ISO in vendor.lock")
+    if not target.installer_package:
+        log(f"installer: {target.os_key} has no netboot package; list the installer ISO in vendor.lock")
         return []
-    release = apt.list_file(f"_dists_{target.suite}_InRelease")
-    if release is None:
-        raise PodsysError(f"installer: no signed Release for {target.suite} in the private apt lists")
-    listed = parse_deb822_hashes(release.read_text(errors="replace"))
-    sums_rel = f"main/installer-amd64/current/images/SHA256SUMS"
-    if sums_rel not in listed:
-        raise PodsysError(f"installer: {target.suite}'s Release does not list {sums_rel}")
-    base = f"{mirror.rstrip('/')}/{target.installer_path}"
+    package, inner = target.installer_package
+    files = [f for f in apt.resolve([package]) if f.filename.startswith(f"{package}_")]
+    if not files:
+        raise PodsysError(f"installer: {target.suite} has no {package}")
+    cache = work / "installer"
+    download(files, lambda f: cache / f.filename, on_progress, label="installer")
+    deb = cache / files[0].filename
+    _prune(cache, {deb})
     out = boot / target.os_key
+    marker = out / "SOURCE"
+    names = ("linux", "initrd.gz")
+    if marker.is_file() and marker.read_text().strip() == deb.name and all((out / n).is_file() for n in names):
+        return list(names)
+    log(f"installer: unpacking {deb.name}")
     out.mkdir(parents=True, exist_ok=True)
-    sums = out / "SHA256SUMS"
-    digest, size = listed[sums_rel]
-    if not _have(sums, digest, size):
-        _fetch(f"{base}/SHA256SUMS", sums, digest, size)
-    table = {}
-    for line in sums.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            table[parts[1].removeprefix("./")] = parts[0]
+    import tarfile
+
+    wanted = {f"./{inner}/{n}": n for n in names}
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     got = []
-    for name in ("linux", "initrd.gz"):
-        rel = f"netboot/debian-installer/amd64/{name}"
-        if rel not in table:
-            raise PodsysError(f"installer: SHA256SUMS has no {rel}")
-        dest = out / name
-        if not _have(dest, table[rel], None):
-            log(f"installer: fetching {rel}")
-            _fetch(f"{base}/{rel}", dest, table[rel], None)
-        got.append(name)
-    return got
+    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        for member in tar:
+            if member.name in wanted and member.isfile():
+                with tar.extractfile(member) as src, open(out / wanted[member.name], "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                got.append(wanted[member.name])
+    proc.wait()
+    if sorted(got) != sorted(names):
+        raise PodsysError(f"installer: {deb.name} has no {inner}/linux and initrd.gz")
+    marker.write_text(deb.name + "\n")
+    return list(names)
 
 
 def contents_files(bundle: Path) -> list[Path]:
@@ -386,7 +426,8 @@ def build_bundle(plan: BundlePlan, output: Path, vendor_lock: Path | None = None
     log(f"resolving {len(plan.packages)} packages and their dependencies for {plan.os_key} ({target.suite})")
     vendor_debs = sorted(p for p in keep_vendor if p.suffix == ".deb")
     extra = [line for line in [_vendor_flat_repo(work, vendor_debs)] if line]
-    apt = PrivateApt(work / f"apt-{plan.os_key}", target, mirror=plan.mirror, extra_sources=extra)
+    apt = PrivateApt(work / f"apt-{plan.os_key}", target, mirror=plan.mirror, extra_sources=extra,
+                     recommends=plan.recommends)
     apt.update()
     requested = plan.packages + [name for name, _, _ in plan.vendor_packages]
     files = [f for f in apt.resolve(requested) if not f.url.startswith("file:")]
@@ -396,12 +437,12 @@ def build_bundle(plan: BundlePlan, output: Path, vendor_lock: Path | None = None
     log("building and signing the repository")
     build_repository(repo, target.suite, key, label=f"podsys-{plan.cluster}")
 
-    wheels = build_wheels(output / "wheels", log) if plan.wheels else 0
+    wheels = build_wheels(output / "wheels", log, marker=work / "wheels.done") if plan.wheels else 0
     boot: list[str] = []
     if plan.ipxe:
         boot += [f"ipxe/{n}" for n in _extract_ipxe(repo, output / "boot")]
     if plan.installer:
-        boot += [f"{plan.os_key}/{n}" for n in _fetch_installer(apt, plan.mirror or target.mirror, output / "boot", log)]
+        boot += [f"{plan.os_key}/{n}" for n in _fetch_installer(apt, work, output / "boot", log, on_progress)]
 
     meta = {
         "format": FORMAT,
@@ -412,6 +453,7 @@ def build_bundle(plan: BundlePlan, output: Path, vendor_lock: Path | None = None
         "stack": plan.stack_id,
         "fingerprint": fingerprint,
         "python": target.python,
+        "recommends": plan.recommends,
         "built_with_python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "packages": len(files) + len(vendor_debs),
         "vendor": [{"name": a.name, "file": a.file, "sha256": a.sha256} for a in artifacts],

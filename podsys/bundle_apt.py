@@ -26,7 +26,8 @@ class AptTarget:
     keyring: str
     security_mirror: str | None
     python: str  # the target's python3 (wheels must match it)
-    installer_path: str | None = None  # netboot kernel+initrd under the mirror, if the distribution has one
+    # Netboot kernel + initrd, packaged by the distribution: (package, directory inside it)
+    installer_package: tuple[str, str] | None = None
 
     def source_lines(self, mirror: str | None = None) -> list[str]:
         mirror = (mirror or self.mirror).rstrip("/")
@@ -42,7 +43,7 @@ TARGETS: dict[str, AptTarget] = {
     "debian-12": AptTarget(
         "debian-12", "bookworm", "http://deb.debian.org/debian", ("main",),
         "/usr/share/keyrings/debian-archive-keyring.gpg", "http://deb.debian.org/debian-security", "3.11",
-        "dists/bookworm/main/installer-amd64/current/images",
+        ("debian-installer-12-netboot-amd64", "usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64"),
     ),
     "ubuntu-22.04": AptTarget(
         "ubuntu-22.04", "jammy", "http://archive.ubuntu.com/ubuntu", ("main", "universe"),

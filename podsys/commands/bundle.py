@@ -68,6 +68,9 @@ def build(
     ),
     wheels: bool = typer.Option(True, "--wheels/--no-wheels", help="include podsys and its Python dependencies as wheels"),
     installer: bool = typer.Option(True, "--installer/--no-installer", help="include the installer's netboot kernel and initrd"),
+    recommends: bool = typer.Option(
+        False, "--recommends/--no-recommends", help="also bundle Recommends (apt installs fine without them; much larger)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Build (or update) the offline bundle for a manifest.
@@ -83,7 +86,7 @@ def build(
     cluster = load_cluster(manifest)
     if vendor_lock is None and (cluster.base_dir / "vendor.lock").is_file():
         vendor_lock = cluster.base_dir / "vendor.lock"
-    plan = plan_bundle(cluster, only=list(only) if only else None, wheels=wheels, installer=installer)
+    plan = plan_bundle(cluster, only=list(only) if only else None, wheels=wheels, installer=installer, recommends=recommends)
     log = (lambda m: err_console.print(m, markup=False)) if not as_json else (lambda m: None)
     with _Bars(enabled=not as_json) as bars:
         result = build_bundle(plan, output, vendor_lock, vendor_dir, on_progress=bars, log=log)
