@@ -131,10 +131,13 @@ def status(
     if not watch:
         console.print(_status_table(cluster.name, rows()))
         return
-    with Live(_status_table(cluster.name, rows()), console=console, refresh_per_second=1) as live:
-        while True:
-            time.sleep(interval)
-            live.update(_status_table(cluster.name, rows()))
+    try:
+        with Live(_status_table(cluster.name, rows()), console=console, refresh_per_second=1) as live:
+            while True:
+                time.sleep(interval)
+                live.update(_status_table(cluster.name, rows()))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends: leave the last table on screen, exit 0
 
 
 @guarded
@@ -298,7 +301,7 @@ def media_add(
         with console.status(f"adding {source} to {boot_root}/media/{os_key}"):
             record = add_media(source, os_key, boot_root)
     except MediaError as exc:
-        raise InputError(Problem(str(source), None, "ISO_OR_NETBOOT", str(exc))) from None
+        raise InputError(Problem(str(source), None, "ISO_OR_NETBOOT", str(exc).removeprefix(f"{source}: "))) from None
     except OSError as exc:
         raise PodsysError(f"cannot write {boot_root}/media/{os_key}: {exc.strerror}") from None
     if as_json:
