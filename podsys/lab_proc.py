@@ -89,7 +89,7 @@ def nspawn_command(node: LabNode, root: Path) -> list[str]:
         "--capability=CAP_NET_ADMIN",
         f"--network-namespace-path=/run/netns/{node.netns}",
         "-D", str(root), "-M", node.machine, f"--hostname={node.hostname}",
-        "--console=read-only", "--link-journal=no",
+        "--console=read-only", "--link-journal=no", "--resolv-conf=off",
     ]
 
 

@@ -190,6 +190,12 @@ def customise_node(root: Path, plan: LabPlan, node: LabNode, authorized_key: str
            f"127.0.0.1\tlocalhost\n{node.address}\t{node.hostname}\n"
            "::1\tlocalhost ip6-localhost ip6-loopback\n")
     _write(root / "etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+    # debootstrap copied the host's resolver, which no lab node can reach; like an air-gapped
+    # cluster the lab has no DNS until a deploy provides one, and names come from /etc/hosts.
+    resolv = root / "etc/resolv.conf"
+    if resolv.is_symlink():
+        resolv.unlink()
+    _write(resolv, "# podsys lab: no DNS server reachable; names resolve from /etc/hosts\n")
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     ssh_dir.chmod(0o700)

@@ -73,8 +73,12 @@ def test_compute_nodes_reachable_with_paramiko_through_the_head(lab_cluster):
 def test_compute_nodes_reach_the_head_and_nothing_else(lab_cluster):
     proxy_host, proxy_port = lab_cluster.proxy_url.removeprefix("http://").split(":")
     probe = f"timeout 5 bash -c '</dev/tcp/{proxy_host}/{proxy_port}' && echo OPEN || echo CLOSED"
+    host_resolvers = {line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+                      if line.startswith("nameserver") and len(line.split()) > 1}
     for node in lab_cluster.nodes:
         assert lab_cluster.ssh(node, "ip -4 route show default").stdout.strip() == "", f"{node} has a default route"
+        resolv = lab_cluster.ssh(node, "cat /etc/resolv.conf").stdout
+        assert not host_resolvers & set(resolv.split()), f"{node} is pointed at the host's DNS server"
         assert lab_cluster.ssh(node, probe).stdout.strip().endswith("CLOSED"), f"{node} reaches the host proxy"
         assert lab_cluster.ssh(node, f"ping -c1 -W2 {lab_cluster.addresses['head']}", check=False).returncode == 0
     # The head: no default route either, but the proxy on its uplink is open.
