@@ -49,7 +49,11 @@ def ensure_base_rootfs(mirror: str, progress: Callable[[str], None]) -> Path:
         return rootfs
     cache_root().mkdir(parents=True, exist_ok=True)
     with open(cache_root() / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("debootstrap: waiting for another podsys building the same root")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if (rootfs.parent / "ready").exists():
             return rootfs
         # Holding the lock, no other build runs: scratch dirs still here are from killed builds.
