@@ -89,13 +89,13 @@ def probes(ctx: Context) -> list[Probe]:
         'if command -v curl >/dev/null; then curl -fsS --max-time 10 "$u"; else python3 -c '
         '"import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())" "$u"; fi'
     )
-    # A target Prometheus has not scraped yet reports health "unknown" (right after a deploy);
-    # ask again every 5 s for up to a minute before answering.
+    # Right after a deploy Prometheus may list no targets yet (service discovery not run) or
+    # targets with health "unknown" (not scraped yet): ask again every 5 s for up to a minute.
     script = (
         f"for attempt in $(seq 1 {UNKNOWN_RETRIES}); do "
         f'for u in {urls}; do if out=$({fetch} 2>/dev/null); then break; fi; out=""; done; '
         f'[ -n "$out" ] || {{ echo "Prometheus API not answering on port {PROMETHEUS_PORT} ({urls})" >&2; exit 1; }}; '
-        """printf '%s' "$out" | grep -q '"health":"unknown"' || break; sleep 5; """
+        """printf '%s' "$out" | grep -q -e '"health":"unknown"' -e '"activeTargets":\\[\\]' || break; sleep 5; """
         'done; printf "%s\\n" "$out"'
     )
     return [Probe(host=ctx.head, name="prometheus-targets", command=script, timeout=60 + 5 * UNKNOWN_RETRIES)]

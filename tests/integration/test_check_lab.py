@@ -1,0 +1,84 @@
+"""`podsys check` for real on the lab cluster: real SSH (through the head), real Slurm,
+Prometheus and networking. The lab's nodes are cpu-only, so GPU/IB/NCCL checks must SKIP with
+the profile's reason, never PASS. Stopping slurmd on one node must make the Slurm check FAIL
+naming exactly that node."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.lab]
+
+
+def podsys(*args: str, cwd, timeout: float = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "podsys.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def deployed_lab(lab_cluster):
+    """The session's lab with base, slurm and monitoring deployed (idempotent if another module
+    already deployed it)."""
+    result = podsys("deploy", str(lab_cluster.manifest), cwd=lab_cluster.directory)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return lab_cluster
+
+
+def run_check(lab, *args: str, output) -> tuple[int, dict]:
+    result = podsys("check", str(lab.manifest), "--json", "--output", str(output), *args, cwd=lab.directory, timeout=900)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    return result.returncode, json.loads(result.stdout)
+
+
+def verdicts(report: dict, check: str) -> dict[str, str]:
+    return {f["node"]: f["verdict"] for f in report["findings"] if f["check"] == check}
+
+
+def test_check_passes_on_deployed_lab_and_skips_gpu_ib(deployed_lab, tmp_path):
+    lab = deployed_lab
+    code, report = run_check(lab, output=tmp_path / "report")
+    failures = [f for f in report["findings"] if f["verdict"] in ("FAIL", "WARN")]
+    assert code == 0 and failures == [], failures
+    nodes = set(lab.nodes)
+    everyone = nodes | {lab.head}
+    for check, hosts in (("slurm.state", nodes), ("slurm.srun", nodes), ("monitoring.targets", nodes),
+                         ("network.reach", everyone), ("network.mtu", everyone), ("versions.os", nodes),
+                         ("versions.slurm", nodes)):
+        got = verdicts(report, check)
+        assert {n: got.get(n) for n in hosts} == {n: "PASS" for n in hosts}, (check, got)
+    for check in ("gpu.count", "infiniband.ports", "nccl.all_reduce", "bandwidth.nvbandwidth", "slurm.gres"):
+        skipped = [f for f in report["findings"] if f["check"] == check]
+        assert {f["node"] for f in skipped} == nodes
+        assert all(f["verdict"] == "SKIP" and f["detail"] == "cpu-only profile" for f in skipped)
+    # raw outputs next to the report, one per probe, re-judgeable by hand
+    index = json.loads((tmp_path / "report" / "raw" / "index.json").read_text())
+    assert {(e["host"], e["probe"]) for e in index} >= {(lab.head, "slurm"), (lab.head, "prometheus-targets")} | {(n, "network") for n in everyone}
+    assert (tmp_path / "report" / "report.html").read_text().count('class="heatmap"') == 1
+
+
+def test_stopped_slurmd_fails_the_slurm_check_naming_the_node(deployed_lab, tmp_path):
+    lab = deployed_lab
+    victim = lab.nodes[-1]
+    lab.ssh(victim, "systemctl stop slurmd")
+    try:
+        code, report = run_check(lab, "--only", "slurm", output=tmp_path / "report")
+        assert code == 1
+        failed = {f["node"] for f in report["findings"] if f["verdict"] == "FAIL"}
+        assert failed == {victim}
+        srun = next(f for f in report["findings"] if f["check"] == "slurm.srun" and f["node"] == victim)
+        assert "slurmd" in srun["diagnosis"]
+        assert all(f["area"] == "slurm" for f in report["findings"])
+    finally:
+        lab.ssh(victim, "systemctl start slurmd")
+        lab.ssh(lab.head, f"scontrol update nodename={victim} state=resume", check=False)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = lab.ssh(lab.head, f"sinfo -h -N -n {victim} -o %T", check=False).stdout.strip()
+            if state.startswith("idle") and not state.endswith("*"):
+                break
+            time.sleep(3)
