@@ -187,8 +187,8 @@ def probe_load(probe: Probe, ctx: Context) -> tuple[str, ...]:
         return tuple(sorted(n.name for n in ctx.nodes if ctx.profile(n).gpu is not None))
     if probe.name.startswith("ib_write_bw-"):
         return tuple(sorted(probe.name.removeprefix("ib_write_bw-").split("-", 1)))
-    if probe.name in ("nccl", "nvbandwidth"):
-        return (probe.host,)
+    if probe.name in ("nccl", "nvbandwidth") or (probe.name == "gpu" and ctx.dcgm_level >= 2):
+        return (probe.host,)  # dcgmi diag from level 2 on loads the GPUs too
     return ()
 
 
@@ -263,12 +263,13 @@ def default_output_dir(cluster: Cluster) -> Path:
 
 
 def run_checks(cluster: Cluster, *, only: list[str], skip: list[str], limit: str | None, output_dir: Path,
-               executor: Executor | None = None, console: Console | None = None, workers: int = 16) -> list[Finding]:
+               executor: Executor | None = None, console: Console | None = None, workers: int = 16,
+               dcgm_level: int = 1) -> list[Finding]:
     bad = unknown_selectors(only + skip)
     if bad:
         raise InputError(Problem("--only/--skip", None, "", f"unknown area or check {', '.join(bad)}; areas: {', '.join(LIVE_AREAS)}"))
     nodes = select_nodes(cluster, limit)
-    ctx = Context(cluster=cluster, nodes=tuple(nodes), head=cluster.manifest.head.hostname)
+    ctx = Context(cluster=cluster, nodes=tuple(nodes), head=cluster.manifest.head.hostname, dcgm_level=dcgm_level)
     areas = [a for a in LIVE_AREAS.values() if area_selected(a.name, only, skip)]
     probes = [p for a in areas for p in a.probes(ctx)]
     own_executor = executor is None

@@ -53,15 +53,24 @@ GPU_SECTIONS = {
     "dmesg": KERNEL_LOG,
     "virt": "systemd-detect-virt || true",
     "lspci": "lspci -vvv",
-    "dcgm": "command -v dcgmi >/dev/null && dcgmi diag -r 1",
 }
 
 
+def gpu_sections(dcgm_level: int) -> dict[str, str]:
+    sections = dict(GPU_SECTIONS)
+    if dcgm_level > 0:
+        sections["dcgm"] = f"command -v dcgmi >/dev/null && dcgmi diag -r {int(dcgm_level)}"
+    return sections
+
+
 def gpu_probes(ctx: Context) -> list[Probe]:
-    return [Probe(node.name, "gpu", sections_script(GPU_SECTIONS), timeout=300) for node in _gpu_nodes(ctx)]
+    # level 3 runs ~15 min, level 4 longer: give the probe the time its level needs
+    timeout = {0: 300, 1: 300, 2: 900, 3: 2700}.get(ctx.dcgm_level, 7200)
+    return [Probe(node.name, "gpu", sections_script(gpu_sections(ctx.dcgm_level)), timeout=timeout) for node in _gpu_nodes(ctx)]
 
 
 def judge_gpu_sections(sections: dict[str, str], node: str, profile) -> list[Finding]:
+    """Judge one GPU node's collected sections (see GPU_SECTIONS / gpu_sections)."""
     out: list[Finding] = []
     try:
         out += nvsmi.judge_query_gpu(nvsmi.parse_query_gpu(sections.get("query", "")), node, profile)
@@ -87,7 +96,9 @@ def judge_gpu_sections(sections: dict[str, str], node: str, profile) -> list[Fin
         out.append(pcie.judge_acs(pcie.parse_lspci_acs(sections.get("lspci", "")), node))
     else:
         out.append(skip(node, "gpu.pcie_acs", f"virtualised ({virt[0]}): ACS is expected under passthrough"))
-    if sections.get("dcgm", "").strip():
+    if "dcgm" not in sections:
+        out.append(skip(node, "gpu.dcgm_diag", "not requested (--dcgm-level 0)"))
+    elif sections.get("dcgm", "").strip():
         try:
             out += dcgm.judge_dcgmi_diag(dcgm.parse_dcgmi_diag(sections["dcgm"]), node, profile)
         except ValueError:

@@ -54,6 +54,7 @@ class Context:
     cluster: "Cluster"
     nodes: tuple["NodeSpec", ...]  # the selected compute nodes
     head: str  # the head's inventory name
+    dcgm_level: int = 1  # dcgmi diag -r N on GPU nodes; 0 leaves it out (level 3/4 take minutes)
 
     def profile(self, node: "NodeSpec") -> "HardwareProfile":
         return self.cluster.profile_of(node)

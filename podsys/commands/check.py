@@ -57,6 +57,7 @@ def check(
     node: Optional[str] = typer.Option(None, "--node", help="parse: node (or pair) name to report (default: the file name)"),
     collective: Optional[str] = typer.Option(None, "--collective", help="parse nccl: all_reduce, all_gather, reduce_scatter or alltoall when the output does not say"),
     workers: int = typer.Option(16, "--workers", min=1, max=256, help="SSH sessions in parallel"),
+    dcgm_level: int = typer.Option(1, "--dcgm-level", min=0, max=4, help="dcgmi diag -r LEVEL on GPU nodes (0: skip; 3 and 4 take 15+ minutes)"),
 ) -> None:
     args = list(args or [])
     if args and args[0] == "parse":
@@ -68,7 +69,7 @@ def check(
         raise InputError(f"expected one manifest, got {' '.join(args)} (to judge a saved output: podsys check parse KIND FILE)")
     if profile or node or collective:
         raise InputError("--profile/--node/--collective belong to `podsys check parse`")
-    _run(Path(args[0]) if args else Path("cluster.yaml"), _split(only), _split(skip), limit, output, as_json, workers)
+    _run(Path(args[0]) if args else Path("cluster.yaml"), _split(only), _split(skip), limit, output, as_json, workers, dcgm_level)
 
 
 def _finish(findings, as_json: bool, meta: dict, output_dir: Optional[Path]) -> None:
@@ -90,14 +91,15 @@ def _finish(findings, as_json: bool, meta: dict, output_dir: Optional[Path]) -> 
         raise typer.Exit(EXIT_FAILURE)
 
 
-def _run(manifest: Path, only: list[str], skip: list[str], limit: Optional[str], output: Optional[Path], as_json: bool, workers: int) -> None:
+def _run(manifest: Path, only: list[str], skip: list[str], limit: Optional[str], output: Optional[Path], as_json: bool,
+         workers: int, dcgm_level: int) -> None:
     from podsys.check_runner import default_output_dir, run_checks
     from podsys.loader import load_cluster
 
     cluster = load_cluster(manifest)
     output_dir = output or default_output_dir(cluster)
     findings = run_checks(cluster, only=only, skip=skip, limit=limit, output_dir=output_dir, workers=workers,
-                          console=err_console)
+                          console=err_console, dcgm_level=dcgm_level)
     meta = {"cluster": cluster.name, "manifest": str(manifest), "stack": getattr(cluster.stack, "id", ""),
             "nodes": [n.name for n in cluster.nodes], "only": only, "skip": skip, "limit": limit}
     _finish(findings, as_json, meta, output_dir)
