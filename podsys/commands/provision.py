@@ -181,7 +181,6 @@ def discover(
     (provisioning.discovery), oldest first. They get no boot file until they are in the
     manifest. `--assign GROUP` writes them to that group's MAC csv in hostlist order;
     review with `podsys validate`, then `podsys render` and re-run the provision role."""
-    from podsys.manifest import Manifest  # noqa: F401 - the typed manifest is what parse returns
     from podsys.provision import discover as disc
     from podsys.validate import parse_manifest
     from podsys.yamlsrc import load_yaml_file

@@ -21,7 +21,7 @@ def test_vagrant_manifest_matches_the_vagrantfile():
     assert str(cluster.manifest.head.address) == head
     assert [n.mac for n in cluster.nodes] == [pattern % i for i in range(1, len(cluster.nodes) + 1)]
     assert "1..4" in vagrantfile and len(cluster.nodes) == 4
-    assert vagrantfile.count(f"libvirt__network_name: PROVISION_NETWORK") == 2 and network == "podsys-provision"
+    assert vagrantfile.count("libvirt__network_name: PROVISION_NETWORK") == 2 and network == "podsys-provision"
     files = render_files(cluster)
     assert "interface=eth1" in files["provision/dnsmasq.conf"].splitlines()
     assert "d-i partman-auto/disk string /dev/vda" in files["provision/boot/nodes/node02/preseed.cfg"]
