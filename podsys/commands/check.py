@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
 
 from podsys.commands._common import EXIT_FAILURE, EXIT_OK, console, err_console, guarded
 from podsys.errors import InputError, Problem
@@ -83,9 +84,11 @@ def _finish(findings, as_json: bool, meta: dict, output_dir: Optional[Path]) -> 
             data["report"] = {k: str(v) for k, v in paths.items()}
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
-        print_report(findings, console)
+        # piped into a log or CI output: wide enough that one finding stays on one or two lines
+        out = console if console.is_terminal else Console(width=max(console.width, 160), highlight=False)
+        print_report(findings, out)
         if output_dir is not None:
-            console.print(f"report: {paths['html']} (and report.json, raw/ next to it)", markup=False, highlight=False)
+            out.print(f"report: {paths['html']} (and report.json, raw/ next to it)", markup=False, highlight=False)
     code = exit_code(findings)
     if code != EXIT_OK:
         raise typer.Exit(EXIT_FAILURE)

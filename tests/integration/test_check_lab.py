@@ -82,3 +82,23 @@ def test_stopped_slurmd_fails_the_slurm_check_naming_the_node(deployed_lab, tmp_
             if state.startswith("idle") and not state.endswith("*"):
                 break
             time.sleep(3)
+
+
+def test_unknown_host_keys_are_refused(lab_cluster, tmp_path):
+    """With a known_hosts that lacks the lab's keys, podsys must not talk to the hosts at all."""
+    import yaml
+
+    data = yaml.safe_load(lab_cluster.manifest.read_text())
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    data["access"]["private_key_file"] = str(lab_cluster.private_key)
+    data["access"]["known_hosts_file"] = str(empty)
+    manifest = tmp_path / "lab.yaml"
+    manifest.write_text(yaml.safe_dump(data))
+    result = podsys("check", str(manifest), "--only", "network", "--json", "--output", str(tmp_path / "r"), cwd=tmp_path, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    reach = {f["node"]: f for f in report["findings"] if f["check"] == "network.reach"}
+    assert set(reach) == {lab_cluster.head, *lab_cluster.nodes}
+    assert all(f["verdict"] == "FAIL" and "known_hosts" in f["detail"] for f in reach.values()), reach
+    assert "PRIVATE KEY" not in result.stdout + result.stderr
