@@ -17,7 +17,13 @@ QUERY_FIELDS = (
     "remapped_rows.pending", "remapped_rows.failure", "remapped_rows.uncorrectable",
     "clocks.current.sm", "clocks.max.sm", "clocks_throttle_reasons.active", "temperature.gpu",
 )
-QUERY_COMMAND = "nvidia-smi --query-gpu=" + ",".join(QUERY_FIELDS) + " --format=csv"
+# Fields every supported driver answers; asked for when an older/newer driver refuses one of
+# the full list (nvidia-smi rejects the whole query for one unknown field).
+BASIC_FIELDS = ("index", "pci.bus_id", "name", "persistence_mode", "ecc.mode.current", "clocks.current.sm", "clocks.max.sm")
+QUERY_COMMAND = (
+    "nvidia-smi --query-gpu=" + ",".join(QUERY_FIELDS) + " --format=csv 2>/dev/null || "
+    "nvidia-smi --query-gpu=" + ",".join(BASIC_FIELDS) + " --format=csv"
+)
 
 # NVML clocks event (throttle) reason bits that mean a hardware or thermal problem.
 # https://docs.nvidia.com/deploy/nvml-api/group__nvmlClocksEventReasons.html
@@ -195,8 +201,12 @@ def judge_query_gpu(gpus: list[dict[str, str]], node: str, profile: HardwareProf
             problems.append(f"{total:g} uncorrectable ECC errors")
         if problems:
             ecc_bad.append(f"{label(g)}: {', '.join(problems)}")
-    per_gpu("gpu.ecc_errors", ecc_bad, "no pending/failed row remaps, no uncorrectable errors",
-            "pending remap: reset the GPU (nvidia-smi -r) or reboot to apply it; remap failure or uncorrectable SRAM errors: RMA the GPU")
+    ecc_fields = ("remapped_rows.pending", "remapped_rows.failure", "ecc.errors.uncorrected.volatile.sram", "ecc.errors.uncorrected.volatile.total")
+    if not any(field in g for g in gpus for field in ecc_fields):
+        out.append(skip(node, "gpu.ecc_errors", "the driver did not report row remap / ECC error counters"))
+    else:
+        per_gpu("gpu.ecc_errors", ecc_bad, "no pending/failed row remaps, no uncorrectable errors",
+                "pending remap: reset the GPU (nvidia-smi -r) or reboot to apply it; remap failure or uncorrectable SRAM errors: RMA the GPU")
     throttle_bad = []
     for g in gpus:
         mask = _number(g.get("clocks_throttle_reasons.active") or g.get("clocks_event_reasons.active"))
@@ -205,6 +215,9 @@ def judge_query_gpu(gpus: list[dict[str, str]], node: str, profile: HardwareProf
         reasons = [name for bit, name in _BAD_THROTTLE.items() if int(mask) & bit]
         if reasons:
             throttle_bad.append(f"{label(g)}: {', '.join(reasons)} (clocks.sm {g.get('clocks.current.sm') or g.get('clocks.sm', '?')} of max {g.get('clocks.max.sm', '?')})")
+    if not any("clocks_throttle_reasons.active" in g or "clocks_event_reasons.active" in g for g in gpus):
+        out.append(skip(node, "gpu.clocks", "the driver did not report clock throttle reasons"))
+        return out
     per_gpu("gpu.clocks", throttle_bad, "no hardware/thermal clock throttling",
             "the GPU is throttling for hardware or thermal reasons: check cooling/airflow, power supply and BMC power capping")
     return out

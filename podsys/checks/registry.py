@@ -78,7 +78,7 @@ PARSE_KINDS: dict[str, tuple[str, Parser]] = {
     "ibstat": ("ibstat", lambda t, n, p, h: ibstat.judge_ibstat(ibstat.parse_ibstat(t), n, p)),
     "ib-counters": ("grep -H . /sys/class/infiniband/*/ports/*/counters/*", lambda t, n, p, h: [ibstat.judge_ib_counters(ibstat.parse_ib_counters(t), n, p)]),
     "nvidia-smi-topo": ("nvidia-smi topo -m", lambda t, n, p, h: nvsmi.judge_topo(nvsmi.parse_topo(t), n, p)),
-    "nvidia-smi-query": (f"{nvsmi.QUERY_COMMAND}", lambda t, n, p, h: nvsmi.judge_query_gpu(nvsmi.parse_query_gpu(t), n, p)),
+    "nvidia-smi-query": ("nvidia-smi --query-gpu=" + ",".join(nvsmi.QUERY_FIELDS) + " --format=csv", lambda t, n, p, h: nvsmi.judge_query_gpu(nvsmi.parse_query_gpu(t), n, p)),
     "nvidia-smi-nvlink": ("nvidia-smi nvlink -s", lambda t, n, p, h: nvsmi.judge_nvlink_status(nvsmi.parse_nvlink_status(t), n, p)),
     "dcgmi-diag": ("dcgmi diag -r N", lambda t, n, p, h: dcgm.judge_dcgmi_diag(dcgm.parse_dcgmi_diag(t), n, p)),
     "nvbandwidth": ("nvbandwidth", lambda t, n, p, h: nvbandwidth.judge_nvbandwidth(nvbandwidth.parse_nvbandwidth(t), n, p)),

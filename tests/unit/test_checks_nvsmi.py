@@ -76,3 +76,12 @@ def test_nvlink_all_active_passes_and_cpu_only_skips():
     skipped = judge_nvlink_status(parse_nvlink_status(text), "n", profile("cpu-only"))[0]
     assert skipped.verdict is Verdict.SKIP and skipped.detail == "cpu-only profile"
     assert by_check(judge_query_gpu([], "n", profile("cpu-only")), "gpu.count")[0].detail == "cpu-only profile"
+
+
+def test_basic_query_fallback_still_judges_count_and_model():
+    lines = fixture("nvidia_smi_query_8xh100_healthy.csv").splitlines()
+    basic = [",".join(l.split(",")[:5]) for l in lines if not l.startswith("#")]
+    findings = judge_query_gpu(parse_query_gpu("\n".join(basic)), "gpu001", H100)
+    assert one(findings, "gpu.count").verdict is Verdict.PASS and one(findings, "gpu.model").verdict is Verdict.PASS
+    # counters the driver did not report are not claimed healthy
+    assert one(findings, "gpu.ecc_errors").verdict is Verdict.SKIP and one(findings, "gpu.clocks").verdict is Verdict.SKIP
