@@ -93,7 +93,10 @@ def judge_gpu_sections(sections: dict[str, str], node: str, profile) -> list[Fin
     out += _only(dmesg.judge_dmesg(dmesg.parse_dmesg(sections.get("dmesg", "")), node, has_gpu=True, has_hca=False), "gpu")
     virt = sections.get("virt", "").strip().splitlines()[-1:] or ["unknown"]
     if virt[0] == "none":
-        out.append(pcie.judge_acs(pcie.parse_lspci_acs(sections.get("lspci", "")), node))
+        try:
+            out.append(pcie.judge_acs(pcie.parse_lspci_acs(sections.get("lspci", "")), node))
+        except ValueError:
+            out.append(skip(node, "gpu.pcie_acs", "lspci -vvv gave no device list (pciutils missing?)"))
     else:
         out.append(skip(node, "gpu.pcie_acs", f"virtualised ({virt[0]}): ACS is expected under passthrough"))
     if "dcgm" not in sections:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from podsys.checks.findings import Finding, failed, passed, warned
+from podsys.checks.findings import Finding, failed, passed, skip, warned
 
 HARDWARE_XIDS = {
     48: "double-bit ECC error",
@@ -66,11 +66,17 @@ class KernelLog:
     xids: list[XidEvent]
     off_bus: list[str]  # PCI addresses (or "?" when the line names none)
     nics: list[DowntrainedNIC]
+    lines: int = 0  # kernel log lines seen; 0 means the log was empty or unreadable
+
+_LOG_LINE = re.compile(r"^\s*(\[\s*\d+\.\d+\]|\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT)")
 
 
 def parse_dmesg(text: str) -> KernelLog:
     xids, off_bus, nics = [], [], []
+    seen = 0
     for line in text.splitlines():
+        if _LOG_LINE.match(line):
+            seen += 1
         m = _XID.search(line)
         if m:
             xids.append(XidEvent(pci=m.group(1), xid=int(m.group(2)), message=m.group(3).strip()))
@@ -84,10 +90,13 @@ def parse_dmesg(text: str) -> KernelLog:
         if m:
             nics.append(DowntrainedNIC(device=m.group(1), available=m.group(2), limited_by=m.group(3),
                                        width=int(m.group(4)), capable=f"{m.group(6)} at {m.group(7)}" if m.group(6) else None))
-    return KernelLog(xids=xids, off_bus=off_bus, nics=nics)
+    return KernelLog(xids=xids, off_bus=off_bus, nics=nics, lines=seen)
 
 
 def judge_dmesg(log: KernelLog, node: str, has_gpu: bool = True, has_hca: bool = True) -> list[Finding]:
+    if log.lines == 0:
+        reason = "kernel log empty or not readable (dmesg needs root or kernel.dmesg_restrict=0)"
+        return ([skip(node, "gpu.xid", reason)] if has_gpu else []) + ([skip(node, "infiniband.pcie_link", reason)] if has_hca else [])
     out: list[Finding] = []
     hardware = [x for x in log.xids if x.hardware]
     other = [x for x in log.xids if not x.hardware]

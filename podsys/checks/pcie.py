@@ -17,13 +17,17 @@ def parse_lspci_acs(text: str) -> list[tuple[str, str]]:
     """[(bus address, description)] of every device whose ACSCtl has SrcValid+."""
     out: list[tuple[str, str]] = []
     device: tuple[str, str] | None = None
+    devices = 0
     for line in text.splitlines():
         m = _DEVICE.match(line)
         if m:
             device = (m.group(2), m.group(3).strip())
+            devices += 1
             continue
         if device and "ACSCtl:" in line and "SrcValid+" in line:
             out.append(device)
+    if devices == 0:
+        raise ValueError("no PCI device blocks found: not `lspci -vvv` output")
     return out
 
 

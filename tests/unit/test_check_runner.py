@@ -140,7 +140,7 @@ def gpu_answer(host, name, command):
         return sections(query=fixture("nvidia_smi_query_7of8_faults.csv") if host == "gpu002" else fixture("nvidia_smi_query_8xh100_healthy.csv"),
                         topo=fixture("nvidia_smi_topo_8xh100_healthy.txt"),
                         nvlink=fixture("nvidia_smi_nvlink_s_inactive.txt").replace("<inactive>", "26.562 GB/s"),
-                        dmesg=fixture("dmesg_clean.txt"), virt="none", lspci="", dcgm=fixture("dcgmi_diag_r2_pass_dcgm3.txt"))
+                        dmesg=fixture("dmesg_clean.txt"), virt="none", lspci=fixture("lspci_acs_enabled.txt").replace("SrcValid+ TransBlk-", "SrcValid- TransBlk-"), dcgm=fixture("dcgmi_diag_r2_pass_dcgm3.txt"))
     if name == "infiniband":
         return sections(ibstat=fixture("ibstat_8x_ndr_healthy.txt"), counters="", dmesg=fixture("dmesg_xid79_and_downtrained_nic.txt"))
     if name.startswith("ib_write_bw-"):

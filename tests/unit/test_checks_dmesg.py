@@ -40,3 +40,14 @@ def test_application_xid_only_warns():
 def test_fallen_off_bus_without_xid_line_still_fails():
     text = "[1.0] NVRM: GPU at PCI:0000:ab:00: GPU has fallen off the bus.\n"
     assert one(judge_dmesg(parse_dmesg(text), "gpu001"), "gpu.xid").verdict is Verdict.FAIL
+
+
+def test_unreadable_kernel_log_skips_instead_of_passing():
+    log = parse_dmesg("dmesg: read kernel buffer failed: Operation not permitted\n")
+    findings = judge_dmesg(log, "gpu001")
+    assert [f.verdict for f in findings] == [Verdict.SKIP, Verdict.SKIP] and "not readable" in findings[0].detail
+
+
+def test_journalctl_format_is_read():
+    text = "Nov 22 16:01:02 gpu001 kernel: NVRM: Xid (PCI:0000:18:00): 74, pid=1, name=x, NVLink: fatal error detected on link 5\n"
+    assert one(judge_dmesg(parse_dmesg(text), "gpu001"), "gpu.xid").verdict is Verdict.FAIL

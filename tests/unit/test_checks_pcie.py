@@ -12,3 +12,10 @@ def test_acs_source_validation_on_switch_port_fails():
 
 def test_no_acs_passes():
     assert judge_acs(parse_lspci_acs(fixture("lspci_acs_enabled.txt").replace("ACSCtl:\tSrcValid+", "ACSCtl:\tSrcValid-")), "n").verdict is Verdict.PASS
+
+
+def test_not_lspci_output_is_rejected():
+    import pytest
+
+    with pytest.raises(ValueError):
+        parse_lspci_acs("bash: lspci: command not found\n")
