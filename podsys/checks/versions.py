@@ -111,7 +111,10 @@ def judge_versions(sections: dict[str, str], node: str, profile: HardwareProfile
             diagnosis="the node runs a different OS than the manifest: reinstall it (set its boot state to install) or fix `os` in the manifest",
         ))
     kernel = sections.get("kernel", "").strip()
-    out.append(passed(node, "versions.kernel", value=kernel or "?", detail="running kernel"))
+    if kernel:
+        out.append(passed(node, "versions.kernel", value=kernel, detail="running kernel"))
+    else:
+        out.append(skip(node, "versions.kernel", "uname -r gave no answer"))
 
     if "slurm" in layers:
         slurm = _version(sections.get("slurm", ""))
