@@ -24,7 +24,7 @@ profile (`acceptance` entries: limit x fraction, with their source).
 Areas for --only/--skip (a check name such as gpu.nvlink also works): versions, gpu,
 bandwidth, infiniband, nccl, slurm, monitoring, network.
 
-`podsys check parse KIND FILE` judges one saved tool output, for example:
+`podsys check parse KIND FILE` judges one saved tool output (FILE - reads stdin), for example:
 podsys check parse nccl all_reduce.log --profile hgx-h100-8gpu
 
 Kinds: nccl, perftest, ibstat, ib-counters, nvidia-smi-topo, nvidia-smi-query,
@@ -119,10 +119,13 @@ def _parse(kind: str, path: Path, profile_id: Optional[str], node: Optional[str]
         raise InputError(Problem("--profile", None, "", f"unknown hardware profile {profile_id!r}; one of: {', '.join(profiles)}"))
     if collective is not None and collective not in ("all_reduce", "all_gather", "reduce_scatter", "alltoall"):
         raise InputError(Problem("--collective", None, "", f"unknown collective {collective!r}"))
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        raise InputError(Problem(str(path), None, "", f"cannot read: {exc.strerror or exc}")) from None
+    if str(path) == "-":  # piped: `ssh gpu001 ibstat | podsys check parse ibstat -`
+        text, path = sys.stdin.read(), Path("stdin")
+    else:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as exc:
+            raise InputError(Problem(str(path), None, "", f"cannot read: {exc.strerror or exc}")) from None
     _, judge = PARSE_KINDS[kind]
     try:
         findings = judge(text, node or path.stem, profiles.get(profile_id) if profile_id else None, collective or path.name)

@@ -81,3 +81,15 @@ def test_collective_must_be_known_when_output_does_not_say(tmp_path):
     result = invoke("parse", "nccl", str(saved), "--collective", "all_reduce", "--profile", "hgx-a100-8gpu", "--json")
     assert result.exit_code == 0
     assert "nccl.all_reduce" in {f["check"] for f in json.loads(result.stdout)["findings"]}
+
+
+def test_parse_reads_stdin_and_json_matches_schema():
+    import jsonschema
+    from importlib import resources
+
+    text = (FIXTURES / "ibstat_8x_ndr_degraded_and_down.txt").read_text()
+    result = runner.invoke(build_app(), ["check", "parse", "ibstat", "-", "--profile", "hgx-h100-8gpu", "--json"], input=text)
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert {f["node"] for f in data["findings"]} == {"stdin"}
+    jsonschema.validate(data, json.loads((resources.files("podsys") / "data" / "check-report.schema.json").read_text()))

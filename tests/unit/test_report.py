@@ -1,4 +1,6 @@
 import json
+
+import pytest
 import re
 from io import StringIO
 
@@ -88,3 +90,17 @@ def test_report_data_orders_failures_first():
     data = report_data(sample_findings(), {"generated": "x"})
     verdicts = [f["verdict"] for f in data["findings"]]
     assert verdicts == sorted(verdicts, key=lambda v: Verdict(v).rank)
+
+
+def test_report_json_matches_its_schema(tmp_path):
+    import jsonschema
+    from importlib import resources
+
+    schema = json.loads((resources.files("podsys") / "data" / "check-report.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    paths = write_report(sample_findings() + [skip("node1", "nccl.all_reduce", "cpu-only profile")], tmp_path, {"cluster": "pod01"})
+    jsonschema.validate(json.loads(paths["json"].read_text()), schema)
+    broken = json.loads(paths["json"].read_text())
+    broken["findings"][0]["diagnosis"] = ""  # a FAIL without a diagnosis breaks the contract
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
