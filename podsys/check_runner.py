@@ -27,9 +27,6 @@ from podsys.checks.registry import LIVE_AREAS, area_selected, selected, unknown_
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.model import Cluster
 
-HEAVY_PROBES = ("nccl", "nccl-multinode", "nvbandwidth", "ib_write_bw-")
-
-
 class Executor(Protocol):
     def run(self, probe: Probe) -> ProbeResult: ...
 

@@ -193,9 +193,7 @@ def judge_nccl(run: NcclRun, node: str, profile: HardwareProfile | None) -> list
     largest = run.largest
     if largest is None:  # the test died before its first size: CUDA could not start
         return [replace(_judge_transport(run, node, profile, scope), check=check)]
-    key = "nccl_multinode_all_reduce_busbw" if run.multinode and collective == "all_reduce" else f"nccl_{collective}_busbw"
-    if run.multinode and collective != "all_reduce":
-        key = f"nccl_multinode_{collective}_busbw"
+    key = f"nccl_multinode_{collective}_busbw" if run.multinode else f"nccl_{collective}_busbw"
     where = f"{len(set(run.hosts))} nodes, {run.nranks} ranks" if run.multinode else f"{run.nranks or '?'} GPUs"
     detail = f"busbw at {_human_size(largest.size)} ({where}); sweep average {run.avg_busbw if run.avg_busbw is not None else 'n/a'}"
     if largest.size < (256 << 20):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from podsys.checks import accelerators, dcgm, dmesg, ibstat, monitoring, nccl, network, nvbandwidth, nvsmi, pcie, perftest, slurm, versions
-from podsys.checks.findings import AREAS, Finding
+from podsys.checks.findings import AREAS, CPU_ONLY_REASON, Finding, failed, passed, skip
 from podsys.checks.live import Context, Probe, Results
 from podsys.hardware import HardwareProfile
 
@@ -36,16 +36,16 @@ LIVE_AREAS: dict[str, Area] = {
 assert tuple(LIVE_AREAS) == AREAS
 
 
-def selected(check: str, only: list[str], skip: list[str]) -> bool:
+def selected(check: str, only: list[str], leave_out: list[str]) -> bool:
     """--only/--skip take areas ("gpu") or check names ("gpu.nvlink"), matched as prefixes."""
     def hit(patterns: list[str]) -> bool:
         return any(check == p or check.startswith(p + ".") for p in patterns)
 
-    return (not only or hit(only)) and not hit(skip)
+    return (not only or hit(only)) and not hit(leave_out)
 
 
-def area_selected(area: str, only: list[str], skip: list[str]) -> bool:
-    if area in skip:
+def area_selected(area: str, only: list[str], leave_out: list[str]) -> bool:
+    if area in leave_out:
         return False
     return not only or any(p == area or p.startswith(area + ".") for p in only)
 
@@ -90,14 +90,12 @@ PARSE_KINDS: dict[str, tuple[str, Parser]] = {
 
 
 def _modules(text: str, node: str, profile: HardwareProfile | None) -> list[Finding]:
-    from podsys.checks.findings import failed, passed, skip
-
     if profile is None:
         return [skip(node, "versions.modules", "give --profile: which modules are needed depends on the hardware")]
     loaded = versions.parse_modules(text)
     need = (["nvidia"] if profile.gpu else []) + (["nvidia_peermem"] if profile.gpu and profile.has_ib else [])
     if not need:
-        return [skip(node, "versions.modules", versions.CPU_ONLY_REASON)]
+        return [skip(node, "versions.modules", CPU_ONLY_REASON)]
     missing = [m for m in need if m not in loaded]
     if missing:
         return [failed(node, "versions.modules", value=", ".join(missing), detail=f"not loaded: {', '.join(missing)}",
