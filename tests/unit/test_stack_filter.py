@@ -1,0 +1,51 @@
+"""The Ansible filter the stack roles use returns exactly podsys.stack_packages' plan."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from podsys.compat import load_matrix
+from podsys.hardware import builtin_profiles
+from podsys.stack_packages import package_plan
+
+PLUGIN = Path(__file__).resolve().parents[2] / "playbooks/roles/package_source/filter_plugins/podsys_stack.py"
+
+
+@pytest.fixture(scope="module")
+def filters():
+    spec = importlib.util.spec_from_file_location("podsys_stack_filter", PLUGIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, module.FilterModule().filters()
+
+
+def test_filter_returns_the_plan_as_dicts(filters):
+    _, f = filters
+    stack = load_matrix().stack("r570-cuda12.8")
+    hw = builtin_profiles()["hgx-b200-8gpu"]
+    options = {"layers": ["gpu"], "components": ["driver", "fabric_manager", "nvlsm"]}
+    got = f["podsys_package_plan"](stack.as_vars(), "ubuntu-24.04", hw.model_dump(mode="json"), options)
+    assert got == [p.as_dict() for p in package_plan(stack, "ubuntu-24.04", hw, options)]
+    assert [d["name"] for d in got] == ["nvidia-driver-570-open", "nvidia-fabricmanager-570", "libnvidia-nscq-570", "nvlsm"]
+
+
+def test_filter_turns_plan_errors_into_filter_errors(filters):
+    module, f = filters
+    stack = load_matrix().stack("r535-cuda12.2").as_vars()
+    hw = builtin_profiles()["hgx-b200-8gpu"].model_dump(mode="json")
+    with pytest.raises(module.AnsibleFilterError, match="B200 HGX needs nvlsm"):
+        f["podsys_package_plan"](stack, "ubuntu-22.04", hw, {"layers": ["gpu"]})
+    with pytest.raises(module.AnsibleFilterError, match="predates Turing"):
+        volta = {**hw, "gpu": {**hw["gpu"], "architecture": "volta"}}
+        f["podsys_driver_flavour"](stack, volta, "open")
+
+
+def test_driver_flavour_filter_reports_the_reason(filters):
+    _, f = filters
+    stack = load_matrix().stack("r535-cuda12.2").as_vars()
+    hw = builtin_profiles()["hgx-h100-8gpu"].model_dump(mode="json")
+    assert f["podsys_driver_flavour"](stack, hw, "auto") == {
+        "flavour": "proprietary", "reason": "proprietary modules are the default before R560 (stack R535)"}
