@@ -150,9 +150,10 @@ def one_line(text: str, limit: int = 240) -> str:
     text = SSH_CHATTER.sub("", str(text))
     lines = [ln.strip() for ln in text.replace("\r", "\n").split("\n")]
     lines = [ln for ln in lines if ln]
-    joined = ""
-    for ln in lines:
-        joined += (" " if joined.endswith(":") else " / ") + ln if joined else ln
+    joined = lines[0] if lines else ""
+    for ln in lines[1:]:
+        # "...via ssh:" + "connect to host ..." reads as one sentence; other lines are separate.
+        joined += (" " if joined.endswith(":") else " / ") + ln
     return joined if len(joined) <= limit else joined[: limit - 3] + "..."
 
 
@@ -228,7 +229,7 @@ class EventTracker:
             if hp.play_role and hp.status == "running":
                 if hp.play_role not in hp.roles_done:
                     hp.roles_done.append(hp.play_role)
-                self._say(hp.name, f"{hp.play_role} done (ok {hp.ok}, changed {hp.changed})")
+                self._say(hp.name, f"{hp.play_role} done (so far ok {hp.ok}, changed {hp.changed})")
             hp.play_role = ""
 
     def handle(self, event: Mapping) -> bool:

@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
             render_cluster(cluster, build_dir)
             result = run_deploy(build_dir, options, err_console)
         if as_json:
-            console.print_json(json.dumps(result.as_dict()))
+            print(json.dumps(result.as_dict(), indent=2))
         elif result.results:
             console.print(summary_table(result.results))
             console.print(f"log: {result.log_file}", markup=False, highlight=False)

@@ -104,7 +104,7 @@ def test_tracker_folds_events_into_per_host_results():
     assert results["node03"].status == "failed" and "no result" in results["node03"].reason
     # Role progress: base finished on node01 (the include of package_proxy counts as base).
     assert tracker.hosts["node01"].roles_done == ["base", "slurm"]
-    assert ("node01", "base done (ok 2, changed 0)") in said
+    assert ("node01", "base done (so far ok 2, changed 0)") in said
     assert any(h == "head" and m.startswith("FAILED slurm : Start slurmctld") for h, m in said)
 
 
