@@ -333,6 +333,8 @@ def render_files(cluster: Cluster, paths: HeadPaths = DEFAULT_PATHS,
         netmask=str(net.cidr.netmask), discovery=discovery,
         gateway=str(net.gateway) if net.gateway else None, dns_servers=list(_dns_servers(cluster)),
         mtu=net.mtu, nodes=views, boot_files=boot_files, ipxe_entry_url=f"{urls.boot}/ipxe/boot.ipxe",
+        dns_hosts=[{"fqdn": f"{m.head.hostname}.{m.metadata.domain}", "name": m.head.hostname, "ip": str(m.head.address)}]
+        + [{"fqdn": n.fqdn, "name": n.name, "ip": n.provision_ip} for n in cluster.nodes],
     )
     files["provision/nginx-site.conf"] = _render(
         "nginx-site.conf.j2", cluster_name=cluster.name, listen=f"{m.head.address}:{port}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ networks:
   provision: {{cidr: {SUBNET}.0/24, gateway: {SUBNET}.254}}
 os: {{distro: debian, version: "12"}}
 provisioning:
+  dns: true
   root_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests0000000000000000 test@head"]
 node_groups:
   - name: compute
@@ -226,6 +228,48 @@ def test_tftp_serves_the_first_stage_file(lab):
     out = lab.root / "fetched.kpxe"
     lab.in_ns(lab.c1, "curl", "-sS", "-m", "20", "-o", str(out), f"tftp://{HEAD}/undionly.kpxe")
     assert out.read_bytes() == (IPXE_DIR / "undionly.kpxe").read_bytes()
+
+
+def dns_query(name: str) -> bytes:
+    header = struct.pack("!HHHHHH", 0x5053, 0x0100, 1, 0, 0, 0)  # id, RD, one question
+    qname = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+    return header + qname + struct.pack("!HH", 1, 1)  # A, IN
+
+
+def test_dns_answers_node_names_when_enabled(lab):
+    """provisioning.dns: true -> dnsmasq answers for the cluster domain from its reservations."""
+    code = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)\n"
+        f"s.sendto(bytes.fromhex('{dns_query('n2.pxt.local').hex()}'), ('{HEAD}', 53))\n"
+        "print(s.recv(512).hex())\n"
+    )
+    reply = bytes.fromhex(lab.in_ns(lab.c1, sys.executable, "-c", code).stdout.strip())
+    answers = struct.unpack("!H", reply[6:8])[0]
+    assert reply[3] & 0x0F == 0 and answers >= 1  # NOERROR with an answer
+    assert reply[-4:] == bytes([10, 213, 77, 12])  # the A record: n2's reserved address
+
+
+def test_dnsmasq_accepts_every_rendered_variant(tmp_path):
+    """dnsmasq's own syntax check on the config for each manifest option that changes it."""
+    if shutil.which("dnsmasq") is None:
+        pytest.skip("dnsmasq not installed")
+    variants = {
+        "dns-off": "",
+        "dns-on": "  dns: true\n",
+        "discovery": "  discovery: {enabled: true, range_start: 10.213.77.100, range_end: 10.213.77.150}\n",
+    }
+    for name, extra in variants.items():
+        manifest = tmp_path / f"{name}.yaml"
+        manifest.write_text(MANIFEST.replace("  dns: true\n", extra).replace(
+            "provision: {cidr", "provision: {mtu: 9000, cidr"))
+        conf = tmp_path / f"{name}.conf"
+        conf.write_text(render_files(load_cluster(manifest))["provision/dnsmasq.conf"])
+        proc = sh("dnsmasq", "--test", f"--conf-file={conf}", check=False)
+        assert proc.returncode == 0 and "syntax check OK" in proc.stderr, (name, proc.stderr)
+    broken = tmp_path / "broken.conf"
+    broken.write_text(conf.read_text().replace("dhcp-range=set:provision,", "dhcp-range=set:provision,nonsense,"))
+    assert sh("dnsmasq", "--test", f"--conf-file={broken}", check=False).returncode != 0
 
 
 # --- HTTP boot tree ------------------------------------------------------------------------------

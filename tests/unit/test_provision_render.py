@@ -79,6 +79,8 @@ def test_discovery_pool_replaces_the_ignore_rule_and_dns_can_be_on(tmp_path):
     assert "dhcp-range=set:discovery,10.50.200.1,10.50.200.50,255.255.0.0,10m" in conf
     assert "dhcp-ignore=tag:!known" not in conf
     assert "port=0" not in conf and "domain=rt.example" in conf
+    assert "host-record=head.rt.example,head,10.50.0.1" in conf
+    assert "host-record=gpu03.rt.example,gpu03,10.50.1.3" in conf
     # Discovered machines never get a boot file: every dhcp-boot needs the podsys-pxe tag.
     assert all("tag:podsys-pxe" in line for line in conf if line.startswith("dhcp-boot="))
 
