@@ -26,7 +26,22 @@ def deployed_lab(lab_cluster):
     already deployed it)."""
     result = podsys("deploy", str(lab_cluster.manifest), cwd=lab_cluster.directory)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    wait_until_idle(lab_cluster, lab_cluster.nodes)
     return lab_cluster
+
+
+def wait_until_idle(lab, nodes, timeout: float = 180) -> None:
+    """slurmd registers with slurmctld a moment after it starts; the checks judge the steady
+    state, so the tests start from it."""
+    deadline = time.monotonic() + timeout
+    states = ""
+    while time.monotonic() < deadline:
+        states = lab.ssh(lab.head, "sinfo -h -N -o '%N %T'", check=False).stdout
+        idle = {line.split()[0] for line in states.splitlines() if line.split()[1:] == ["idle"]}
+        if set(nodes) <= idle:
+            return
+        time.sleep(3)
+    raise AssertionError(f"Slurm nodes not idle after {timeout}s:\n{states}")
 
 
 def run_check(lab, *args: str, output) -> tuple[int, dict]:
@@ -76,12 +91,7 @@ def test_stopped_slurmd_fails_the_slurm_check_naming_the_node(deployed_lab, tmp_
     finally:
         lab.ssh(victim, "systemctl start slurmd")
         lab.ssh(lab.head, f"scontrol update nodename={victim} state=resume", check=False)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            state = lab.ssh(lab.head, f"sinfo -h -N -n {victim} -o %T", check=False).stdout.strip()
-            if state.startswith("idle") and not state.endswith("*"):
-                break
-            time.sleep(3)
+        wait_until_idle(lab, [victim])
 
 
 def test_unknown_host_keys_are_refused(lab_cluster, tmp_path):
