@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from podsys.checks.findings import Finding
 from podsys.checks.live import Context, Probe, ProbeResult
-from podsys.checks.registry import LIVE_AREAS, area_selected, selected, unknown_selectors
+from podsys.checks.registry import LIVE_AREAS, area_selected, probe_wanted, selected, unknown_selectors
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.model import Cluster
 
@@ -268,7 +268,7 @@ def run_checks(cluster: Cluster, *, only: list[str], skip: list[str], limit: str
     nodes = select_nodes(cluster, limit)
     ctx = Context(cluster=cluster, nodes=tuple(nodes), head=cluster.manifest.head.hostname, dcgm_level=dcgm_level)
     areas = [a for a in LIVE_AREAS.values() if area_selected(a.name, only, skip)]
-    probes = [p for a in areas for p in a.probes(ctx)]
+    probes = [p for a in areas for p in a.probes(ctx) if probe_wanted(p.feeds, only, skip)]
     own_executor = executor is None
     executor = executor or SSHExecutor(AccessSettings.from_cluster(cluster))
     console = console or Console(stderr=True)

@@ -192,12 +192,14 @@ def ib_pair_command(server: str, client: str, server_address: str, devices: list
 
 def ib_probes(ctx: Context) -> list[Probe]:
     nodes = _ib_nodes(ctx)
-    probes = [Probe(node.name, "infiniband", sections_script(IB_SECTIONS), timeout=120) for node in nodes]
+    probes = [Probe(node.name, "infiniband", sections_script(IB_SECTIONS), timeout=120,
+                    feeds=("infiniband.ports", "infiniband.errors", "infiniband.pcie_link")) for node in nodes]
     for server, client in ib_pairs([n.name for n in nodes]):
         profile = ctx.profile(ctx.cluster.node(server))
         devices = [f"mlx5_{i}" for i in range(profile.hca.count)]
         probes.append(Probe(ctx.head, f"ib_write_bw-{server}-{client}",
-                            ib_pair_command(server, client, ctx.cluster.node(server).provision_ip, devices), timeout=900))
+                            ib_pair_command(server, client, ctx.cluster.node(server).provision_ip, devices), timeout=900,
+                            feeds=("infiniband.ib_write_bw",)))
     return probes
 
 
@@ -281,10 +283,12 @@ def nccl_multinode_command(nodes: list[str], gpus: int) -> str:
 
 def nccl_probes(ctx: Context) -> list[Probe]:
     nodes = _gpu_nodes(ctx)
-    probes = [Probe(n.name, "nccl", nccl_single_command(ctx.profile(n).gpu.count), timeout=1800) for n in nodes]
+    single = tuple(f"nccl.{c}" for c in (*nccl.COLLECTIVES, "correctness", "transport", "test"))
+    probes = [Probe(n.name, "nccl", nccl_single_command(ctx.profile(n).gpu.count), timeout=1800, feeds=single) for n in nodes]
     if len(nodes) > 1:
         gpus = min(ctx.profile(n).gpu.count for n in nodes)
-        probes.append(Probe(ctx.head, "nccl-multinode", nccl_multinode_command([n.name for n in nodes], gpus), timeout=1800))
+        probes.append(Probe(ctx.head, "nccl-multinode", nccl_multinode_command([n.name for n in nodes], gpus), timeout=1800,
+                            feeds=("nccl.multinode",)))
     return probes
 
 

@@ -22,6 +22,7 @@ class Probe:
     name: str  # what it collects; also the raw output's file name
     command: str  # POSIX shell, run as the access user
     timeout: int = 120
+    feeds: tuple[str, ...] = ()  # check-name prefixes its output is judged for; () = the whole area
 
 
 @dataclass(frozen=True)

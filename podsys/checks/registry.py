@@ -50,6 +50,20 @@ def area_selected(area: str, only: list[str], leave_out: list[str]) -> bool:
     return not only or any(p == area or p.startswith(area + ".") for p in only)
 
 
+def probe_wanted(feeds: tuple[str, ...], only: list[str], leave_out: list[str]) -> bool:
+    """Whether a probe feeding these checks is needed: `--only nccl.multinode` must not start
+    every node's single-node sweep just to throw its findings away."""
+    if not feeds:
+        return True
+
+    def wanted(feed: str) -> bool:
+        covered = any(feed == p or feed.startswith(p + ".") for p in leave_out)
+        chosen = not only or any(feed == p or feed.startswith(p + ".") or p.startswith(feed + ".") for p in only)
+        return chosen and not covered
+
+    return any(wanted(feed) for feed in feeds)
+
+
 def unknown_selectors(patterns: list[str]) -> list[str]:
     return [p for p in patterns if p.split(".", 1)[0] not in AREAS]
 

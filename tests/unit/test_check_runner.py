@@ -210,3 +210,17 @@ def test_access_settings_resolve_relative_to_manifest_and_sudo_for_non_root(tmp_
     assert settings.addresses["node1"] == "10.77.0.11"
     assert remote_command("dmesg", "root") == "dmesg"
     assert remote_command("dmesg | tail", "admin") == "sudo -n bash -c 'dmesg | tail'"
+
+
+@pytest.mark.parametrize("only, skip, expected", [
+    (["nccl.multinode"], [], {"nccl-multinode"}),
+    (["nccl"], ["nccl.multinode"], {"nccl"}),
+    (["nccl.all_reduce"], [], {"nccl"}),
+    (["infiniband.ib_write_bw"], [], {"ib_write_bw-gpu001-gpu002"}),
+    (["infiniband"], ["infiniband.ib_write_bw"], {"infiniband"}),
+])
+def test_only_the_probes_the_selection_needs_run(pod, tmp_path, only, skip, expected):
+    executor = Replay(lambda h, n, c: "")
+    findings = run_checks(pod, only=only, skip=skip, limit="gpu[001-002]", output_dir=tmp_path, executor=executor)
+    assert {name for _, name in executor.ran} == expected
+    assert all(any(f.check == p or f.check.startswith(p + ".") for p in only) for f in findings)
