@@ -135,10 +135,12 @@ def judge_metric(
 
 
 def worst(findings: Iterable[Finding]) -> Verdict:
-    verdicts = [f.verdict for f in findings]
-    if not verdicts:
+    """The verdict that sums up several findings: FAIL over WARN over PASS; SKIP only when
+    nothing at all was judged (a skipped GPU check does not hide a passed OS check)."""
+    judged = [f.verdict for f in findings if f.verdict is not Verdict.SKIP]
+    if not judged:
         return Verdict.SKIP
-    return min(verdicts, key=lambda v: v.rank)
+    return min(judged, key=lambda v: v.rank)
 
 
 def sort_findings(findings: Iterable[Finding]) -> list[Finding]:

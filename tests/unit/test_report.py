@@ -104,3 +104,10 @@ def test_report_json_matches_its_schema(tmp_path):
     broken["findings"][0]["diagnosis"] = ""  # a FAIL without a diagnosis breaks the contract
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+def test_heatmap_cell_skips_only_when_nothing_was_judged():
+    fs = [finding("n1", "versions.os", Verdict.PASS), finding("n1", "versions.driver", Verdict.SKIP, detail="cpu-only profile"),
+          finding("n2", "versions.driver", Verdict.SKIP, detail="cpu-only profile")]
+    svg = heatmap_svg(fs)
+    assert svg.count('data-verdict="PASS"') == 1 and svg.count('data-verdict="SKIP"') == 1
