@@ -31,7 +31,8 @@ from podsys.model import Cluster, NodeSpec
 
 # crypt(3) hashes: yescrypt ($y$), SHA-512/256 ($6$/$5$), bcrypt ($2b$ ...). Plain text is refused.
 CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")
-SSH_KEY_RE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(\s+.*)?$")
+# A comment may not carry quotes or backslashes: the key is quoted in kickstart's sshkey line.
+SSH_KEY_RE = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( [^\"'\\\x00-\x1f]*)?$")
 
 DOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 SUPPORTED_OS = ("ubuntu-22.04", "ubuntu-24.04", "rocky-9", "debian-12")
@@ -192,15 +193,17 @@ def root_authorized_keys(cluster: Cluster) -> list[str]:
     (<key>.pub next to it) when that file exists: the key podsys itself logs in with."""
     m = cluster.manifest
     keys = [k.strip() for k in m.provisioning.root_authorized_keys if k.strip()]
-    for key in keys:
+    for i, key in enumerate(keys):
         if not SSH_KEY_RE.match(key):
-            raise InputError(Problem(str(cluster.manifest_path), None, "provisioning.root_authorized_keys",
-                                     f"not an OpenSSH public key: {key[:24]}..."))
+            raise InputError(Problem(str(cluster.manifest_path), None, f"provisioning.root_authorized_keys[{i}]",
+                                     f"not a one-line OpenSSH public key without quotes: {key[:24]}..."))
     if m.access.private_key_file:
         pub = cluster.base_dir / (m.access.private_key_file + ".pub")
         if pub.is_file():
             text = pub.read_text().strip()
-            if text and text not in keys:
+            if not SSH_KEY_RE.match(text):
+                raise InputError(Problem(str(pub), None, "", "not a one-line OpenSSH public key without quotes"))
+            if text not in keys:
                 keys.append(text)
     return keys
 

@@ -252,3 +252,10 @@ def test_domain_that_could_break_a_kernel_command_line_is_refused(tmp_path):
     path.write_text(path.read_text().replace("domain: rt.example", 'domain: "rt.example\\nd-i foo string bar"'))
     with pytest.raises(InputError, match="metadata.domain"):
         render_files(load_cluster(path))
+
+
+def test_keys_that_would_break_a_config_line_are_refused(tmp_path):
+    path = write_manifest(tmp_path)
+    path.write_text(path.read_text().replace(f'["{KEY}"]', '["ssh-ed25519 AAAAC3Nza x\\" --username=evil"]'))
+    with pytest.raises(InputError, match=r"root_authorized_keys\[0\]"):
+        render_files(load_cluster(path))
