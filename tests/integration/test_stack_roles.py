@@ -135,13 +135,16 @@ def stand_in_repo(tmp_path_factory) -> Path:
     return work
 
 
-def _inventory(lab, path: Path) -> Path:
-    path.write_text(yaml.safe_dump({"all": {"hosts": {lab.head: {
+def _inventory(lab, path: Path, aliases: dict[str, dict] | None = None) -> Path:
+    """One inventory host per alias, all of them the lab's head, each with its own vars."""
+    connection = {
         "ansible_host": lab.head, "ansible_user": "root",
         "ansible_ssh_common_args": f"-F {lab.ssh_config} -o BatchMode=yes",
         "ansible_ssh_private_key_file": str(lab.private_key),
         "ansible_python_interpreter": "/usr/bin/python3",
-    }}}}))
+    }
+    hosts = {alias: {**connection, **variables} for alias, variables in (aliases or {lab.head: {}}).items()}
+    path.write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
     return path
 
 
@@ -163,10 +166,14 @@ def _vars(stack_id: str, profile: str | None, **extra) -> dict:
     return data
 
 
-def run_roles(tmp_path: Path, lab, roles: list[str], variables: dict, check: bool) -> tuple[int, list[dict]]:
-    """ansible-playbook (through ansible-runner) -> (rc, events)."""
+def run_roles(tmp_path: Path, lab, roles: list[str], variables: dict, check: bool,
+              aliases: dict[str, dict] | None = None) -> tuple[int, list[dict]]:
+    """ansible-playbook (through ansible-runner) -> (rc, events). `aliases`: several inventory
+    hosts (all the head) with their own vars, run in parallel."""
     import ansible_runner
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "runner").mkdir(exist_ok=True)
     play = tmp_path / "play.yml"
     play.write_text(yaml.safe_dump([{"name": "stack roles", "hosts": "all", "gather_facts": True,
                                      "roles": [{"role": r} for r in roles]}]))
@@ -174,29 +181,32 @@ def run_roles(tmp_path: Path, lab, roles: list[str], variables: dict, check: boo
     vars_file.write_text(json.dumps(variables))
     bindir = str(Path(sys.executable).parent)
     result = ansible_runner.run(
-        private_data_dir=str(tmp_path / "runner"), playbook=str(play), inventory=str(_inventory(lab, tmp_path / "hosts.yml")),
-        cmdline=f"{'--check ' if check else ''}-e @{vars_file}", quiet=True,
-        envvars={"ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_HOST_KEY_CHECKING": "False",
+        private_data_dir=str(tmp_path / "runner"), playbook=str(play),
+        inventory=str(_inventory(lab, tmp_path / "hosts.yml", aliases)),
+        cmdline=f"{'--check ' if check else ''}-e @{vars_file}", quiet=True, forks=8,
+        envvars={"ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_PIPELINING": "True",
                  "PATH": bindir + ":" + os.environ.get("PATH", "")},
     )
     return result.rc, list(result.events)
 
 
-def _results(events: list[dict], task_prefix: str) -> list[dict]:
+def _results(events: list[dict], task_prefix: str, host: str | None = None) -> list[dict]:
     return [e["event_data"] for e in events
             if e.get("event") in ("runner_on_ok", "runner_on_failed")
-            and e["event_data"].get("task", "").startswith(task_prefix)]
+            and e["event_data"].get("task", "").startswith(task_prefix)
+            and (host is None or e["event_data"].get("host") == host)]
 
 
-def _failures(events: list[dict]) -> list[str]:
+def _failures(events: list[dict], host: str | None = None) -> list[str]:
     return [f"{e['event_data'].get('task')}: {e['event_data'].get('res', {}).get('msg')}"
-            for e in events if e.get("event") == "runner_on_failed" and not e["event_data"].get("ignore_errors")]
+            for e in events if e.get("event") == "runner_on_failed" and not e["event_data"].get("ignore_errors")
+            and (host is None or e["event_data"].get("host") == host)]
 
 
-def _would_install(events: list[dict]) -> set[tuple[str, str]]:
+def _would_install(events: list[dict], host: str | None = None) -> set[tuple[str, str]]:
     """(name, version) of every `Inst` line apt printed for the install tasks in check mode."""
     out = set()
-    for data in _results(events, "Install the planned versions"):
+    for data in _results(events, "Install the planned versions", host):
         for line in data.get("res", {}).get("stdout_lines", []) or data.get("res", {}).get("stdout", "").splitlines():
             m = re.match(r"^Inst (\S+) (?:\[\S+\] )?\((\S+)", line)
             if m:
@@ -254,14 +264,34 @@ def _expected_from_matrix(stack_id: str, profile_id: str) -> set[tuple[str, str]
     return out
 
 
+def _alias(stack_id: str, profile_id: str) -> str:
+    return f"{stack_id}-{profile_id}".replace(".", "_")
+
+
+@pytest.fixture(scope="module")
+def check_mode_runs(head_with_stand_in_repo, tmp_path_factory):
+    """The GPU roles in check mode for every (stack, GPU profile) case at once, one inventory
+    alias of the head per case."""
+    lab = head_with_stand_in_repo
+    aliases = {}
+    for stack_id, profile_id in CASES:
+        case = _vars(stack_id, profile_id)
+        aliases[_alias(stack_id, profile_id)] = {k: case[k] for k in ("podsys_stack", "podsys_hardware")}
+    base = _vars("r535-cuda12.2", None)
+    base = {k: v for k, v in base.items() if k not in ("podsys_stack", "podsys_hardware")}
+    rc, events = run_roles(tmp_path_factory.mktemp("check-mode"), lab, GPU_ROLES, base, check=True, aliases=aliases)
+    return rc, events
+
+
 @pytest.mark.lab
 @pytest.mark.parametrize("stack_id,profile_id", CASES, ids=[f"{s}-{p}" for s, p in CASES])
-def test_gpu_roles_in_check_mode_would_install_exactly_the_matrix_stack(head_with_stand_in_repo, tmp_path, stack_id, profile_id):
-    lab = head_with_stand_in_repo
-    rc, events = run_roles(tmp_path, lab, GPU_ROLES, _vars(stack_id, profile_id), check=True)
-    assert rc == 0, _failures(events)
-    assert _would_install(events) == _expected_from_matrix(stack_id, profile_id)
+def test_gpu_roles_in_check_mode_would_install_exactly_the_matrix_stack(check_mode_runs, head_with_stand_in_repo, stack_id, profile_id):
+    rc, events = check_mode_runs
+    host = _alias(stack_id, profile_id)
+    assert _failures(events, host) == []
+    assert _would_install(events, host) == _expected_from_matrix(stack_id, profile_id)
     # Nothing was really installed: check mode.
+    lab = head_with_stand_in_repo
     assert lab.ssh(lab.head, "dpkg-query -W nvidia-driver", check=False).returncode != 0
 
 

@@ -4,6 +4,7 @@ the roles and the offline bundle read the same exact names and versions from the
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 try:
@@ -26,11 +27,26 @@ def _import_plan():
     return stack_packages
 
 
+def _plain(value):
+    """Ansible (2.19+) hands filters lazy, tagged containers and strings; pydantic wants plain data."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
 def podsys_package_plan(stack, os_key, hardware=None, options=None):
     """[{name, version, component, spec, origin}, ...] for one host."""
     stack_packages = _import_plan()
     try:
-        plan = stack_packages.package_plan(dict(stack), str(os_key), hardware or None, dict(options or {}))
+        plan = stack_packages.package_plan(_plain(stack), str(os_key), _plain(hardware) or None, _plain(options or {}))
     except stack_packages.PlanError as exc:
         raise AnsibleFilterError(str(exc)) from None
     return [p.as_dict() for p in plan]
@@ -42,9 +58,9 @@ def podsys_driver_flavour(stack, hardware=None, requested="auto"):
     from podsys.compat import Stack
     from podsys.hardware import HardwareProfile
 
-    profile = HardwareProfile.model_validate(dict(hardware)) if hardware else None
+    profile = HardwareProfile.model_validate(_plain(hardware)) if hardware else None
     try:
-        flavour, reason = stack_packages.driver_flavour(Stack.model_validate(dict(stack)), profile, str(requested))
+        flavour, reason = stack_packages.driver_flavour(Stack.model_validate(_plain(stack)), profile, str(requested))
     except stack_packages.PlanError as exc:
         raise AnsibleFilterError(str(exc)) from None
     return {"flavour": flavour, "reason": reason}
