@@ -3,7 +3,8 @@ every node with testinfra; a repeat deploy changes nothing; a stopped node fails
 named in the summary; --resume finishes it once it is back.
 
 The tests run in file order and share one deploy (module fixture); the lab itself is the
-session's `lab_cluster`, torn down by its fixture even when a test fails."""
+session's `lab_cluster`, torn down by its fixture even when a test fails. Another module may
+have deployed the same lab already, so the first deploy here is not assumed to change things."""
 
 from __future__ import annotations
 
@@ -61,7 +62,6 @@ def test_first_deploy_succeeds_on_every_host(lab_cluster, first_deploy):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Traceback" not in proc.stderr
     assert {h["name"]: h["status"] for h in result["hosts"]} == {h: "ok" for h in all_hosts(lab_cluster)}
-    assert result["changed_total"] > 0
     log = lab_cluster.directory / ".podsys/build/logs"
     assert any(log.glob("deploy-*.log")), "full logs belong under the build directory"
 
