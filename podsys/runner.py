@@ -245,6 +245,11 @@ class EventTracker:
                 key: dict(data.get(key) or {})
                 for key in ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored", "processed")
             }
+            for name in self.stats["processed"]:
+                hp = self._host(name)
+                if hp.status in ("waiting", "running"):
+                    hp.status = OK
+                hp.task = ""
             return True
         host = data.get("host")
         if not host:

@@ -104,6 +104,7 @@ def test_tracker_folds_events_into_per_host_results():
     assert results["node03"].status == "failed" and "no result" in results["node03"].reason
     # Role progress: base finished on node01 (the include of package_proxy counts as base).
     assert tracker.hosts["node01"].roles_done == ["base", "slurm"]
+    assert [tracker.hosts[h].status for h in KNOWN] == ["failed", "ok", "unreachable", "waiting"]
     assert ("node01", "base done (so far ok 2, changed 0)") in said
     assert any(h == "head" and m.startswith("FAILED slurm : Start slurmctld") for h, m in said)
 
