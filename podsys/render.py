@@ -31,6 +31,7 @@ except AttributeError:  # libyaml missing: same output, slower
 # Other areas' renderers ("module:function"), added as they land.
 RENDERERS: list[str] = [
     "podsys.render:render_core_files",
+    "podsys.provision.render:render_files",
 ]
 
 INDEX_FILE = ".rendered.json"
@@ -303,11 +304,26 @@ def plan_render(cluster: Cluster, build_dir: Path) -> tuple[dict[str, str], Rend
     return files, result
 
 
+def _write_new(path: Path, content: str) -> None:
+    """A file that did not exist: written under its own name (one create instead of a temp file
+    plus a rename: thousands of per-node files make that count). A crash mid-write leaves a
+    short file that the next render sees as changed and replaces atomically."""
+    with open(path, "w") as handle:
+        handle.write(content)
+
+
 def render_cluster(cluster: Cluster, build_dir: Path | None = None) -> RenderResult:
     """Write the build directory (only what changed) and the address allocation file."""
     build_dir = Path(build_dir or cluster.default_build_dir)
     files, result = plan_render(cluster, build_dir)
-    for rel in result.added + result.changed:
+    made: set[Path] = set()
+    for rel in result.added:
+        target = build_dir / rel
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
+        _write_new(target, files[rel])
+    for rel in result.changed:
         _atomic_write(build_dir / rel, files[rel])
     for rel in result.removed:
         (build_dir / rel).unlink(missing_ok=True)

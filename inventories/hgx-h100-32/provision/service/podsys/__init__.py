@@ -1,0 +1,1 @@
+"""podsys runtime on the head: the install status service only."""

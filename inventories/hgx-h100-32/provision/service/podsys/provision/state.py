@@ -1,0 +1,265 @@
+"""Per-node boot and install state, kept on the head.
+
+Two things per node, in one JSON file under the state directory:
+  - the boot state, `install` (the next PXE boot runs the installer) or `local` (it boots the
+    disk). The active iPXE script `<boot root>/ipxe/nodes/<mac>.ipxe` is a copy of the rendered
+    variant for that state, so nginx serves plain files and needs no logic;
+  - the install progress the installer reports back (state, stage, started, finished, message).
+
+The install-finished callback switches a node to `local`, so a reboot never re-installs;
+`podsys reinstall HOSTLIST` switches nodes back. Stdlib only: the status service runs this on
+the head without podsys's other dependencies."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+BOOT_STATES = ("install", "local")
+EVENTS = ("start", "stage", "finish", "fail")
+STATE_FILE = "nodes-state.json"
+
+
+class StateError(Exception):
+    pass
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_record(boot: str) -> dict:
+    return {"boot": boot, "state": "pending", "stage": "", "started": None, "finished": None,
+            "message": "", "updated": None}
+
+
+def apply_event(record: dict, event: str, stage: str = "", message: str = "", now: str | None = None) -> dict:
+    """The record after one installer callback. Pure; the caller persists it."""
+    if event not in EVENTS:
+        raise StateError(f"unknown event {event!r} (expected one of {', '.join(EVENTS)})")
+    now = now or utc_now()
+    rec = dict(record)
+    # The iPXE script reports a "pxe" stage before the installer says "start": an install
+    # began at the earliest callback of a run.
+    running = rec["state"] == "installing" and rec.get("started")
+    if event == "start":
+        rec.update(state="installing", stage=stage or "started", started=rec["started"] if running else now,
+                   finished=None)
+    elif event == "stage":
+        if not running:
+            rec.update(state="installing", started=now, finished=None)
+        rec["stage"] = stage or rec.get("stage", "")
+    elif event == "finish":
+        if not rec.get("started"):
+            rec["started"] = now
+        # The installed system boots from disk from now on: never install twice by accident.
+        rec.update(state="installed", stage=stage or "finished", finished=now, boot="local")
+    elif event == "fail":
+        rec.update(state="failed", stage=stage or rec.get("stage", ""), finished=now)
+    if message:
+        rec["message"] = message[:300]
+    rec["updated"] = now
+    return rec
+
+
+def duration_seconds(record: dict, now: datetime | None = None) -> int | None:
+    if not record.get("started"):
+        return None
+    start = datetime.strptime(record["started"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    if record.get("finished"):
+        end = datetime.strptime(record["finished"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    else:
+        end = now or datetime.now(timezone.utc)
+    return max(0, int((end - start).total_seconds()))
+
+
+def format_duration(seconds: int | None) -> str:
+    if seconds is None:
+        return ""
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    ip: str
+    mac: str
+
+
+def load_nodes_file(path: Path) -> tuple[dict[str, NodeInfo], str]:
+    """The rendered provision/nodes.json -> ({name: NodeInfo}, default boot state)."""
+    data = json.loads(Path(path).read_text())
+    nodes = {name: NodeInfo(name, n["ip"], n["mac"]) for name, n in data["nodes"].items()}
+    return nodes, data.get("default_boot_state", "install")
+
+
+class StateStore:
+    """The JSON state file plus the active iPXE scripts. Every change happens under an
+    exclusive lock and lands with an atomic rename, so the status service and the CLI can
+    write at the same time."""
+
+    def __init__(self, state_dir: Path, boot_root: Path | None, nodes: dict[str, NodeInfo],
+                 default_boot: str = "install"):
+        self.state_dir = Path(state_dir)
+        self.boot_root = Path(boot_root) if boot_root else None
+        self.nodes = nodes
+        self.default_boot = default_boot
+        self._by_ip = {n.ip: n.name for n in nodes.values()}
+
+    @property
+    def path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    def node_for_address(self, address: str) -> str | None:
+        return self._by_ip.get(address)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{self.path}: unreadable state file ({exc})") from None
+        return data.get("nodes", {})
+
+    def _write(self, records: dict[str, dict]) -> None:
+        _atomic_write(self.path, json.dumps({"nodes": records}, indent=2, sort_keys=True) + "\n", 0o644)
+
+    def records(self) -> dict[str, dict]:
+        """Every manifest node's record; nodes never seen get a fresh pending one."""
+        stored = self._read()
+        return {name: {**new_record(self.default_boot), **stored.get(name, {})} for name in self.nodes}
+
+    def _activate(self, name: str, boot: str) -> bool:
+        """Make the served script the one for `boot`; True if the file changed."""
+        if self.boot_root is None:
+            return False
+        mac_file = self.nodes[name].mac.lower().replace(":", "-") + ".ipxe"
+        source = self.boot_root / "ipxe" / boot / mac_file
+        try:
+            content = source.read_bytes()
+        except OSError:
+            raise StateError(f"{source}: no rendered '{boot}' boot script for {name} (run the provision role)") from None
+        target = self.boot_root / "ipxe" / "nodes" / mac_file
+        current = target.read_bytes() if target.exists() else None
+        if current == content:
+            return False
+        _atomic_write(target, content, 0o644)
+        return True
+
+    def set_boot_state(self, names: list[str], boot: str) -> list[str]:
+        """Switch nodes to `install` or `local`; returns the names whose boot state changed.
+        Switching to `install` also resets the install progress: a new install is pending."""
+        if boot not in BOOT_STATES:
+            raise StateError(f"unknown boot state {boot!r} (expected install or local)")
+        unknown = [n for n in names if n not in self.nodes]
+        if unknown:
+            raise StateError(f"not PXE nodes of this cluster: {', '.join(unknown)}")
+        changed = []
+        with self._locked():
+            stored = self._read()
+            for name in names:
+                rec = {**new_record(self.default_boot), **stored.get(name, {})}
+                if name not in stored or rec["boot"] != boot:
+                    changed.append(name)
+                if boot == "install" and rec["boot"] != "install":
+                    rec = new_record("install")
+                rec["boot"] = boot
+                self._activate(name, boot)
+                stored[name] = rec
+            self._write(stored)
+        return changed
+
+    def init_boot_states(self) -> list[str]:
+        """Give every node without a record its default boot state and bring every served
+        script in line with the rendered one for the node's state (a re-render may have
+        changed it). Returns the nodes whose record or script changed: a second run, []."""
+        with self._locked():
+            stored = self._read()
+            changed, created = [], False
+            for name in self.nodes:
+                if name not in stored:
+                    stored[name] = new_record(self.default_boot)
+                    created = True
+                    changed.append(name)
+                if self._activate(name, stored[name]["boot"]) and name not in changed:
+                    changed.append(name)
+            if created:
+                self._write(stored)
+        return changed
+
+    def record_event(self, name: str, event: str, stage: str = "", message: str = "") -> dict:
+        with self._locked():
+            stored = self._read()
+            rec = {**new_record(self.default_boot), **stored.get(name, {})}
+            new = apply_event(rec, event, stage, message)
+            if new["boot"] != rec["boot"]:
+                self._activate(name, new["boot"])
+            stored[name] = new
+            self._write(stored)
+        return new
+
+
+def _atomic_write(path: Path, content: str | bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode() if isinstance(content, str) else content
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 -m podsys.provision.state init ...`: what the provision role runs on the head."""
+    parser = argparse.ArgumentParser(prog="podsys-provision-state")
+    parser.add_argument("action", choices=["init", "install", "local", "show"])
+    parser.add_argument("names", nargs="*")
+    parser.add_argument("--nodes", required=True, type=Path, help="rendered provision/nodes.json")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--boot-root", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        nodes, default = load_nodes_file(args.nodes)
+        store = StateStore(args.state_dir, args.boot_root, nodes, default)
+        if args.action == "init":
+            changed = store.init_boot_states()
+            print(f"changed: {len(changed)}")
+        elif args.action == "show":
+            print(json.dumps(store.records(), indent=2, sort_keys=True))
+        else:
+            changed = store.set_boot_state(args.names or list(nodes), args.action)
+            print(f"changed: {len(changed)}")
+    except (StateError, OSError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
