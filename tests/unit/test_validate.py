@@ -250,3 +250,9 @@ def test_unsupported_os_version(tmp_path):
     text = VALID.replace('version: "22.04"', 'version: "20.04"')
     path, problems = problems_for(tmp_path, text)
     assert_problem(problems, path, line_of(text, "os:"), "os", "ubuntu 20.04 is not supported", "22.04, 24.04")
+
+
+def test_domain_must_be_a_dns_name(tmp_path):
+    text = VALID.replace("domain: cluster.local", "domain: 'bad domain;reboot'")
+    path, problems = problems_for(tmp_path, text)
+    assert_problem(problems, path, line_of(text, "metadata"), "metadata.domain", "should match pattern")
