@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from podsys.hardware import HardwareProfile
 
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-DNS_NAME = r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+DNS_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 LAYERS = ("base", "gpu", "infiniband", "slurm", "monitoring", "container")
 
@@ -36,7 +36,7 @@ def normalise_mac(value: str) -> str:
 class Metadata(Strict):
     name: str = Field(pattern=DNS_LABEL, description="cluster name (Slurm ClusterName, DNS label)")
     # It lands on kernel command lines, preseed lines and /etc/hosts: a plain DNS name only.
-    domain: str = Field(default="cluster.local", pattern=DNS_NAME)
+    domain: str = Field(default="cluster.local", pattern=DNS_NAME, max_length=253)
 
 
 class Head(Strict):
