@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
         "deploy",
         help=(
             "Render the build directory, then configure every host with Ansible: the head's "
-            "package service, base system, Slurm and monitoring (the manifest's layers).\n\n"
+            "package service, base system, Slurm, the GPU/InfiniBand/container stack and "
+            "monitoring (whichever layers the manifest enables).\n\n"
             "Shows live progress per host and role, ends with a per-host summary "
             "(ok/changed/failed/unreachable) and exits non-zero if any host failed. A failed or "
             "unreachable host never stops the others; retry just those with --resume. "
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
     def deploy(
         manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
         limit: Optional[str] = typer.Option(None, "--limit", "-l", help="only these hosts, as a hostlist: 'head,node[01-04]'"),
-        tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these roles/tags, comma-separated: base,slurm,monitoring,packages"),
+        tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these parts, comma-separated: packages,base,slurm,gpu,monitoring"),
         check: bool = typer.Option(False, "--check", help="dry run: Ansible check mode with diffs; changes nothing"),
         forks: int = typer.Option(20, "--forks", "-f", min=1, max=1000, help="hosts configured in parallel"),
         resume: bool = typer.Option(False, "--resume", help="re-run only the hosts that failed or were unreachable last time"),
