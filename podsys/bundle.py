@@ -150,7 +150,8 @@ def check_vendor_coverage(plan: BundlePlan, artifacts: list[VendorArtifact], loc
     for name, version, why in plan.vendor_packages:
         have = debs.get(name)
         if have is None:
-            problems.append(Problem(where, None, "artifacts", f"needs {name} {version or ''} ({why}) from the vendor repository; download it and list it"))
+            wanted = f"{name} {version}" if version else name
+            problems.append(Problem(where, None, "artifacts", f"needs {wanted} ({why}) from the vendor repository; download it and list it"))
         elif version and upstream_version(have) != version and have.split(":", 1)[-1] != version:
             problems.append(Problem(where, None, "artifacts", f"{name} is {have} but the stack pins {version} ({why})"))
     for file, why in plan.vendor_sources:

@@ -33,26 +33,33 @@ def register(app: typer.Typer) -> None:
 
 
 class _Bars:
-    """One rich progress bar per phase (bytes for downloads, files for verify)."""
+    """One rich progress bar per phase (bytes for downloads, files for verify), shown from the
+    first report on, so an early error prints only its own line."""
 
     def __init__(self, enabled: bool):
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-            console=err_console, disable=not enabled, transient=False,
-        )
+        self.enabled = enabled
+        self.progress: Progress | None = None
         self.tasks: dict[str, int] = {}
 
     def __call__(self, label: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TimeRemainingColumn(), console=err_console,
+            )
+            self.progress.start()
         if label not in self.tasks:
             self.tasks[label] = self.progress.add_task(label, total=total or 1)
         self.progress.update(self.tasks[label], completed=done, total=total or 1)
 
     def __enter__(self):
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
+        if self.progress is not None:
+            self.progress.stop()
 
 
 @guarded
