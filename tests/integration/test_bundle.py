@@ -60,7 +60,9 @@ def bundle_copy(small_bundle, tmp_path) -> Path:
 
 def test_bundle_has_a_signed_repository_wheels_ipxe_and_a_private_key_outside_the_served_tree(small_bundle):
     out, result = small_bundle
-    assert result["packages"] >= 6 and result["downloaded"] == result["packages"]
+    debs = list((out / "repo/pool/main").rglob("*.deb"))
+    assert result["packages"] == len(debs) and result["downloaded"] == result["packages"]
+    assert {d.name.split("_")[0] for d in debs} >= {"hello", "ipxe", "libc6"}
     dist = out / "repo/dists/bookworm"
     assert (dist / "InRelease").read_text().startswith("-----BEGIN PGP SIGNED MESSAGE-----")
     assert "Suite: bookworm" in (dist / "Release").read_text()

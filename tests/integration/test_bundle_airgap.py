@@ -66,6 +66,10 @@ def test_head_serves_the_bundle_and_a_cut_off_node_installs_from_it(lab_cluster,
         assert json.loads(verify.stdout)["ok"] is True
         lab.ssh(head, f"systemd-run --unit podsys-bundle-airgap /opt/podsys-airgap/bin/podsys bundle serve {REMOTE} "
                       f"--bind {head_ip} --port {PORT}")
+        # The service is up once it answers (systemd-run returns before podsys has started).
+        lab.ssh(head, "for i in $(seq 60); do python3 -c \"import urllib.request; urllib.request.urlopen("
+                      f"'http://{head_ip}:{PORT}/repo/podsys-site.asc', timeout=2)\" 2>/dev/null && exit 0; sleep 0.5; done; "
+                      "systemctl status podsys-bundle-airgap; exit 1")
 
         # The node: no route anywhere but the head.
         cut_off = lab.ssh(node, "python3 -c \"import urllib.request; urllib.request.urlopen('http://deb.debian.org/', timeout=5)\"",

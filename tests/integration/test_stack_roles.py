@@ -198,9 +198,15 @@ def _results(events: list[dict], task_prefix: str, host: str | None = None) -> l
 
 
 def _failures(events: list[dict], host: str | None = None) -> list[str]:
-    return [f"{e['event_data'].get('task')}: {e['event_data'].get('res', {}).get('msg')}"
-            for e in events if e.get("event") == "runner_on_failed" and not e["event_data"].get("ignore_errors")
-            and (host is None or e["event_data"].get("host") == host)]
+    out = []
+    for e in events:
+        data = e.get("event_data", {})
+        if e.get("event") != "runner_on_failed" or data.get("ignore_errors") or (host and data.get("host") != host):
+            continue
+        res = data.get("res", {})
+        items = [r.get("msg") for r in res.get("results", []) if r.get("failed")]  # a loop's failed items
+        out.append(f"{data.get('task')}: {res.get('msg')}" + (f" {items}" if items else ""))
+    return out
 
 
 def _would_install(events: list[dict], host: str | None = None) -> set[tuple[str, str]]:
