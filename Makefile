@@ -4,9 +4,13 @@
 setup:
 	bash scripts/setup-dev.sh
 
+# The main job on one machine: a head + 3 container nodes, deployed (base, Slurm, monitoring)
+# and checked. Everything lives in ./lab; `podsys lab down --dir lab` removes it.
 lab: setup
-	podsys validate manifests/lab.yaml
-	podsys render manifests/lab.yaml
+	podsys lab up --dir lab
+	podsys deploy lab/lab.yaml
+	podsys check lab/lab.yaml --output lab/report
+	@echo "next: podsys lab ssh --dir lab head -- srun -N3 hostname; open lab/report/report.html; podsys lab down --dir lab"
 
 test: setup
 	python3 -m pytest -m "not slow"
