@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -180,14 +181,25 @@ def run_roles(tmp_path: Path, lab, roles: list[str], variables: dict, check: boo
     vars_file = tmp_path / "vars.json"
     vars_file.write_text(json.dumps(variables))
     bindir = str(Path(sys.executable).parent)
-    result = ansible_runner.run(
-        private_data_dir=str(tmp_path / "runner"), playbook=str(play),
-        inventory=str(_inventory(lab, tmp_path / "hosts.yml", aliases)),
-        cmdline=f"{'--check ' if check else ''}-e @{vars_file}", quiet=True, forks=8,
-        envvars={"ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_PIPELINING": "True",
-                 "PATH": bindir + ":" + os.environ.get("PATH", "")},
-    )
-    return result.rc, list(result.events)
+    control_dir = tempfile.mkdtemp(prefix="podsys-cp-")  # short: unix socket paths are limited
+    try:
+        result = ansible_runner.run(
+            private_data_dir=str(tmp_path / "runner"), playbook=str(play),
+            inventory=str(_inventory(lab, tmp_path / "hosts.yml", aliases)),
+            cmdline=f"{'--check ' if check else ''}-e @{vars_file}", quiet=True, forks=8,
+            # Own SSH control sockets: with the default ~/.ansible/cp, a concurrent lab whose head is
+            # also called "head" would share the master connection and get our tasks.
+            envvars={"ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_PIPELINING": "True",
+                     "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
+                     "PATH": bindir + ":" + os.environ.get("PATH", "")},
+        )
+    finally:
+        shutil.rmtree(control_dir, ignore_errors=True)
+    events = list(result.events)
+    # A play that matched no host "succeeds" too: make that an error with ansible's own words.
+    hosts = {e["event_data"].get("host") for e in events if e.get("event", "").startswith("runner_on_")}
+    assert hosts - {None, "localhost"}, f"no inventory host ran: {result.stdout.read()[-2000:]}"
+    return result.rc, events
 
 
 def _results(events: list[dict], task_prefix: str, host: str | None = None) -> list[dict]:
