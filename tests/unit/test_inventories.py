@@ -13,7 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("name", ["lab", "hgx-h100-32"])
 def test_sample_inventory_is_current(name):
-    files = render_files(load_cluster(REPO / "manifests" / f"{name}.yaml"))
+    files = {
+        rel: content
+        for rel, content in render_files(load_cluster(REPO / "manifests" / f"{name}.yaml")).items()
+        if not rel.startswith("provision/service/")  # podsys's own code, copied for the head
+    }
     sample = REPO / "inventories" / name
     on_disk = {str(p.relative_to(sample)) for p in sample.rglob("*") if p.is_file() and p.name != ".rendered.json"}
     assert on_disk == set(files), "run `make inventories`"

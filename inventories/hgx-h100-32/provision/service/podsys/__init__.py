@@ -1,1 +1,0 @@
-"""podsys runtime on the head: the install status service only."""
