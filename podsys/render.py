@@ -107,6 +107,7 @@ def node_vars(cluster: Cluster, node: NodeSpec) -> dict:
         "bmc_ip": node.bmc_ip,
         "ipoib_ip": node.ipoib_ip,
         "disk": node.disk,
+        "pxe": node.pxe,
         "fqdn": node.fqdn,
         "layers": list(node.layers),
         "gpu_count": profile.gpu.count if profile.gpu else 0,

@@ -299,3 +299,12 @@ def test_deploy_limit_naming_an_unknown_host_is_refused_before_running(tmp_path)
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     assert res.stderr.strip().startswith("error: command line: --limit: not in the inventory: gpu005 (known: ")
+
+
+def test_ssh_control_sockets_are_per_cluster_and_short(tmp_path):
+    from podsys.runner import ansible_cfg_text, control_path_dir
+
+    a, b = control_path_dir(tmp_path / "a" / "build"), control_path_dir(tmp_path / "b" / "build")
+    assert a != b and a == control_path_dir(tmp_path / "a" / "build")
+    assert len(str(a)) + 1 + 40 < 108  # ansible's %C hash must still fit a Unix socket path
+    assert f"control_path_dir = {a}" in ansible_cfg_text(tmp_path / "a" / "build", tmp_path, 5)
