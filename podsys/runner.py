@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -49,9 +50,10 @@ class DeployOptions:
 
 
 def playbooks_dir() -> Path:
-    """Where site.yml and roles/ live: $PODSYS_PLAYBOOKS_DIR, else the checkout's playbooks/."""
+    """Where site.yml and roles/ live: $PODSYS_PLAYBOOKS_DIR, else the package's own copy
+    (package data, so a wheel installed offline on a head node deploys too)."""
     override = os.environ.get("PODSYS_PLAYBOOKS_DIR")
-    path = Path(override) if override else Path(__file__).resolve().parent.parent / "playbooks"
+    path = Path(override) if override else Path(__file__).resolve().parent / "playbooks"
     if not (path / SITE_PLAYBOOK).is_file():
         raise PodsysError(f"playbooks not found: {path / SITE_PLAYBOOK} (set PODSYS_PLAYBOOKS_DIR)")
     return path
@@ -110,6 +112,14 @@ def select_hosts(options: DeployOptions, known: list[str], state: Mapping) -> li
 # ----------------------------------------------------------------------------- ansible.cfg
 
 
+def control_path_dir(build_dir: Path) -> Path:
+    """SSH master sockets per cluster: with Ansible's shared default (~/.ansible/cp), two clusters
+    whose heads have the same name and user can reuse each other's connection. Kept short (a
+    hash, not the build path) because a Unix socket path may not exceed 107 bytes."""
+    digest = hashlib.sha1(str(build_dir.resolve()).encode()).hexdigest()[:12]
+    return Path.home() / ".ansible" / "cp" / f"podsys-{digest}"
+
+
 def ansible_cfg_text(build_dir: Path, roles_dir: Path, forks: int) -> str:
     """ansible.cfg for a deploy: SSH pipelining + ControlPersist for speed, a persistent fact
     cache (slurm.conf needs every node's CPUs/memory even when one node is unreachable), and
@@ -134,6 +144,7 @@ any_errors_fatal = False
 
 [ssh_connection]
 pipelining = True
+control_path_dir = {control_path_dir(build_dir)}
 ssh_args = -o ControlMaster=auto -o ControlPersist=300s -o ServerAliveInterval=15 -o ServerAliveCountMax=3 -o ConnectTimeout=10
 retries = 0
 """
