@@ -127,6 +127,22 @@ def lab_cluster(tmp_path_factory) -> LabCluster:
         lab.down(directory)
 
 
+@pytest.fixture(scope="module")
+def fresh_lab_cluster(tmp_path_factory) -> LabCluster:
+    """A lab of the module's own, as `podsys lab up` makes it, for tests that need nodes nobody
+    has deployed to (the stack roles' check mode, the air-gapped install). With the root cached,
+    `lab up` takes seconds; the deploys are what cost time, and these modules need none."""
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    directory = tmp_path_factory.mktemp("freshlab")
+    atexit.register(lab.down, directory)
+    try:
+        yield bring_up_lab(directory, int(os.environ.get("PODSYS_LAB_NODES", "3")))
+    finally:
+        lab.down(directory)
+
+
 # The session lab is shared, and some modules leave it changed on purpose: the provision role
 # installs boot services on the head, the stack-role tests point the head at a stand-in
 # repository, the air-gap test cuts a node off and switches sources to the bundle. They run

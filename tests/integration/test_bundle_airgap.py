@@ -45,8 +45,8 @@ def _push(lab, bundle: Path, node: str) -> None:
     assert tar.wait() == 0
 
 
-def test_head_serves_the_bundle_and_a_cut_off_node_installs_from_it(lab_cluster, airgap_bundle, tmp_path):
-    lab = lab_cluster
+def test_head_serves_the_bundle_and_a_cut_off_node_installs_from_it(fresh_lab_cluster, airgap_bundle, tmp_path):
+    lab = fresh_lab_cluster
     head, node = lab.head, lab.nodes[-1]
     head_ip = lab.addresses[head]
     _push(lab, airgap_bundle, head)

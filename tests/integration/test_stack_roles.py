@@ -233,10 +233,10 @@ def _would_install(events: list[dict], host: str | None = None) -> set[tuple[str
 
 
 @pytest.fixture(scope="module")
-def head_with_stand_in_repo(lab_cluster, stand_in_repo, tmp_path_factory):
+def head_with_stand_in_repo(fresh_lab_cluster, stand_in_repo, tmp_path_factory):
     """The head, with python3-apt (Ansible's apt module) and the stand-in repository configured
     for real by the package_source role in bundle mode."""
-    lab = lab_cluster
+    lab = fresh_lab_cluster
     lab.ssh(lab.head, "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-apt", timeout=900)
     lab.ssh(lab.head, f"rm -rf {FAKE_DIR} && mkdir -p {FAKE_DIR}")
     tar = subprocess.Popen(["tar", "-C", str(stand_in_repo), "-cf", "-", "repo"], stdout=subprocess.PIPE)
@@ -350,8 +350,8 @@ def test_the_exact_driver_already_installed_is_skipped_with_the_reason(head_with
 
 
 @pytest.mark.lab
-def test_infiniband_inbox_stack_installs_for_real_and_is_idempotent(lab_cluster, tmp_path):
-    lab = lab_cluster
+def test_infiniband_inbox_stack_installs_for_real_and_is_idempotent(fresh_lab_cluster, tmp_path):
+    lab = fresh_lab_cluster
     lab.ssh(lab.head, "dpkg-query -W python3-apt || (apt-get update -q && apt-get install -y -q python3-apt)", timeout=900)
     variables = _vars("r535-cuda12.2", "cpu-only", podsys_infiniband={"stack": "inbox", "opensm": False},
                       podsys_packages={"source": "proxy"})
