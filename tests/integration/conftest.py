@@ -113,18 +113,23 @@ def bring_up_lab(directory: Path, nodes: int) -> LabCluster:
     )
 
 
-@pytest.fixture(scope="session")
-def lab_cluster(tmp_path_factory) -> LabCluster:
+def _lab_for_tests(tmp_path_factory, basename: str):
+    """Bring a lab up in a new temporary directory, hand it over, and take it down afterwards
+    (also on interpreter exit: a killed session still removes its namespaces and processes)."""
     reason = lab_skip_reason()
     if reason:
         pytest.skip(reason)
-    directory = tmp_path_factory.mktemp("lab")
-    # Also on interpreter exit: a killed session still removes its namespaces and processes.
+    directory = tmp_path_factory.mktemp(basename)
     atexit.register(lab.down, directory)
     try:
         yield bring_up_lab(directory, int(os.environ.get("PODSYS_LAB_NODES", "3")))
     finally:
         lab.down(directory)
+
+
+@pytest.fixture(scope="session")
+def lab_cluster(tmp_path_factory) -> LabCluster:
+    yield from _lab_for_tests(tmp_path_factory, "lab")
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +137,7 @@ def fresh_lab_cluster(tmp_path_factory) -> LabCluster:
     """A lab of the module's own, as `podsys lab up` makes it, for tests that need nodes nobody
     has deployed to (the stack roles' check mode, the air-gapped install). With the root cached,
     `lab up` takes seconds; the deploys are what cost time, and these modules need none."""
-    reason = lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    directory = tmp_path_factory.mktemp("freshlab")
-    atexit.register(lab.down, directory)
-    try:
-        yield bring_up_lab(directory, int(os.environ.get("PODSYS_LAB_NODES", "3")))
-    finally:
-        lab.down(directory)
+    yield from _lab_for_tests(tmp_path_factory, "freshlab")
 
 
 # The session lab is shared, and some modules leave it changed on purpose: the provision role
