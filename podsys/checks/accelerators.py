@@ -40,6 +40,22 @@ def _unreachable(node: str, check: str, result) -> Finding:
                   diagnosis="podsys could not collect this node's output: check SSH to the node")
 
 
+def _collected(ctx: Context, results: Results, probe: str, check: str, out: list[Finding], needs_ib: bool = False):
+    """The nodes whose `probe` output can be judged, with their profile and result. Every other
+    node gets its finding in `out` as the loop passes it (SKIP: no such hardware; FAIL: the
+    output was not collected), so findings keep the node order."""
+    for node in ctx.nodes:
+        profile = ctx.profile(node)
+        if not (profile.has_ib if needs_ib else profile.gpu is not None):
+            out.append(skip(node.name, check, (_no_ib_reason if needs_ib else _no_gpu_reason)(ctx, node)))
+            continue
+        result = results.get((node.name, probe))
+        if result is None or not result.ran:
+            out.append(_unreachable(node.name, check, result))
+            continue
+        yield node, profile, result
+
+
 def _only(findings: list[Finding], area: str) -> list[Finding]:
     return [f for f in findings if f.area == area]
 
@@ -114,15 +130,7 @@ def judge_gpu_sections(sections: dict[str, str], node: str, profile) -> list[Fin
 
 def gpu_judge(ctx: Context, results: Results) -> list[Finding]:
     out: list[Finding] = []
-    for node in ctx.nodes:
-        profile = ctx.profile(node)
-        if profile.gpu is None:
-            out.append(skip(node.name, "gpu.count", _no_gpu_reason(ctx, node)))
-            continue
-        result = results.get((node.name, "gpu"))
-        if result is None or not result.ran:
-            out.append(_unreachable(node.name, "gpu.count", result))
-            continue
+    for node, profile, result in _collected(ctx, results, "gpu", "gpu.count", out):
         out += judge_gpu_sections(split_sections(result.stdout), node.name, profile)
     return out
 
@@ -139,15 +147,8 @@ def bandwidth_probes(ctx: Context) -> list[Probe]:
 
 def bandwidth_judge(ctx: Context, results: Results) -> list[Finding]:
     out: list[Finding] = []
-    for node in ctx.nodes:
-        profile = ctx.profile(node)
-        if profile.gpu is None:
-            out.append(skip(node.name, "bandwidth.nvbandwidth", _no_gpu_reason(ctx, node)))
-            continue
-        result = results.get((node.name, "nvbandwidth"))
-        if result is None or not result.ran:
-            out.append(_unreachable(node.name, "bandwidth.nvbandwidth", result))
-        elif "nvbandwidth not installed" in result.stdout:
+    for node, profile, result in _collected(ctx, results, "nvbandwidth", "bandwidth.nvbandwidth", out):
+        if "nvbandwidth not installed" in result.stdout:
             out.append(skip(node.name, "bandwidth.nvbandwidth", "nvbandwidth not installed on the node"))
         else:
             try:
@@ -218,15 +219,7 @@ def split_perftest_runs(text: str) -> list[str]:
 
 def ib_judge(ctx: Context, results: Results) -> list[Finding]:
     out: list[Finding] = []
-    for node in ctx.nodes:
-        profile = ctx.profile(node)
-        if not profile.has_ib:
-            out.append(skip(node.name, "infiniband.ports", _no_ib_reason(ctx, node)))
-            continue
-        result = results.get((node.name, "infiniband"))
-        if result is None or not result.ran:
-            out.append(_unreachable(node.name, "infiniband.ports", result))
-            continue
+    for node, profile, result in _collected(ctx, results, "infiniband", "infiniband.ports", out, needs_ib=True):
         sections = split_sections(result.stdout)
         try:
             out += ibstat.judge_ibstat(ibstat.parse_ibstat(sections.get("ibstat", "")), node.name, profile)
@@ -295,15 +288,7 @@ def nccl_probes(ctx: Context) -> list[Probe]:
 def nccl_judge(ctx: Context, results: Results) -> list[Finding]:
     out: list[Finding] = []
     nodes = _gpu_nodes(ctx)
-    for node in ctx.nodes:
-        profile = ctx.profile(node)
-        if profile.gpu is None:
-            out.append(skip(node.name, "nccl.all_reduce", _no_gpu_reason(ctx, node)))
-            continue
-        result = results.get((node.name, "nccl"))
-        if result is None or not result.ran:
-            out.append(_unreachable(node.name, "nccl.all_reduce", result))
-            continue
+    for node, profile, result in _collected(ctx, results, "nccl", "nccl.all_reduce", out):
         for coll, text in split_sections(result.stdout).items():
             if "nccl-tests not installed" in text:
                 out.append(skip(node.name, f"nccl.{coll}", text.strip()))
