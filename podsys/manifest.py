@@ -150,7 +150,18 @@ class Packages(Strict):
     source: Literal["proxy", "bundle", "online"] = "proxy"
     upstream: str | None = Field(default=None, description="distribution mirror URL the head's proxy uses")
     proxy: str | None = Field(default=None, description="site proxy the head goes through")
-    bundle_path: str | None = Field(default=None, description="offline bundle directory on the head")
+    bundle_path: str = Field(
+        default="/srv/podsys/bundle",
+        description="source: bundle: where the bundle directory is on the head (copied there, or the ISO mounted there)",
+    )
+    bundle_port: int = Field(default=8080, ge=1, le=65535, description="source: bundle: head port serving the bundle")
+
+    @field_validator("bundle_path")
+    @classmethod
+    def _absolute_bundle_path(cls, value: str) -> str:
+        if not value.startswith("/") or "\n" in value:
+            raise ValueError(f"bundle_path must be an absolute path on the head, not {value!r}")
+        return value.rstrip("/") or "/"
 
 
 class Monitoring(Strict):

@@ -91,6 +91,26 @@ def _resolve_stack(manifest: Manifest, matrix: Matrix, profiles_used: list[Hardw
     return stack, "pinned in the manifest"
 
 
+# Ports podsys's services take on the head's provision address whatever the manifest says.
+FIXED_HEAD_PORTS = {22: "sshd", 3142: "the package cache (packages.source: proxy)", 6817: "slurmctld",
+                    6818: "slurmd", 9090: "Prometheus", 9100: "node_exporter"}
+
+
+def check_head_ports(manifest: Manifest, problems: _Problems) -> None:
+    """The head's configurable service ports must not collide with each other or with a fixed one."""
+    taken = {port: name for port, name in FIXED_HEAD_PORTS.items()
+             if not (port == 3142 and manifest.packages.source != "proxy")}
+    configurable = [(("provisioning", "http_port"), manifest.provisioning.http_port, "the boot web server"),
+                    (("provisioning", "status_port"), manifest.provisioning.status_port, "the install status service")]
+    if manifest.packages.source == "bundle":
+        configurable.append((("packages", "bundle_port"), manifest.packages.bundle_port, "the bundle's web server"))
+    for path, port, name in configurable:
+        if port in taken:
+            problems.at(path, f"port {port} for {name} is already used on the head by {taken[port]}")
+        else:
+            taken[port] = name
+
+
 def resolve_cluster(
     manifest: Manifest,
     smap: SourceMap,
@@ -244,6 +264,8 @@ def resolve_cluster(
             problems.at(("users", ui, "uid"), f"uid {user.uid} is already used by '{seen_uids[user.uid]}'")
         seen_users[user.name] = ui
         seen_uids.setdefault(user.uid, user.name)
+
+    check_head_ports(manifest, problems)
 
     nodes: list[NodeSpec] = []
     bmc_net = nets.bmc.cidr if nets.bmc else None

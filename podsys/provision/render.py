@@ -112,9 +112,23 @@ def urls_for(cluster: Cluster) -> Urls:
     status = f"http://{m.head.address}:{m.provisioning.status_port}/api/v1"
     if m.packages.source == "online":
         repo = (m.packages.upstream or PUBLIC_MIRRORS[m.os.distro]).rstrip("/")
+    elif m.packages.source == "bundle":
+        repo = f"{base}/repo"  # nginx hands /repo/ to the bundle's own repository
     else:
         repo = f"{base}/repo/{m.os.distro}"
     return Urls(base=base, boot=f"{base}/boot", repo=repo, callback=f"{status}/callback", webhook=f"{status}/webhook")
+
+
+def _repo_backend(cluster: Cluster) -> str | None:
+    """The head service nginx's /repo/ forwards to: the package cache (proxy) or the bundle's
+    repository (bundle, served by the package_proxy role on its own port); None = a plain
+    directory (online)."""
+    m = cluster.manifest
+    if m.packages.source == "proxy":
+        return f"http://{m.head.address}:{PACKAGE_CACHE_PORT}"
+    if m.packages.source == "bundle":
+        return f"http://{m.head.address}:{m.packages.bundle_port}/repo"
+    return None
 
 
 def mac_filename(mac: str) -> str:
@@ -342,7 +356,7 @@ def render_files(cluster: Cluster, paths: HeadPaths = DEFAULT_PATHS,
     files["provision/nginx-site.conf"] = _render(
         "nginx-site.conf.j2", cluster_name=cluster.name, listen=f"{m.head.address}:{port}",
         cidr=str(net.cidr), paths=paths,
-        repo_proxy=f"http://{m.head.address}:{PACKAGE_CACHE_PORT}" if m.packages.source == "proxy" else None,
+        repo_proxy=_repo_backend(cluster),
     )
     files["provision/boot/ipxe/boot.ipxe"] = _render("boot.ipxe.j2", cluster_name=cluster.name, boot_url=urls.boot)
     media_url = f"{urls.boot}/media/{m.os.key}"

@@ -100,7 +100,7 @@ def test_non_pxe_nodes_get_an_address_but_no_boot_file(tmp_path):
 
 
 def test_nginx_serves_only_the_boot_tree_and_the_repo(tmp_path):
-    conf = render_files(load_cluster(write_manifest(tmp_path, packages="bundle")),
+    conf = render_files(load_cluster(write_manifest(tmp_path, packages="online")),
                         HeadPaths(boot_root="/b", repo_root="/r"))["provision/nginx-site.conf"]
     locations = re.findall(r"location\s+(\S+)\s*\{", conf)
     assert locations == ["/boot/", "/repo/", "/"]
@@ -111,6 +111,16 @@ def test_nginx_serves_only_the_boot_tree_and_the_repo(tmp_path):
     assert "autoindex on" not in boot_block and "autoindex off;" in conf
     assert "disable_symlinks on;" in conf and "allow 10.50.0.0/16;" in conf and "deny all;" in conf
     assert "listen 10.50.0.1:80" in conf
+
+
+def test_with_the_bundle_installers_and_nginx_use_the_bundles_repository(tmp_path):
+    files = render_files(load_cluster(write_manifest(tmp_path, packages="bundle")))
+    conf = files["provision/nginx-site.conf"]
+    repo_block = conf[conf.index("location /repo/"):conf.index("location / {")]
+    assert "proxy_pass http://10.50.0.1:8080/repo/;" in repo_block and "alias" not in repo_block
+    preseed = files["provision/boot/nodes/gpu02/preseed.cfg"]
+    assert "d-i mirror/http/hostname string 10.50.0.1" in preseed
+    assert "d-i mirror/http/directory string /repo" in preseed
 
 
 def test_ipxe_scripts_per_state(tmp_path):

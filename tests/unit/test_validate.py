@@ -256,3 +256,22 @@ def test_domain_must_be_a_dns_name(tmp_path):
     text = VALID.replace("domain: cluster.local", "domain: 'bad domain;reboot'")
     path, problems = problems_for(tmp_path, text)
     assert_problem(problems, path, line_of(text, "metadata"), "metadata.domain", "should match pattern")
+
+
+def test_bundle_port_taken_by_another_head_service(tmp_path):
+    text = VALID + "packages:\n  source: bundle\n  bundle_port: 9090\n"
+    path, problems = problems_for(tmp_path, text)
+    assert_problem(problems, path, line_of(text, "bundle_port: 9090"), "packages.bundle_port",
+                   "port 9090 for the bundle's web server is already used on the head by Prometheus")
+
+
+def test_bundle_path_must_be_absolute(tmp_path):
+    text = VALID + "packages:\n  source: bundle\n  bundle_path: srv/bundle\n"
+    path, problems = problems_for(tmp_path, text)
+    assert_problem(problems, path, line_of(text, "bundle_path:"), "packages.bundle_path",
+                   "must be an absolute path on the head")
+
+
+def test_bundle_defaults_resolve(tmp_path):
+    cluster = load_cluster(write_manifest(tmp_path, VALID + "packages: {source: bundle}\n"))
+    assert (cluster.manifest.packages.bundle_path, cluster.manifest.packages.bundle_port) == ("/srv/podsys/bundle", 8080)
