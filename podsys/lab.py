@@ -484,6 +484,22 @@ def down(directory: Path | str, progress: Progress = lambda msg: None, purge: bo
     return removed
 
 
+def _stop_proxy(paths: LabPaths, state: dict, progress: Progress) -> list[int]:
+    conf = Path(state.get("proxy", {}).get("conf") or paths.proxy_dir / "conf")
+    pids = lab_proc.proxy_pids_for(conf)
+    if pids:
+        progress("stopping the apt proxy")
+        lab_proc.terminate(pids, 10)
+    return pids
+
+
+def stop_proxy(directory: Path | str, progress: Progress = lambda msg: None) -> list[int]:
+    """Cut the lab off: stop the host's apt proxy, the head's only way out (an air-gapped site).
+    The lab keeps running; `lab down` still removes everything. Returns the stopped pids."""
+    paths = paths_for(directory)
+    return _stop_proxy(paths, load_state(paths) or {}, progress)
+
+
 def _down(paths: LabPaths, progress: Progress) -> list[str]:
     state = load_state(paths) or {}
     prefixes = set(_registered_prefixes(paths.directory))
@@ -516,12 +532,8 @@ def _down(paths: LabPaths, progress: Progress) -> list[str]:
         removed += [f"process {p}" for p in stragglers]
 
     # 3. the proxy
-    conf = Path(state.get("proxy", {}).get("conf") or paths.proxy_dir / "conf")
-    proxy_pids = lab_proc.proxy_pids_for(conf)
-    if proxy_pids:
-        progress("stopping the apt proxy")
-        lab_proc.terminate(proxy_pids, 10)
-        removed += [f"apt-cacher-ng pid {p}" for p in proxy_pids]
+    proxy_pids = _stop_proxy(paths, state, progress)
+    removed += [f"apt-cacher-ng pid {p}" for p in proxy_pids]
 
     # 4. root filesystems (unmount overlays first)
     nodes_dir = paths.lab_dir / "nodes"

@@ -135,23 +135,22 @@ def lab_cluster(tmp_path_factory) -> LabCluster:
 @pytest.fixture(scope="module")
 def fresh_lab_cluster(tmp_path_factory) -> LabCluster:
     """A lab of the module's own, as `podsys lab up` makes it, for tests that need nodes nobody
-    has deployed to (the stack roles' check mode, the air-gapped install). With the root cached,
-    `lab up` takes seconds; the deploys are what cost time, and these modules need none."""
+    has deployed to (the stack roles' check mode, the air-gapped deploy from the bundle). With
+    the root cached, `lab up` takes seconds; the deploys are what cost time."""
     yield from _lab_for_tests(tmp_path_factory, "freshlab")
 
 
 # The session lab is shared, and some modules leave it changed on purpose: the provision role
 # installs boot services on the head, the stack-role tests point the head at a stand-in
-# repository, the air-gap test cuts a node off and switches sources to the bundle. They run
-# after the modules that need the lab as `podsys lab up` made it (first the lab itself, then
-# deploy, then check on the deployed lab), whatever their file names sort to.
+# repository. They run after the modules that need the lab as `podsys lab up` made it (first
+# the lab itself, then deploy, then check on the deployed lab), whatever their file names sort
+# to.
 LAB_MODULE_ORDER = (
     "test_lab.py",
     "test_deploy_lab.py",
     "test_check_lab.py",
     "test_provision_role.py",
     "test_stack_roles.py",
-    "test_bundle_airgap.py",
 )
 
 
