@@ -201,3 +201,53 @@ def test_cli_verify_on_a_non_bundle_names_the_missing_key(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "podsys.cli", "bundle", "verify", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "repo/podsys-site.gpg: missing" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# Packages the roles install with apt that a bundle deliberately leaves out, and why.
+NOT_BUNDLED = {
+    "apt-cacher-ng": "packages.source: proxy only; a bundle head serves the bundle instead",
+    "grafana": "not in Debian: a vendor.lock entry",
+    "datacenter-gpu-manager-exporter": "NVIDIA's repository: a vendor.lock entry",
+}
+# The bundle layer that must hold each role's packages.
+ROLE_LAYER = {"base": "base", "slurm": "slurm", "monitoring": "monitoring", "provision": "head", "package_proxy": "head"}
+
+
+def _role_apt_packages(role: str) -> set[str]:
+    """Every package name a role's tasks hand to ansible.builtin.apt, its defaults' lists expanded."""
+    import re
+
+    import yaml
+
+    base = ROOT / "podsys/playbooks/roles" / role
+    defaults = yaml.safe_load((base / "defaults/main.yml").read_text()) or {}
+    names: set[str] = set()
+
+    def walk(tasks):
+        for task in tasks or []:
+            if not isinstance(task, dict):
+                continue
+            walk(task.get("block"))
+            apt = task.get("ansible.builtin.apt")
+            if not isinstance(apt, dict) or "name" not in apt:
+                continue
+            value = apt["name"]
+            ref = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", value) if isinstance(value, str) else None
+            if ref:
+                value = defaults[ref.group(1)]
+            names.update([value] if isinstance(value, str) else value)
+
+    for tasks_file in sorted((base / "tasks").glob("*.yml")):
+        walk(yaml.safe_load(tasks_file.read_text()))
+    return names
+
+
+@pytest.mark.parametrize("role", sorted(ROLE_LAYER))
+def test_bundle_layers_hold_every_package_the_roles_install(role):
+    from podsys.bundle import layer_packages_data
+
+    layers = layer_packages_data()["apt"]
+    installed = _role_apt_packages(role)
+    assert installed, f"found no apt task in role {role}"
+    missing = sorted(installed - set(layers[ROLE_LAYER[role]]) - set(NOT_BUNDLED))
+    assert not missing, f"role {role} installs {missing}, which bundle-packages.yaml's {ROLE_LAYER[role]} layer lacks"
