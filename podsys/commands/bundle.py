@@ -17,8 +17,11 @@ bundle_app = typer.Typer(
         "podsys's wheels, iPXE and installer media, and vendor files from vendor.lock.\n\n"
         "Build it where there is internet (`podsys bundle build cluster.yaml --output bundle/`), check it "
         "(`podsys bundle verify bundle/`), carry it as an ISO (`podsys bundle iso bundle/ --output site.iso`); "
-        "on the head: `pip install --no-index --find-links <bundle>/wheels podsys`, then "
-        "`podsys bundle serve <bundle>` and set `packages.source: bundle`."
+        "on the head: mount or copy it at /srv/podsys/bundle (packages.bundle_path), "
+        "`pip install --no-index --find-links /srv/podsys/bundle/wheels podsys`, set "
+        "`packages: {source: bundle}` and `podsys deploy`: the head's nginx then serves the bundle, and it is "
+        "the only repository of the head and every node. `podsys bundle serve` serves a bundle by hand "
+        "(a quick look, a test)."
     ),
     no_args_is_help=True,
 )
@@ -152,7 +155,10 @@ def serve(
     bind: str = typer.Option("127.0.0.1", "--bind", help="address to listen on (the head's provision address for nodes)"),
     port: int = typer.Option(8080, "--port", help="TCP port"),
 ) -> None:
-    """Serve the bundle's repository, wheels, boot and vendor files over HTTP (never keys/)."""
+    """Serve the bundle's repository, wheels, boot and vendor files over HTTP (never keys/).
+
+    For a look or a test: `podsys deploy` with packages.source: bundle serves the bundle with
+    nginx on the head itself."""
     from podsys.bundle import make_server
 
     server = make_server(bundle, bind, port)
