@@ -14,13 +14,13 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
 from podsys import lab as lab_api
 from tests.integration.test_bundle import _skip_unless_ready, podsys
+from tests.integration.test_deploy_lab import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -98,21 +98,23 @@ def test_deploy_from_the_bundle_alone_brings_up_slurm_and_prometheus(bundle_depl
         assert re.search(rf"\*\*\* \S+ 500\n\s+500 http://{re.escape(head_ip)}:{PORT}/repo {SUITE}/main", policy), policy
 
     # Slurm runs a job on every node.
-    srun = lab.ssh(lab.head, f"srun -N{len(lab.nodes)} hostname", timeout=120)
+    count = len(lab.nodes)
+    wait_for("every Slurm node idle", lambda: lab.ssh(
+        lab.head, "sinfo -h -N -o '%N %T'").stdout.split().count("idle") == count, timeout=90)
+    srun = lab.ssh(lab.head, f"timeout 120 srun -N{count} hostname", timeout=180)
     assert sorted(srun.stdout.split()) == sorted(lab.nodes)
 
     # Prometheus scrapes every node's exporter.
     query = (f"import json, urllib.request; print(json.dumps(json.load(urllib.request.urlopen("
              f"'http://{head_ip}:9090/api/v1/query?query=up', timeout=10))['data']['result']))")
-    up: dict = {}
-    for _ in range(40):
+
+    def node_exporters_up():
         results = json.loads(lab.ssh(lab.head, ["python3", "-c", query]).stdout)
         up = {r["metric"].get("node", r["metric"]["instance"]): r["value"][1] for r in results
               if r["metric"].get("job") == "node"}
-        if all(up.get(node) == "1" for node in lab.nodes):
-            break
-        time.sleep(3)
-    assert all(up.get(node) == "1" for node in lab.nodes), up
+        return up if all(up.get(node) == "1" for node in lab.nodes) else None
+
+    wait_for("Prometheus scrapes every node exporter", node_exporters_up, timeout=120, every=3)
 
 
 def test_nginx_serves_the_bundle_but_never_the_key_directory(bundle_deploy):
