@@ -128,6 +128,8 @@ def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, ins
                 sources.setdefault(pkg.spec, why)
             else:
                 vendor.setdefault(pkg.name, (pkg.version, why))
+    for name, why in _monitoring_vendor_packages(cluster, layers):
+        vendor.setdefault(name, (None, why))
     packages = sorted(set(wanted))
     return BundlePlan(
         os_key, cluster.name, tuple(layers), stack.id if stack else None, packages,
@@ -135,6 +137,19 @@ def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, ins
         vendor_sources=sorted(sources.items()), mirror=manifest.packages.upstream, wheels=wheels, installer=installer,
         recommends=recommends,
     )
+
+
+def _monitoring_vendor_packages(cluster, layers: list[str]) -> list[tuple[str, str]]:
+    """(package, why) for the monitoring role's vendor packages this cluster installs."""
+    if "monitoring" not in layers:
+        return []
+    extra = layer_packages_data().get("vendor", {})
+    wanted = []
+    if any(cluster.profile_of(n).has_gpu for n in cluster.nodes if "monitoring" in n.layers):
+        wanted += [(name, "dcgm-exporter on GPU nodes") for name in extra.get("monitoring_gpu", [])]
+    if cluster.manifest.monitoring.grafana:
+        wanted += [(name, "monitoring.grafana on the head") for name in extra.get("grafana", [])]
+    return wanted
 
 
 def check_vendor_coverage(plan: BundlePlan, artifacts: list[VendorArtifact], lock: Path | None) -> list[Problem]:

@@ -83,6 +83,18 @@ def test_gpu_plan_asks_vendor_lock_for_every_vendor_package_of_the_stack():
     assert len(problems) == len(plan.vendor_packages) + len(plan.vendor_sources)
 
 
+def test_gpu_monitoring_and_grafana_need_their_vendor_packages(tmp_path):
+    hgx = plan_bundle(load_cluster(HGX))
+    assert ("datacenter-gpu-manager-exporter", None, "dcgm-exporter on GPU nodes") in hgx.vendor_packages
+    text = LAB.read_text().replace("layers: [base, slurm, monitoring]", "layers: [base, slurm, monitoring]\nmonitoring: {grafana: true}")
+    (tmp_path / "lab.yaml").write_text(text)
+    lab = plan_bundle(load_cluster(tmp_path / "lab.yaml"))
+    assert lab.vendor_packages == [("grafana", None, "monitoring.grafana on the head")]
+    problems = check_vendor_coverage(lab, [], tmp_path / "vendor.lock")
+    assert [p.message for p in problems] == [
+        "needs grafana (monitoring.grafana on the head) from the vendor repository; download it and list it"]
+
+
 def test_only_restricts_the_plan():
     plan = plan_bundle(load_cluster(LAB), only=["hello"], wheels=False, installer=False)
     assert plan.packages == ["hello"] and not plan.ipxe and not plan.wheels
@@ -204,11 +216,7 @@ def test_cli_verify_on_a_non_bundle_names_the_missing_key(tmp_path):
 
 
 # Packages the roles install with apt that a bundle deliberately leaves out, and why.
-NOT_BUNDLED = {
-    "apt-cacher-ng": "packages.source: proxy only; a bundle head serves the bundle instead",
-    "grafana": "not in Debian: a vendor.lock entry",
-    "datacenter-gpu-manager-exporter": "NVIDIA's repository: a vendor.lock entry",
-}
+NOT_BUNDLED = {"apt-cacher-ng": "packages.source: proxy only; a bundle head serves the bundle instead"}
 # The bundle layer that must hold each role's packages.
 ROLE_LAYER = {"base": "base", "slurm": "slurm", "monitoring": "monitoring", "provision": "head", "package_proxy": "head"}
 
@@ -249,5 +257,6 @@ def test_bundle_layers_hold_every_package_the_roles_install(role):
     layers = layer_packages_data()["apt"]
     installed = _role_apt_packages(role)
     assert installed, f"found no apt task in role {role}"
-    missing = sorted(installed - set(layers[ROLE_LAYER[role]]) - set(NOT_BUNDLED))
+    vendor = {name for names in layer_packages_data()["vendor"].values() for name in names}
+    missing = sorted(installed - set(layers[ROLE_LAYER[role]]) - vendor - set(NOT_BUNDLED))
     assert not missing, f"role {role} installs {missing}, which bundle-packages.yaml's {ROLE_LAYER[role]} layer lacks"
