@@ -6,7 +6,8 @@ out, is then stopped: from here on neither the head nor the nodes can reach any 
 the bundle. `podsys deploy` with `packages.source: bundle` must then bring up Slurm and
 Prometheus, which proves the bundle complete. Afterwards: the head installs podsys from the
 bundle's wheels and verifies the bundle; a tampered package is refused by a node's apt and named
-by `podsys bundle verify`; a tampered index fails the signature on the node."""
+by `podsys bundle verify`; a tampered index fails the signature on the node; a bundle missing
+from packages.bundle_path stops the deploy saying where it belongs."""
 
 from __future__ import annotations
 
@@ -185,3 +186,21 @@ def test_tampering_is_refused_by_a_nodes_apt_and_named_by_verify(bundle_deploy, 
     finally:
         lab.ssh(head, f"mv {release}.good {release}")
         lab.ssh(node, "apt-get update -q", check=False, timeout=300)
+
+
+def test_a_missing_bundle_stops_the_deploy_saying_where_it_belongs(bundle_deploy):
+    lab, _, manifest, _ = bundle_deploy
+    data = yaml.safe_load(manifest.read_text())
+    data["packages"]["bundle_path"] = "/srv/no-bundle-here"
+    elsewhere = manifest.with_name("lab-nobundle.yaml")
+    elsewhere.write_text(yaml.safe_dump(data, sort_keys=False))
+    addresses = manifest.with_name("lab-bundle.addresses.yaml")
+    if addresses.exists():
+        manifest.with_name("lab-nobundle.addresses.yaml").write_text(addresses.read_text())
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "deploy", str(elsewhere), "--limit", lab.head,
+                           "--tags", "packages"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert f"no offline bundle at /srv/no-bundle-here/bundle.json on {lab.head}" in out, out[-2000:]
+    # Nothing was changed: the head still uses the bundle where the real deploy put it.
+    assert _apt_repositories(lab, lab.head) == {f"file:{REMOTE}/repo/ {SUITE}"}
