@@ -155,6 +155,11 @@ class Packages(Strict):
         description="source: bundle: where the bundle directory is on the head (copied there, or the ISO mounted there)",
     )
     bundle_port: int = Field(default=8080, ge=1, le=65535, description="source: bundle: head port serving the bundle")
+    bundle_fingerprint: str | None = Field(
+        default=None, pattern=r"^[0-9A-Fa-f]{40}$",
+        description="source: bundle: the site key's fingerprint (podsys bundle build prints it); the deploy "
+                    "refuses a bundle signed by any other key",
+    )
 
     @field_validator("bundle_path")
     @classmethod

@@ -7,7 +7,8 @@ the bundle. `podsys deploy` with `packages.source: bundle` must then bring up Sl
 Prometheus, which proves the bundle complete. Afterwards: the head installs podsys from the
 bundle's wheels and verifies the bundle; a tampered package is refused by a node's apt and named
 by `podsys bundle verify`; a tampered index fails the signature on the node; a bundle missing
-from packages.bundle_path stops the deploy saying where it belongs."""
+from packages.bundle_path, or signed by another key than packages.bundle_fingerprint pins, stops
+the deploy changing nothing."""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def bundle_deploy(fresh_lab_cluster, tmp_path_factory):
     _push(lab, bundle, lab.head)
 
     data = yaml.safe_load(lab.manifest.read_text())
-    data["packages"] = {"source": "bundle", "bundle_path": REMOTE, "bundle_port": PORT}
+    data["packages"] = {"source": "bundle", "bundle_path": REMOTE, "bundle_port": PORT,
+                        "bundle_fingerprint": built["fingerprint"]}
     manifest = lab.directory / "lab-bundle.yaml"
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     addresses = lab.directory / "lab.addresses.yaml"
@@ -188,19 +190,32 @@ def test_tampering_is_refused_by_a_nodes_apt_and_named_by_verify(bundle_deploy, 
         lab.ssh(node, "apt-get update -q", check=False, timeout=300)
 
 
-def test_a_missing_bundle_stops_the_deploy_saying_where_it_belongs(bundle_deploy):
-    lab, _, manifest, _ = bundle_deploy
+def _refused_on_the_head(lab, manifest, name: str, **packages) -> str:
+    """Deploy the head's package service with these packages settings; it must fail. Returns the
+    output, whitespace folded. Nothing may change: the head keeps the bundle the real deploy set."""
     data = yaml.safe_load(manifest.read_text())
-    data["packages"]["bundle_path"] = "/srv/no-bundle-here"
-    elsewhere = manifest.with_name("lab-nobundle.yaml")
-    elsewhere.write_text(yaml.safe_dump(data, sort_keys=False))
+    data["packages"].update(packages)
+    variant = manifest.with_name(f"{name}.yaml")
+    variant.write_text(yaml.safe_dump(data, sort_keys=False))
     addresses = manifest.with_name("lab-bundle.addresses.yaml")
     if addresses.exists():
-        manifest.with_name("lab-nobundle.addresses.yaml").write_text(addresses.read_text())
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "deploy", str(elsewhere), "--limit", lab.head,
+        manifest.with_name(f"{name}.addresses.yaml").write_text(addresses.read_text())
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "deploy", str(variant), "--limit", lab.head,
                            "--tags", "packages"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1
-    out = " ".join((proc.stdout + proc.stderr).split())
-    assert f"no offline bundle at /srv/no-bundle-here/bundle.json on {lab.head}" in out, out[-2000:]
-    # Nothing was changed: the head still uses the bundle where the real deploy put it.
+    assert proc.returncode == 1, proc.stdout[-2000:]
     assert _apt_repositories(lab, lab.head) == {f"file:{REMOTE}/repo/ {SUITE}"}
+    return " ".join((proc.stdout + proc.stderr).split())
+
+
+def test_a_missing_bundle_stops_the_deploy_saying_where_it_belongs(bundle_deploy):
+    lab, _, manifest, _ = bundle_deploy
+    out = _refused_on_the_head(lab, manifest, "lab-nobundle", bundle_path="/srv/no-bundle-here")
+    assert f"no offline bundle at /srv/no-bundle-here/bundle.json on {lab.head}" in out, out[-2000:]
+
+
+def test_a_bundle_signed_by_another_key_than_the_pinned_one_is_refused(bundle_deploy):
+    lab, _, manifest, _ = bundle_deploy
+    real = yaml.safe_load(manifest.read_text())["packages"]["bundle_fingerprint"]
+    other = "0123456789ABCDEF0123456789ABCDEF01234567"
+    out = _refused_on_the_head(lab, manifest, "lab-otherkey", bundle_fingerprint=other)
+    assert f"is signed by key {real}, not by the site key {other}" in out, out[-2000:]

@@ -275,3 +275,9 @@ def test_bundle_path_must_be_absolute(tmp_path):
 def test_bundle_defaults_resolve(tmp_path):
     cluster = load_cluster(write_manifest(tmp_path, VALID + "packages: {source: bundle}\n"))
     assert (cluster.manifest.packages.bundle_path, cluster.manifest.packages.bundle_port) == ("/srv/podsys/bundle", 8080)
+
+
+def test_bundle_fingerprint_must_be_40_hex_digits(tmp_path):
+    text = VALID + "packages:\n  source: bundle\n  bundle_fingerprint: 'ABCD 1234'\n"
+    path, problems = problems_for(tmp_path, text)
+    assert_problem(problems, path, line_of(text, "bundle_fingerprint:"), "packages.bundle_fingerprint", "should match pattern")
