@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -180,17 +182,31 @@ def check_vendor_coverage(plan: BundlePlan, artifacts: list[VendorArtifact], loc
 Progress = Callable[[str, int, int], None]  # (label, done, total) in bytes or files
 
 
+FETCH_ATTEMPTS = 4  # a mirror's 503 or dropped connection lasts seconds: 2, 4, 8 s apart
+
+
+def _transient(exc: OSError) -> bool:
+    """Worth another try: a server error or a network failure; not a 404 or a refusal."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code == 429
+    return True
+
+
 def _fetch(url: str, dest: Path, sha256: str, size: int | None) -> None:
     part = dest.with_name(dest.name + ".part")
-    h = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-            for block in iter(lambda: resp.read(1 << 16), b""):
-                out.write(block)
-                h.update(block)
-    except OSError as exc:  # URLError, HTTPError, timeouts
-        part.unlink(missing_ok=True)
-        raise PodsysError(f"download of {url} failed: {exc}") from None
+    for attempt in range(1, FETCH_ATTEMPTS + 1):
+        h = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
+                for block in iter(lambda: resp.read(1 << 16), b""):
+                    out.write(block)
+                    h.update(block)
+            break
+        except OSError as exc:  # URLError, HTTPError, timeouts
+            part.unlink(missing_ok=True)
+            if attempt == FETCH_ATTEMPTS or not _transient(exc):
+                raise PodsysError(f"download of {url} failed: {exc}") from None
+            time.sleep(2 ** attempt)
     if h.hexdigest() != sha256 or (size is not None and part.stat().st_size != size):
         part.unlink(missing_ok=True)
         raise PodsysError(f"{dest.name}: downloaded file does not match its sha256 from the signed index ({url})")

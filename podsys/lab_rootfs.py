@@ -220,10 +220,18 @@ def customise_node(root: Path, plan: LabPlan, node: LabNode, authorized_key: str
     return generate_host_key(root, node.hostname)
 
 
+# The lab's packages come from one shared upstream mirror that now and then answers 503 for a
+# few seconds; apt's default three retries (1, 2, 4 s apart) give up inside that window, and a
+# whole deploy fails on one file. Eight retries back off to about two minutes in all.
+LAB_APT_RETRIES = {"03podsys-lab-retries": 'Acquire::Retries "8";\n'}
+
+
 def host_apt_settings() -> dict[str, str]:
-    """apt options the nodes must share with the host for its mirror to work: a snapshot
-    mirror's Release files are past Valid-Until, and the host has turned that check off."""
+    """apt options for the lab's nodes: retries that ride out a mirror's brief outages, and what
+    they must share with the host for its mirror to work (a snapshot mirror's Release files are
+    past Valid-Until, and the host has turned that check off)."""
+    settings = dict(LAB_APT_RETRIES)
     proc = subprocess.run(["apt-config", "dump", "Acquire::Check-Valid-Until"], capture_output=True, text=True)
     if proc.returncode == 0 and '"false"' in proc.stdout:
-        return {"02podsys-lab-valid-until": 'Acquire::Check-Valid-Until "false";\n'}
-    return {}
+        settings["02podsys-lab-valid-until"] = 'Acquire::Check-Valid-Until "false";\n'
+    return settings

@@ -260,3 +260,55 @@ def test_bundle_layers_hold_every_package_the_roles_install(role):
     vendor = {name for names in layer_packages_data()["vendor"].values() for name in names}
     missing = sorted(installed - set(layers[ROLE_LAYER[role]]) - vendor - set(NOT_BUNDLED))
     assert not missing, f"role {role} installs {missing}, which bundle-packages.yaml's {ROLE_LAYER[role]} layer lacks"
+
+
+def _loopback_server(answers: list[int], body: bytes):
+    """A loopback HTTP server answering each GET with the next status (200 sends body)."""
+    import http.server
+    import threading
+
+    seen: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            code = answers[min(len(seen), len(answers) - 1)]
+            seen.append(code)
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body) if code == 200 else 0))
+            self.end_headers()
+            if code == 200:
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+@pytest.mark.parametrize("answers, arrives, requests", [
+    ([503, 200], True, 2),        # a mirror's brief outage is ridden out
+    ([503, 503, 503, 503], False, 4),  # a lasting one is reported after the last attempt
+    ([404], False, 1),            # a missing file is not retried
+])
+def test_fetch_retries_only_transient_failures(tmp_path, monkeypatch, answers, arrives, requests):
+    import podsys.bundle as bundle
+    from podsys.errors import PodsysError
+
+    monkeypatch.setattr(bundle.time, "sleep", lambda s: None)
+    body = b"deb contents"
+    server, seen = _loopback_server(answers, body)
+    url = f"http://127.0.0.1:{server.server_address[1]}/pool/x.deb"
+    dest = tmp_path / "x.deb"
+    try:
+        if arrives:
+            bundle._fetch(url, dest, hashlib.sha256(body).hexdigest(), len(body))
+            assert dest.read_bytes() == body
+        else:
+            with pytest.raises(PodsysError, match=f"download of {url} failed: HTTP Error {answers[-1]}"):
+                bundle._fetch(url, dest, hashlib.sha256(body).hexdigest(), len(body))
+            assert not dest.exists() and not dest.with_name("x.deb.part").exists()
+    finally:
+        server.shutdown()
+    assert len(seen) == requests
