@@ -123,6 +123,7 @@ class PrivateApt:
             "APT::Install-Recommends": "true" if self.recommends else "false",
             "Acquire::Languages": "none",
             "Acquire::ForceHash": "SHA256",  # --print-uris then reports SHA256, not MD5
+            "Acquire::Retries": "8",  # index downloads ride out a mirror's brief 503s (backing off)
             "Debug::NoLocking": "1",  # our own dirs; never take the build machine's dpkg lock
         }
         out = []
