@@ -53,6 +53,19 @@ def _summary(proc: subprocess.CompletedProcess) -> dict:
         raise AssertionError(f"no JSON summary from the deploy:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from None
 
 
+def _variant(manifest, name: str, packages: dict):
+    """<name>.yaml beside `manifest`: the same cluster with this packages section, and the same
+    addresses (its allocation file copied, so no node moves)."""
+    data = yaml.safe_load(manifest.read_text())
+    data["packages"] = packages
+    variant = manifest.with_name(f"{name}.yaml")
+    variant.write_text(yaml.safe_dump(data, sort_keys=False))
+    addresses = manifest.with_name(f"{manifest.stem}.addresses.yaml")
+    if addresses.exists():
+        manifest.with_name(f"{name}.addresses.yaml").write_text(addresses.read_text())
+    return variant
+
+
 def _apt_repositories(lab, node: str) -> set[str]:
     out = lab.ssh(node, "apt-get indextargets --format '$(REPO_URI) $(RELEASE)'").stdout
     return {line.strip() for line in out.splitlines() if line.strip()}
@@ -69,14 +82,8 @@ def bundle_deploy(fresh_lab_cluster, tmp_path_factory):
     assert built["packages"] > 100 and built["downloaded"] == built["packages"]
     _push(lab, bundle, lab.head)
 
-    data = yaml.safe_load(lab.manifest.read_text())
-    data["packages"] = {"source": "bundle", "bundle_path": REMOTE, "bundle_port": PORT,
-                        "bundle_fingerprint": built["fingerprint"]}
-    manifest = lab.directory / "lab-bundle.yaml"
-    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
-    addresses = lab.directory / "lab.addresses.yaml"
-    if addresses.exists():
-        (lab.directory / "lab-bundle.addresses.yaml").write_text(addresses.read_text())
+    manifest = _variant(lab.manifest, "lab-bundle", {"source": "bundle", "bundle_path": REMOTE, "bundle_port": PORT,
+                                                     "bundle_fingerprint": built["fingerprint"]})
 
     assert lab_api.stop_proxy(lab.directory), "the lab's apt proxy was not running"
     proxy = lab.proxy_url.removeprefix("http://")
@@ -193,13 +200,8 @@ def test_tampering_is_refused_by_a_nodes_apt_and_named_by_verify(bundle_deploy, 
 def _refused_on_the_head(lab, manifest, name: str, **packages) -> str:
     """Deploy the head's package service with these packages settings; it must fail. Returns the
     output, whitespace folded. Nothing may change: the head keeps the bundle the real deploy set."""
-    data = yaml.safe_load(manifest.read_text())
-    data["packages"].update(packages)
-    variant = manifest.with_name(f"{name}.yaml")
-    variant.write_text(yaml.safe_dump(data, sort_keys=False))
-    addresses = manifest.with_name("lab-bundle.addresses.yaml")
-    if addresses.exists():
-        manifest.with_name(f"{name}.addresses.yaml").write_text(addresses.read_text())
+    packages = {**yaml.safe_load(manifest.read_text())["packages"], **packages}
+    variant = _variant(manifest, name, packages)
     proc = subprocess.run([sys.executable, "-m", "podsys.cli", "deploy", str(variant), "--limit", lab.head,
                            "--tags", "packages"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-2000:]

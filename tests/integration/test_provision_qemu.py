@@ -28,7 +28,6 @@ from podsys import lab as labmod
 from podsys.lab_plan import LabPlan
 from podsys.loader import load_cluster
 from podsys.provision.media import DEBIAN_NETBOOT_PACKAGE_DIR, add_media
-from podsys.provision.render import render_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab, pytest.mark.slow]
 
@@ -136,10 +135,7 @@ def pxe_head(lab_cluster):
     proc = subprocess.run([sys.executable, "-m", "podsys.cli", "render", str(manifest), "--output", str(build)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    cluster = load_cluster(manifest)
-    for rel, content in render_files(cluster).items():
-        (build / rel).parent.mkdir(parents=True, exist_ok=True)
-        (build / rel).write_text(content)
+    cluster = load_cluster(manifest)  # `podsys render` above wrote the boot files too
     playbook = lab.directory / "e2e-play.yml"
     playbook.write_text(PLAYBOOK)
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "playbooks/roles"), "ANSIBLE_NOCOLOR": "1"}

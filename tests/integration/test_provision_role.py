@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from podsys.loader import load_cluster
-from podsys.provision.render import render_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -59,11 +58,7 @@ def provisioned(lab_cluster):
     proc = subprocess.run([sys.executable, "-m", "podsys.cli", "render", str(manifest), "--output", str(build)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    cluster = load_cluster(manifest)
-    for rel, content in render_files(cluster).items():
-        target = build / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
+    cluster = load_cluster(manifest)  # `podsys render` above wrote the boot files too
     playbook = lab.directory / "provision-play.yml"
     playbook.write_text(PLAYBOOK)
     first = ansible_playbook(build, playbook)
