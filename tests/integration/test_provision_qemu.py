@@ -26,8 +26,8 @@ import yaml
 
 from podsys import lab as labmod
 from podsys.lab_plan import LabPlan
-from podsys.loader import load_cluster
 from podsys.provision.media import DEBIAN_NETBOOT_PACKAGE_DIR, add_media
+from tests.integration.test_provision_role import render_variant
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab, pytest.mark.slow]
 
@@ -129,13 +129,7 @@ def pxe_head(lab_cluster):
         data.setdefault("provisioning", {})["root_authorized_keys"] = [pub_text]
     data["node_groups"].append({"name": "pxevm", "hosts": VM_NAME, "hardware": "cpu-only", "start_address": vm_ip,
                                 "disk": "/dev/vda", "nodes": {VM_NAME: {"mac": VM_MAC}}})
-    manifest = lab.directory / "e2e-lab.yaml"
-    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
-    build = lab.directory / "e2e-build"
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "render", str(manifest), "--output", str(build)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    cluster = load_cluster(manifest)  # `podsys render` above wrote the boot files too
+    build, cluster = render_variant(lab.directory, "e2e", data)
     playbook = lab.directory / "e2e-play.yml"
     playbook.write_text(PLAYBOOK)
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "playbooks/roles"), "ANSIBLE_NOCOLOR": "1"}

@@ -46,19 +46,25 @@ def recap(output: str) -> dict[str, int]:
     return {k: int(v) for k, v in (item.split("=") for item in line.split(":", 1)[1].split())}
 
 
+def render_variant(directory: Path, name: str, data: dict):
+    """<name>-lab.yaml in `directory` from manifest data, rendered by `podsys render` into
+    <name>-build (inventory and boot files). Returns (build dir, resolved cluster)."""
+    manifest = directory / f"{name}-lab.yaml"
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    build = directory / f"{name}-build"
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "render", str(manifest), "--output", str(build)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return build, load_cluster(manifest)
+
+
 @pytest.fixture(scope="module")
 def provisioned(lab_cluster):
     lab = lab_cluster
     data = yaml.safe_load(lab.manifest.read_text())
     for group in data["node_groups"]:
         group["pxe"] = True
-    manifest = lab.directory / "provision-lab.yaml"
-    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
-    build = lab.directory / "provision-build"
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "render", str(manifest), "--output", str(build)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    cluster = load_cluster(manifest)  # `podsys render` above wrote the boot files too
+    build, cluster = render_variant(lab.directory, "provision", data)
     playbook = lab.directory / "provision-play.yml"
     playbook.write_text(PLAYBOOK)
     first = ansible_playbook(build, playbook)
