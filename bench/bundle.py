@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from podsys.bundle import build_bundle, plan_bundle  # noqa: E402
-from podsys.loader import load_cluster  # noqa: E402
+from podsys.bundle.build import build_bundle, plan_bundle  # noqa: E402
+from podsys.cluster.load import load_cluster  # noqa: E402
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from podsys import lab  # noqa: E402
+from podsys.lab import cluster as lab  # noqa: E402
 
 GOAL_SCALE = 1.5
 GOAL_REPEAT = 0.30
@@ -34,7 +34,7 @@ GOAL_REPEAT = 0.30
 
 def timed_deploy(manifest: Path, logs: Path | None, label: str) -> tuple[float, dict]:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "deploy", str(manifest), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", "deploy", str(manifest), "--json"],
                           capture_output=True, text=True, cwd=manifest.parent)
     elapsed = time.monotonic() - start
     if logs:

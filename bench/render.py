@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import podsys.render as render  # noqa: E402
-from podsys.loader import load_cluster  # noqa: E402
+import podsys.render.build as render  # noqa: E402
+from podsys.cluster.load import load_cluster  # noqa: E402
 
 GROUPS = [("h100a", "hgx-h100-8gpu", 16), ("h100b", "hgx-h100-8gpu", 32), ("h200", "hgx-h200-8gpu", 48), ("b200", "hgx-b200-8gpu", 64)]
 
@@ -74,7 +74,7 @@ def main() -> int:
     args = parser.parse_args()
     run_once(64)  # warm imports and template caches
     everything = list(render.RENDERERS)
-    render.RENDERERS[:] = ["podsys.render:render_core_files"]
+    render.RENDERERS[:] = [render.render_core_files]
     report("validate+render, core build  ", {n: min(run_once(n) for _ in range(args.repeat)) for n in (512, 4096)})
     render.RENDERERS[:] = everything
     report("validate+render, full, cold  ", {n: min(run_once(n) for _ in range(args.repeat)) for n in (512, 4096)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from podsys.checks.registry import PARSE_KINDS
-from podsys.hardware import builtin_profiles
+from podsys.cluster.hardware import builtin_profiles
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checks"
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
-from podsys.hardware import HardwareProfile
+from podsys.cluster.hardware import HardwareProfile
 
 _ROW = re.compile(r"^\|\s*(.*?)\s*\|\s*(.*?)\s*\|\s*$")
 _RESULTS = {"pass": "Pass", "fail": "Fail", "warn": "Warn", "skip": "Skip"}

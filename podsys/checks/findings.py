@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Iterable
 
-from podsys.hardware import HardwareProfile, Threshold
+from podsys.cluster.hardware import HardwareProfile, Threshold
 
 AREAS = ("versions", "gpu", "bandwidth", "infiniband", "nccl", "slurm", "monitoring", "network")
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
-from podsys.hardware import HardwareProfile
+from podsys.cluster.hardware import HardwareProfile
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
-    from podsys.hardware import HardwareProfile
-    from podsys.model import Cluster, NodeSpec
+    from podsys.cluster.hardware import HardwareProfile
+    from podsys.cluster.model import Cluster, NodeSpec
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, judge_metric, passed, skip, warned
-from podsys.hardware import HardwareProfile
+from podsys.cluster.hardware import HardwareProfile
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, judge_metric, skip
-from podsys.hardware import HardwareProfile
+from podsys.cluster.hardware import HardwareProfile
 
 # testcase -> (profile threshold key, what it measures)
 TESTCASE_KEYS = {

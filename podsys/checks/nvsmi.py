@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
-from podsys.hardware import HardwareProfile
+from podsys.cluster.hardware import HardwareProfile
 
 # The fields podsys asks for, in this order (nvidia-smi --help-query-gpu names).
 QUERY_FIELDS = (

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, judge_metric, skip
-from podsys.hardware import HardwareProfile
+from podsys.cluster.hardware import HardwareProfile
 
 _HEADER = re.compile(r"#bytes\s+#iterations\s+BW peak\[([^\]]+)\]\s+BW average\[([^\]]+)\]")
 _TEST = re.compile(r"^\s*(RDMA_Write|RDMA_Read|Send)\b(.*?)\s*(?:BW )?Test\s*$")

@@ -9,7 +9,7 @@ from typing import Callable
 from podsys.checks import accelerators, dcgm, dmesg, ibstat, monitoring, nccl, network, nvbandwidth, nvsmi, pcie, perftest, slurm, versions
 from podsys.checks.findings import AREAS, CPU_ONLY_REASON, Finding, failed, passed, skip
 from podsys.checks.live import Context, Probe, Results
-from podsys.hardware import HardwareProfile
+from podsys.cluster.hardware import HardwareProfile
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Inventory and versions: OS, kernel, Slurm, driver, CUDA, NCCL, OFED/DOCA, fabric manager and
 DCGM equal the resolved stack; the kernel modules the stack needs are loaded.
 
-Expected values come from the manifest and the pinned stack (podsys.compat.Stack); nothing is
+Expected values come from the manifest and the pinned stack (podsys.cluster.matrix.Stack); nothing is
 guessed here."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
 from podsys.checks.live import Context, Probe, Results, sections_script, split_sections
-from podsys.hardware import HardwareProfile
+from podsys.cluster.hardware import HardwareProfile
 
 SECTIONS = {
     "os-release": "cat /etc/os-release",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from podsys.manifest import Manifest, normalise_mac
-from podsys.topology import expand_hosts
+from podsys.cluster.schema import Manifest, normalise_mac
+from podsys.cluster.topology import expand_hosts
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import jinja2
 
 from podsys.errors import InputError, Problem
-from podsys.model import Cluster, NodeSpec
+from podsys.cluster.model import Cluster, NodeSpec
 
 # crypt(3) hashes: yescrypt ($y$), SHA-512/256 ($6$/$5$), bcrypt ($2b$ ...). Plain text is refused.
 CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from podsys import lab
+from podsys.lab import cluster as lab
 
 
 @dataclass

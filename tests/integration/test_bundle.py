@@ -25,7 +25,7 @@ TOOLS = ("apt-get", "apt-ftparchive", "gpg", "gpgv", "dpkg-deb")
 
 
 def podsys(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"podsys {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -96,7 +96,7 @@ def test_rebuild_reuses_downloads_and_keeps_the_site_key(bundle_copy, small_bund
 
 
 def _serve(bundle: Path):
-    from podsys.bundle import make_server
+    from podsys.bundle.build import make_server
 
     server = make_server(bundle, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
 
 def podsys(*args: str, cwd, timeout: float = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "podsys.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 

@@ -20,7 +20,7 @@ import sys
 import pytest
 import yaml
 
-from podsys import lab as lab_api
+from podsys.lab import cluster as lab_api
 from tests.integration.test_bundle import _skip_unless_ready, podsys
 from tests.integration.test_deploy_lab import wait_for
 
@@ -42,7 +42,7 @@ def _push(lab, bundle, node: str) -> None:
 
 
 def _deploy(manifest) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "podsys.cli", "deploy", str(manifest), "--json"],
+    return subprocess.run([sys.executable, "-m", "podsys.cli.main", "deploy", str(manifest), "--json"],
                           capture_output=True, text=True, timeout=1800)
 
 
@@ -202,7 +202,7 @@ def _refused_on_the_head(lab, manifest, name: str, **packages) -> str:
     output, whitespace folded. Nothing may change: the head keeps the bundle the real deploy set."""
     packages = {**yaml.safe_load(manifest.read_text())["packages"], **packages}
     variant = _variant(manifest, name, packages)
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "deploy", str(variant), "--limit", lab.head,
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", "deploy", str(variant), "--limit", lab.head,
                            "--tags", "packages"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert _apt_repositories(lab, lab.head) == {f"file:{REMOTE}/repo/ {SUITE}"}

@@ -23,7 +23,7 @@ DEPLOY_TIMEOUT_S = 1500
 
 def deploy(lab_cluster, *args):
     return subprocess.run(
-        [sys.executable, "-m", "podsys.cli", "deploy", str(lab_cluster.manifest), *args],
+        [sys.executable, "-m", "podsys.cli.main", "deploy", str(lab_cluster.manifest), *args],
         capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S, cwd=lab_cluster.directory,
     )
 

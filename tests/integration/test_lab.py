@@ -15,13 +15,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from podsys import lab, lab_net, lab_proc, lab_proxy
+from podsys.lab import cluster as lab, net as lab_net, proc as lab_proc, proxy as lab_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
 
 def podsys(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "podsys.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, timeout=900)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podsys.loader import load_cluster
+from podsys.cluster.load import load_cluster
 from podsys.provision.render import render_files
 
 pytestmark = pytest.mark.integration

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podsys import lab as labmod
-from podsys.lab_plan import LabPlan
+from podsys.lab import cluster as labmod
+from podsys.lab.plan import LabPlan
 from podsys.provision.media import DEBIAN_NETBOOT_PACKAGE_DIR, add_media
 from tests.integration.test_provision_role import render_variant
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podsys.loader import load_cluster
+from podsys.cluster.load import load_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -52,7 +52,7 @@ def render_variant(directory: Path, name: str, data: dict):
     manifest = directory / f"{name}-lab.yaml"
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     build = directory / f"{name}-build"
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "render", str(manifest), "--output", str(build)],
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", "render", str(manifest), "--output", str(build)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return build, load_cluster(manifest)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from podsys.report import write_report
+from podsys.checks.report import write_report
 from tests.report_samples import sample_findings
 
 pytestmark = pytest.mark.integration

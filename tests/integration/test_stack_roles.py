@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podsys.compat import load_matrix
-from podsys.hardware import builtin_profiles
-from podsys.stack_packages import package_plan
+from podsys.cluster.matrix import load_matrix
+from podsys.cluster.hardware import builtin_profiles
+from podsys.cluster.stack_packages import package_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ROOT / "playbooks" / "roles"
@@ -116,7 +116,7 @@ def _build_deb(workdir: Path, name: str, version: str) -> Path:
 @pytest.fixture(scope="module")
 def stand_in_repo(tmp_path_factory) -> Path:
     """A signed apt repository holding every planned vendor package of every stack."""
-    from podsys.bundle_repo import SiteKey, build_repository
+    from podsys.bundle.repo import SiteKey, build_repository
 
     for tool in ("dpkg-deb", "apt-ftparchive", "gpg"):
         if shutil.which(tool) is None:

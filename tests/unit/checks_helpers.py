@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from podsys.hardware import builtin_profiles
+from podsys.cluster.hardware import builtin_profiles
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "checks"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from podsys.bundle import BundlePlan, check_vendor_coverage, iso_volume_id, plan_bundle
-from podsys.bundle_apt import PrivateApt, parse_print_uris, target_for
-from podsys.bundle_repo import parse_deb822_hashes, parse_packages
-from podsys.bundle_vendor import load_vendor_lock, upstream_version
+from podsys.bundle.build import BundlePlan, check_vendor_coverage, iso_volume_id, plan_bundle
+from podsys.bundle.apt import PrivateApt, parse_print_uris, target_for
+from podsys.bundle.repo import parse_deb822_hashes, parse_packages
+from podsys.bundle.vendor import load_vendor_lock, upstream_version
 from podsys.errors import InputError
-from podsys.loader import load_cluster
+from podsys.cluster.load import load_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "manifests" / "lab.yaml"
@@ -147,7 +147,7 @@ def test_vendor_lock_schema_errors(tmp_path, body, message):
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb not installed")
 def test_vendor_coverage_checks_package_names_and_versions(tmp_path):
-    from podsys.bundle_vendor import VendorArtifact
+    from podsys.bundle.vendor import VendorArtifact
 
     def deb(name: str, version: str) -> VendorArtifact:
         root = tmp_path / f"{name}-{version}"
@@ -200,7 +200,7 @@ def test_iso_volume_id_is_iso9660_safe(tmp_path):
 def test_cli_bad_vendor_lock_is_one_line_exit_2(tmp_path):
     lock = _lock(tmp_path, "artifacts:\n  - {name: a, file: missing.deb, sha256: " + "0" * 64 + "}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "podsys.cli", "bundle", "build", str(LAB), "--output", str(tmp_path / "b"),
+        [sys.executable, "-m", "podsys.cli.main", "bundle", "build", str(LAB), "--output", str(tmp_path / "b"),
          "--vendor-lock", str(lock), "--only", "hello"],
         capture_output=True, text=True,
     )
@@ -210,7 +210,7 @@ def test_cli_bad_vendor_lock_is_one_line_exit_2(tmp_path):
 
 
 def test_cli_verify_on_a_non_bundle_names_the_missing_key(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli", "bundle", "verify", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", "bundle", "verify", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "repo/podsys-site.gpg: missing" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -252,7 +252,7 @@ def _role_apt_packages(role: str) -> set[str]:
 
 @pytest.mark.parametrize("role", sorted(ROLE_LAYER))
 def test_bundle_layers_hold_every_package_the_roles_install(role):
-    from podsys.bundle import layer_packages_data
+    from podsys.bundle.build import layer_packages_data
 
     layers = layer_packages_data()["apt"]
     installed = _role_apt_packages(role)
@@ -293,7 +293,7 @@ def _loopback_server(answers: list[int], body: bytes):
     ([404], False, 1),            # a missing file is not retried
 ])
 def test_fetch_retries_only_transient_failures(tmp_path, monkeypatch, answers, arrives, requests):
-    import podsys.bundle as bundle
+    import podsys.bundle.build as bundle
     from podsys.errors import PodsysError
 
     monkeypatch.setattr(bundle.time, "sleep", lambda s: None)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from podsys.check_runner import AccessSettings, collect, probe_load, remote_command, run_checks, select_nodes
+from podsys.checks.runner import AccessSettings, collect, probe_load, remote_command, run_checks, select_nodes
 from podsys.checks.findings import Verdict
 from podsys.checks.live import Context, ProbeResult
 from podsys.errors import InputError
-from podsys.loader import load_cluster
+from podsys.cluster.load import load_cluster
 from tests.unit.checks_helpers import fixture
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from podsys.check_runner import probe_load, run_checks
+from podsys.checks.runner import probe_load, run_checks
 from podsys.checks.accelerators import ib_pair_command, ib_pairs, nccl_multinode_command
 from podsys.checks.findings import Verdict
 from podsys.checks.live import Context, ProbeResult
-from podsys.loader import load_cluster
+from podsys.cluster.load import load_cluster
 from tests.unit.checks_helpers import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[2]

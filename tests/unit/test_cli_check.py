@@ -3,7 +3,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from podsys.cli import build_app
+from podsys.cli.main import build_app
 from tests.unit.checks_helpers import FIXTURES
 
 runner = CliRunner()

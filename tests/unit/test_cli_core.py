@@ -10,7 +10,7 @@ from tests.unit.manifest_samples import MACS, VALID, line_of, write_manifest
 
 
 def podsys(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "podsys.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 def test_validate_ok_and_json(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 
-from podsys.compat import check_combination, load_matrix, parse_matrix, pick_stack, version_at_least, version_key
-from podsys.hardware import builtin_profiles
+from podsys.cluster.matrix import check_combination, load_matrix, parse_matrix, pick_stack, version_at_least, version_key
+from podsys.cluster.hardware import builtin_profiles
 
 MATRIX = load_matrix()
 P = builtin_profiles()

@@ -80,7 +80,7 @@ def test_role_layout_and_documented_variables(role):
 def test_site_playbook_syntax_against_a_rendered_inventory(tmp_path):
     if not shutil.which("ansible-playbook"):
         pytest.skip("ansible-playbook not installed")
-    res = subprocess.run([sys.executable, "-m", "podsys.cli", "render", ROOT / "manifests/lab.yaml", "--output", tmp_path],
+    res = subprocess.run([sys.executable, "-m", "podsys.cli.main", "render", ROOT / "manifests/lab.yaml", "--output", tmp_path],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     res = subprocess.run(

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from podsys.loader import load_cluster
-from podsys.render import render_files
+from podsys.cluster.load import load_cluster
+from podsys.render.build import render_files
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podsys import lab, lab_plan, lab_proc, lab_proxy
-from podsys.loader import load_cluster
-from podsys.manifest import Manifest
+from podsys.lab import cluster as lab, plan as lab_plan, proc as lab_proc, proxy as lab_proxy
+from podsys.cluster.load import load_cluster
+from podsys.cluster.schema import Manifest
 
 HOST_DEB822 = """\
 Types: deb
@@ -219,7 +219,7 @@ def test_zombies_count_as_dead():
 
 
 def _podsys(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "podsys.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd)
 
 
@@ -267,7 +267,7 @@ def test_proxy_port_moves_off_3142_when_the_host_holds_it(tmp_path):
 
 
 def test_uplink_conflict_with_host_networks(tmp_path, monkeypatch):
-    from podsys import lab_net
+    from podsys.lab import net as lab_net
 
     plan = lab_plan.plan_lab(tmp_path, 1, slot=9)
     monkeypatch.setattr(lab_net, "host_networks", lambda: [("eth0", IPv4Network("192.0.2.0/24"))])

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from podsys.cli import build_app
-from podsys.loader import load_cluster
+from podsys.cli.main import build_app
+from podsys.cluster.load import load_cluster
 from podsys.provision.render import render_files
 
 MANIFEST = """\
@@ -77,7 +77,7 @@ def test_watch_ends_cleanly_on_ctrl_c(head, monkeypatch):
     def interrupt(_seconds):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("podsys.commands.provision.time.sleep", interrupt)
+    monkeypatch.setattr("podsys.cli.provision.time.sleep", interrupt)
     result = run("status", str(manifest), *dirs, "--watch")
     assert result.exit_code == 0 and "c2" in result.output
 

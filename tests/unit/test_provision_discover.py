@@ -7,11 +7,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from podsys.cli import build_app
-from podsys.loader import load_cluster
+from podsys.cli.main import build_app
+from podsys.cluster.load import load_cluster
 from podsys.provision.discover import append_macs, discovered, parse_leases
-from podsys.validate import parse_manifest
-from podsys.yamlsrc import load_yaml_file
+from podsys.cluster.parse import parse_manifest
+from podsys.cluster.yaml_source import load_yaml_file
 
 # dnsmasq 2.90 lease file: expiry, MAC, IP, hostname or *, client-id or *; a DHCPv6 duid line.
 LEASES = """\

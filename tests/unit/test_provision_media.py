@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from podsys.cli import build_app
+from podsys.cli.main import build_app
 from podsys.provision.media import DEBIAN_NETBOOT_PACKAGE_DIR, MediaError, add_media, plan
 
 needs_xorriso = pytest.mark.skipif(shutil.which("xorriso") is None, reason="xorriso not installed (apt install xorriso)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from podsys.cli import build_app
+from podsys.cli.main import build_app
 from podsys.provision.power import IPMI, BMCError, BMCTarget, Redfish, read_password, run_power
 
 SECRET = "S3cr3t-bmc-pw"

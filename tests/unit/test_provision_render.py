@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from podsys.errors import InputError
-from podsys.loader import load_cluster
+from podsys.cluster.load import load_cluster
 from podsys.provision.render import HeadPaths, render_files
 
 HASH = "$6$podsystestsalt$RLrny3EtmKdqGKHloDVBYqqIoGNgFkNucr0PhTE.pm7uDNfDwflLIVc6nBdRNlfy6wQiinUpFZMm2fDrob4Hm0"
@@ -203,7 +203,7 @@ def test_os_without_an_installer_config_is_an_input_error(tmp_path):
     # The loader refuses unknown OS versions already; render guards itself all the same.
     import dataclasses
 
-    from podsys.manifest import OSSpec
+    from podsys.cluster.schema import OSSpec
 
     cluster = load_cluster(write_manifest(tmp_path))
     other = dataclasses.replace(cluster, manifest=cluster.manifest.model_copy(update={"os": OSSpec.model_construct(distro="debian", version="11")}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from podsys.loader import load_cluster
+from podsys.cluster.load import load_cluster
 from podsys.provision.render import render_files
 
 VAGRANT = Path(__file__).resolve().parents[2] / "vagrant"

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import yaml
 
-from podsys.allocation import allocation_path
-from podsys.loader import load_cluster
-from podsys.render import diff_render, render_cluster, render_files
+from podsys.cluster.address_file import allocation_path
+from podsys.cluster.load import load_cluster
+from podsys.render.build import diff_render, render_cluster, render_files
 from tests.unit.manifest_samples import MACS, VALID, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]

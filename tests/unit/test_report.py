@@ -7,7 +7,7 @@ from io import StringIO
 from rich.console import Console
 
 from podsys.checks.findings import Finding, Verdict, finding, skip
-from podsys.report import bars_svg, busbw_svg, exit_code, heatmap_svg, load_report, plots, print_report, render_html, report_data, summary, write_report
+from podsys.checks.report import bars_svg, busbw_svg, exit_code, heatmap_svg, load_report, plots, print_report, render_html, report_data, summary, write_report
 from tests.report_samples import sample_findings
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podsys import runner
+from podsys.deploy import runner
 from podsys.errors import InputError, PodsysError
-from podsys.runner import DeployLock, DeployOptions, EventTracker, HostResult
+from podsys.deploy.runner import DeployLock, DeployOptions, EventTracker, HostResult
 from tests.unit.manifest_samples import write_manifest
 
 KNOWN = ["head", "node01", "node02", "node03"]
@@ -154,7 +154,7 @@ def test_lock_refuses_a_second_deploy_of_the_same_cluster(tmp_path):
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
-            from podsys.runner import DeployLock
+            from podsys.deploy.runner import DeployLock
             with DeployLock(Path({str(path)!r}), "lab"):
                 print("held", flush=True)
                 sys.stdin.readline()
@@ -281,7 +281,7 @@ def test_playbook_that_cannot_start_is_one_error(local_hosts):
 
 
 def podsys(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "podsys.cli", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd, env=env)
 
 
@@ -302,7 +302,7 @@ def test_deploy_limit_naming_an_unknown_host_is_refused_before_running(tmp_path)
 
 
 def test_ssh_control_sockets_are_per_cluster_and_short(tmp_path):
-    from podsys.runner import ansible_cfg_text, control_path_dir
+    from podsys.deploy.runner import ansible_cfg_text, control_path_dir
 
     a, b = control_path_dir(tmp_path / "a" / "build"), control_path_dir(tmp_path / "b" / "build")
     assert a != b and a == control_path_dir(tmp_path / "a" / "build")

@@ -1,4 +1,4 @@
-"""The Ansible filter the stack roles use returns exactly podsys.stack_packages' plan."""
+"""The Ansible filter the stack roles use returns exactly podsys.cluster.stack_packages' plan."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from podsys.compat import load_matrix
-from podsys.hardware import builtin_profiles
-from podsys.stack_packages import package_plan
+from podsys.cluster.matrix import load_matrix
+from podsys.cluster.hardware import builtin_profiles
+from podsys.cluster.stack_packages import package_plan
 
 PLUGIN = Path(__file__).resolve().parents[2] / "playbooks/roles/package_source/filter_plugins/podsys_stack.py"
 

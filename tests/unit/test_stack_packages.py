@@ -1,13 +1,13 @@
 """The package plan for every stack in the matrix: exact names and versions, derived here from
-the matrix values independently of podsys/stack_packages.py's helpers."""
+the matrix values independently of podsys/cluster/stack_packages.py's helpers."""
 
 from __future__ import annotations
 
 import pytest
 
-from podsys.compat import load_matrix
-from podsys.hardware import HardwareProfile, builtin_profiles
-from podsys.stack_packages import PlanError, PlanOptions, driver_flavour, package_plan
+from podsys.cluster.matrix import load_matrix
+from podsys.cluster.hardware import HardwareProfile, builtin_profiles
+from podsys.cluster.stack_packages import PlanError, PlanOptions, driver_flavour, package_plan
 
 MATRIX = load_matrix()
 PROFILES = builtin_profiles()
@@ -52,7 +52,7 @@ def expected_gpu_plan(stack, os_key: str, profile_id: str) -> list[tuple[str, st
 
 def _valid_profiles(stack) -> list[str]:
     """GPU profiles the matrix accepts for this stack (B200 needs R570+)."""
-    from podsys.compat import check_combination
+    from podsys.cluster.matrix import check_combination
 
     ok = []
     for pid, profile in PROFILES.items():

@@ -2,7 +2,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from podsys.topology import GroupRequest, HostlistError, allocate_addresses, collapse_hosts, expand_hosts, same_offset
+from podsys.cluster.topology import GroupRequest, HostlistError, allocate_addresses, collapse_hosts, expand_hosts, same_offset
 
 
 def ip(text: str) -> int:

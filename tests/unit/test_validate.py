@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from podsys.errors import InputError
-from podsys.loader import load_cluster
+from podsys.cluster.load import load_cluster
 from tests.unit.manifest_samples import MACS, VALID, line_of, write_manifest
 
 

@@ -1,4 +1,4 @@
-"""`podsys_package_plan`: the package plan of podsys/stack_packages.py as an Ansible filter, so
+"""`podsys_package_plan`: the package plan of podsys/cluster/stack_packages.py as an Ansible filter, so
 the roles and the offline bundle read the same exact names and versions from the matrix."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ except ImportError:  # imported outside Ansible (unit tests)
 
 def _import_plan():
     try:
-        from podsys import stack_packages
+        from podsys.cluster import stack_packages
     except ImportError:
         # Running from a source checkout without `pip install`: the package sits four levels up.
         sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
         try:
-            from podsys import stack_packages
+            from podsys.cluster import stack_packages
         except ImportError as exc:
             # Not an AnsibleFilterError: linters that cannot import podsys then skip the check.
             raise ImportError(f"podsys_package_plan needs the podsys package on the controller: {exc}") from None
@@ -55,8 +55,8 @@ def podsys_package_plan(stack, os_key, hardware=None, options=None):
 def podsys_driver_flavour(stack, hardware=None, requested="auto"):
     """{flavour, reason} for the host's GPU."""
     stack_packages = _import_plan()
-    from podsys.compat import Stack
-    from podsys.hardware import HardwareProfile
+    from podsys.cluster.matrix import Stack
+    from podsys.cluster.hardware import HardwareProfile
 
     profile = HardwareProfile.model_validate(_plain(hardware)) if hardware else None
     try:

@@ -1,0 +1,1 @@
+"""The offline bundle: private apt resolution, the signed repository, vendor artifacts, the ISO."""

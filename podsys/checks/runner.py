@@ -1,0 +1,292 @@
+"""Running acceptance checks on a deployed cluster: collect every probe's output over SSH
+(paramiko, with the manifest's `access` settings), in parallel with progress, save each raw
+output next to the report, then let the areas judge them.
+
+Heavy probes (NCCL, nvbandwidth, ib_write_bw) declare the nodes they load; two heavy probes
+sharing a node never run at once, so measurements do not disturb each other."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from podsys.checks.findings import Finding
+from podsys.checks.live import Context, Probe, ProbeResult
+from podsys.checks.registry import LIVE_AREAS, area_selected, probe_wanted, selected, unknown_selectors
+from podsys.errors import InputError, PodsysError, Problem
+from podsys.cluster.model import Cluster
+
+class Executor(Protocol):
+    def run(self, probe: Probe) -> ProbeResult: ...
+
+    def close(self) -> None: ...
+
+
+# --- SSH --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AccessSettings:
+    user: str
+    port: int
+    private_key_file: Path | None
+    known_hosts_file: Path | None
+    via_head: bool
+    head_name: str
+    head_address: str
+    addresses: dict[str, str]  # inventory name -> address podsys connects to
+
+    @classmethod
+    def from_cluster(cls, cluster: Cluster) -> "AccessSettings":
+        access, head = cluster.manifest.access, cluster.manifest.head
+        base = cluster.base_dir
+
+        def resolve(value: str | None) -> Path | None:
+            if value is None:
+                return None
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else base / path
+
+        head_address = str(head.ssh_address or head.address)
+        addresses = {head.hostname: head_address}
+        addresses.update({n.name: n.provision_ip for n in cluster.nodes})
+        return cls(
+            user=access.user, port=access.port, private_key_file=resolve(access.private_key_file),
+            known_hosts_file=resolve(access.known_hosts_file), via_head=access.via_head,
+            head_name=head.hostname, head_address=head_address, addresses=addresses,
+        )
+
+
+def remote_command(command: str, user: str) -> str:
+    """Checks read kernel logs and device state: as a non-root user, go through sudo -n (never
+    prompting; a missing sudo rule shows up as a clear error in the probe's output)."""
+    return command if user == "root" else f"sudo -n bash -c {shlex.quote(command)}"
+
+
+class SSHExecutor:
+    """One SSH connection per host, reused by all of that host's probes; compute nodes are
+    reached through the head when `access.via_head` is set (a direct-tcpip channel, so the head
+    needs no agent forwarding and sees no key)."""
+
+    def __init__(self, settings: AccessSettings, connect_timeout: float = 15.0):
+        import paramiko  # imported here: parsing and reporting must not need it
+
+        self._paramiko = paramiko
+        self.settings = settings
+        self.connect_timeout = connect_timeout
+        self._clients: dict[str, object] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        if settings.private_key_file is not None and not settings.private_key_file.is_file():
+            raise InputError(Problem(str(settings.private_key_file), None, "access.private_key_file", "file not found"))
+        if settings.known_hosts_file is not None and not settings.known_hosts_file.is_file():
+            raise InputError(Problem(str(settings.known_hosts_file), None, "access.known_hosts_file", "file not found"))
+
+    def _lock(self, host: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(host, threading.Lock())
+
+    def _new_client(self):
+        paramiko = self._paramiko
+        client = paramiko.SSHClient()
+        if self.settings.known_hosts_file is not None:
+            client.load_host_keys(str(self.settings.known_hosts_file))
+        else:
+            client.load_system_host_keys()
+        # Unknown host keys are refused, never trusted on first use: a check must not talk to
+        # an impostor that answers on a node's address.
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        return client
+
+    def client(self, host: str):
+        with self._lock(host):
+            existing = self._clients.get(host)
+            if existing is not None and existing.get_transport() is not None and existing.get_transport().is_active():
+                return existing
+            address = self.settings.addresses.get(host)
+            if address is None:
+                raise PodsysError(f"{host}: not a host of this cluster")
+            sock = None
+            if self.settings.via_head and host != self.settings.head_name:
+                head_transport = self.client(self.settings.head_name).get_transport()
+                sock = head_transport.open_channel("direct-tcpip", (address, self.settings.port), ("127.0.0.1", 0),
+                                                   timeout=self.connect_timeout)
+            client = self._new_client()
+            key = str(self.settings.private_key_file) if self.settings.private_key_file else None
+            client.connect(
+                address, port=self.settings.port, username=self.settings.user, key_filename=key, sock=sock,
+                timeout=self.connect_timeout, banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout,
+                look_for_keys=key is None, allow_agent=key is None,
+            )
+            self._clients[host] = client
+            return client
+
+    def run(self, probe: Probe) -> ProbeResult:
+        paramiko = self._paramiko
+        try:
+            transport = self.client(probe.host).get_transport()
+            channel = transport.open_session(timeout=self.connect_timeout)
+        except paramiko.BadHostKeyException as exc:
+            return ProbeResult(probe.host, probe.name, probe.command, None, error=f"host key mismatch for {exc.hostname} (known_hosts)")
+        except paramiko.SSHException as exc:
+            hint = " (not in known_hosts)" if "not found in known_hosts" in str(exc) else ""
+            return ProbeResult(probe.host, probe.name, probe.command, None, error=f"SSH: {exc}{hint}")
+        except (OSError, socket.timeout, PodsysError) as exc:
+            return ProbeResult(probe.host, probe.name, probe.command, None, error=f"cannot connect: {exc}")
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + probe.timeout
+        try:
+            channel.exec_command(remote_command(probe.command, self.settings.user))
+            while True:
+                while channel.recv_ready():
+                    out += channel.recv(65536)
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(65536)
+                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    channel.close()
+                    return ProbeResult(probe.host, probe.name, probe.command, None, out.decode(errors="replace"),
+                                       err.decode(errors="replace"), error=f"timed out after {probe.timeout}s")
+                channel.status_event.wait(0.05)
+            rc = channel.recv_exit_status()
+        except (paramiko.SSHException, OSError) as exc:
+            return ProbeResult(probe.host, probe.name, probe.command, None, out.decode(errors="replace"),
+                               err.decode(errors="replace"), error=f"SSH channel failed: {exc}")
+        finally:
+            channel.close()
+        return ProbeResult(probe.host, probe.name, probe.command, rc, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def close(self) -> None:
+        for client in list(self._clients.values())[::-1]:  # nodes first, the head (their jump host) last
+            try:
+                client.close()
+            except Exception:  # closing is best effort
+                pass
+        self._clients.clear()
+
+
+# --- scheduling -------------------------------------------------------------------------------
+
+def probe_load(probe: Probe, ctx: Context) -> tuple[str, ...]:
+    """Nodes a heavy probe loads (empty for light probes)."""
+    if probe.name == "nccl-multinode":
+        return tuple(sorted(n.name for n in ctx.nodes if ctx.profile(n).gpu is not None))
+    if probe.name.startswith("ib_write_bw-"):
+        return tuple(sorted(probe.name.removeprefix("ib_write_bw-").split("-", 1)))
+    if probe.name in ("nccl", "nvbandwidth") or (probe.name == "gpu" and ctx.dcgm_level >= 2):
+        return (probe.host,)  # dcgmi diag from level 2 on loads the GPUs too
+    return ()
+
+
+def collect(probes: list[Probe], executor: Executor, ctx: Context, *, workers: int = 16,
+            on_done: Callable[[ProbeResult], None] | None = None) -> dict[tuple[str, str], ProbeResult]:
+    """Run every probe; heavy probes take their nodes' locks in sorted order (no deadlock, no
+    two measurements on one node at once)."""
+    node_locks = {name: threading.Lock() for name in {n for p in probes for n in probe_load(p, ctx)}}
+
+    def run_one(probe: Probe) -> ProbeResult:
+        held = [node_locks[n] for n in probe_load(probe, ctx)]
+        for lock in held:
+            lock.acquire()
+        try:
+            return executor.run(probe)
+        finally:
+            for lock in reversed(held):
+                lock.release()
+
+    results: dict[tuple[str, str], ProbeResult] = {}
+    # light probes first so a slow benchmark never delays the quick answers
+    ordered = sorted(probes, key=lambda p: bool(probe_load(p, ctx)))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(run_one, p): p for p in ordered}
+        for future in as_completed(futures):
+            result = future.result()
+            results[(result.host, result.name)] = result
+            if on_done:
+                on_done(result)
+    return results
+
+
+def save_raw(results: Iterable[ProbeResult], directory: Path) -> Path:
+    """raw/<host>/<probe>.txt (stdout, exactly as collected, so `podsys check parse` can re-judge
+    it), .stderr next to it when there is any, and raw/index.json with commands and exit codes."""
+    raw = directory / "raw"
+    index = []
+    for r in sorted(results, key=lambda r: (r.host, r.name)):
+        host_dir = raw / r.host
+        host_dir.mkdir(parents=True, exist_ok=True)
+        (host_dir / f"{r.name}.txt").write_text(r.stdout)
+        if r.stderr:
+            (host_dir / f"{r.name}.stderr").write_text(r.stderr)
+        index.append({"host": r.host, "probe": r.name, "command": r.command, "rc": r.rc, "error": r.error,
+                      "stdout": f"raw/{r.host}/{r.name}.txt"})
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return raw
+
+
+# --- the whole run ----------------------------------------------------------------------------
+
+def select_nodes(cluster: Cluster, limit: str | None):
+    if not limit:
+        return list(cluster.nodes)
+    from podsys.cluster.topology import expand_hosts
+
+    try:
+        wanted = expand_hosts(limit)
+    except Exception as exc:  # the hostlist library raises its own error type
+        raise InputError(Problem("--limit", None, "", f"malformed hostlist {limit!r}: {exc}")) from None
+    known = {n.name for n in cluster.nodes}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise InputError(Problem("--limit", None, "", f"not nodes of {cluster.name}: {', '.join(unknown[:10])}"))
+    return [n for n in cluster.nodes if n.name in set(wanted)]
+
+
+def default_output_dir(cluster: Cluster) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return cluster.base_dir / ".podsys" / "check" / stamp
+
+
+def run_checks(cluster: Cluster, *, only: list[str], skip: list[str], limit: str | None, output_dir: Path,
+               executor: Executor | None = None, console: Console | None = None, workers: int = 16,
+               dcgm_level: int = 1) -> list[Finding]:
+    bad = unknown_selectors(only + skip)
+    if bad:
+        raise InputError(Problem("--only/--skip", None, "", f"unknown area or check {', '.join(bad)}; areas: {', '.join(LIVE_AREAS)}"))
+    nodes = select_nodes(cluster, limit)
+    ctx = Context(cluster=cluster, nodes=tuple(nodes), head=cluster.manifest.head.hostname, dcgm_level=dcgm_level)
+    areas = [a for a in LIVE_AREAS.values() if area_selected(a.name, only, skip)]
+    probes = [p for a in areas for p in a.probes(ctx) if probe_wanted(p.feeds, only, skip)]
+    own_executor = executor is None
+    executor = executor or SSHExecutor(AccessSettings.from_cluster(cluster))
+    console = console or Console(stderr=True)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True, disable=not probes) as progress:
+            task = progress.add_task("collecting", total=len(probes))
+
+            def done(result: ProbeResult) -> None:
+                state = "ok" if result.ran and result.rc == 0 else (f"rc {result.rc}" if result.ran else "unreachable")
+                progress.update(task, advance=1, description=f"collecting: {result.host} {result.name} {state}")
+
+            results = collect(probes, executor, ctx, workers=workers, on_done=done)
+    finally:
+        if own_executor:
+            executor.close()
+    save_raw(results.values(), output_dir)
+    findings: list[Finding] = []
+    for area in areas:
+        findings += [f for f in area.judge(ctx, results) if selected(f.check, only, skip)]
+    return findings

@@ -1,0 +1,1 @@
+"""The `podsys` command line: a thin Typer layer over the other sub-packages."""

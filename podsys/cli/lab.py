@@ -1,0 +1,175 @@
+"""`podsys lab up|down|status|ssh|stop|start`: a local lab cluster of container nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from podsys.lab import cluster as lab
+from podsys.cli.common import console, err_console, guarded
+
+lab_app = typer.Typer(
+    name="lab",
+    help=(
+        "A local lab cluster: a head node and N compute nodes as systemd-nspawn containers "
+        "(Debian 12, booted with systemd) on a private network, reached over real SSH.\n\n"
+        "Compute nodes reach nothing but the head; the head's only way out is an apt caching "
+        "proxy on the host, like an air-gapped cluster behind a site mirror. Needs root.\n\n"
+        "Typical use: `podsys lab up`, then `podsys deploy lab.yaml`, `podsys lab ssh node01`, "
+        "and finally `podsys lab down` in the same directory."
+    ),
+    no_args_is_help=True,
+)
+
+DirOption = typer.Option(
+    Path("."), "--dir", "-d", help="Lab directory: lab.yaml and .podsys/lab/ live here (default: current).",
+    file_okay=False,
+)
+
+
+class _Progress:
+    """Step lines on stderr; debootstrap's hundreds of lines collapse into one live status line
+    on a terminal, and into a line every few seconds elsewhere (CI logs)."""
+
+    def __init__(self) -> None:
+        self._status = None
+        self._last_quiet = 0.0
+
+    def __call__(self, message: str) -> None:
+        if message.startswith("debootstrap:"):
+            if err_console.is_terminal:
+                if self._status is None:
+                    self._status = err_console.status(message)
+                    self._status.start()
+                self._status.update(message)
+            elif time.monotonic() - self._last_quiet > 10 or "Base system" in message:
+                self._last_quiet = time.monotonic()
+                err_console.print(f"· {message}", markup=False, highlight=False)
+            return
+        self.close()
+        err_console.print(f"· {message}", markup=False, highlight=False)
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+@lab_app.command("up")
+@guarded
+def up_cmd(
+    nodes: int = typer.Option(3, "--nodes", "-n", help="Number of compute nodes (a head node is always added)."),
+    directory: Path = DirOption,
+    mirror: str = typer.Option(
+        None, "--mirror", help="Debian mirror URL (default: the host's, read from /etc/apt/sources.list{,.d})."
+    ),
+) -> None:
+    """Build and boot the lab, write lab.yaml (a manifest for it) and print the next command.
+
+    The Debian 12 root is debootstrapped once and cached in /var/cache/podsys/lab
+    (PODSYS_LAB_CACHE overrides); each node boots a copy-on-write clone of it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    progress = _Progress()
+    try:
+        state = lab.up(directory, nodes=nodes, mirror=mirror, progress=progress)
+    finally:
+        progress.close()
+    info = lab.status(directory)
+    _print_status(info)
+    manifest = Path(state["manifest"])
+    rel = os.path.relpath(manifest) if manifest.is_relative_to(Path.cwd()) else str(manifest)
+    console.print(f"\nLab is up. Next: [bold]podsys deploy {rel}[/bold]   (shell: podsys lab ssh head)")
+
+
+@lab_app.command("down")
+@guarded
+def down_cmd(
+    directory: Path = DirOption,
+    purge: bool = typer.Option(False, "--purge", help="Also delete the lab key, apt cache, logs and lab.yaml."),
+) -> None:
+    """Stop the containers and the apt proxy, delete the namespaces, bridge, veths and node roots.
+
+    Removes exactly what `podsys lab up` recorded (plus leftovers with the lab's name prefix);
+    safe to run twice and after a crash. Keeps lab.yaml, the lab SSH key and the apt cache
+    for the next `up` unless --purge."""
+    removed = lab.down(directory, progress=_Progress(), purge=purge)
+    console.print(f"removed {len(removed)} object(s)" if removed else "no lab running here; nothing to do")
+
+
+@lab_app.command("status")
+@guarded
+def status_cmd(
+    directory: Path = DirOption,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show each node's container and sshd state, and the apt proxy's. Exit 1 if degraded."""
+    info = lab.status(directory)
+    if as_json:
+        console.print_json(json.dumps(info))
+    else:
+        _print_status(info)
+    if info["state"] == "degraded":
+        raise typer.Exit(1)
+
+
+@lab_app.command(
+    "ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+@guarded
+def ssh_cmd(
+    node: str = typer.Argument(..., help="`head` or a compute node's hostname (e.g. node01)."),
+    command: list[str] = typer.Argument(None, help="Command to run; a login shell when omitted."),
+    directory: Path = DirOption,
+) -> None:
+    """Open a shell on a lab node, or run COMMAND there (compute nodes via the head)."""
+    command = command or []
+    argv = lab.ssh_argv(directory, node, command, tty=not command and sys.stdin.isatty())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(argv[0], argv)
+
+
+@lab_app.command("stop")
+@guarded
+def stop_cmd(node: str = typer.Argument(..., help="Node hostname."), directory: Path = DirOption) -> None:
+    """Power one node off (its disk and network stay), e.g. to see how a deploy handles it."""
+    lab.ssh_argv(directory, node)  # validates the name
+    lab.stop_node(directory, node)
+    console.print(f"{node} stopped")
+
+
+@lab_app.command("start")
+@guarded
+def start_cmd(node: str = typer.Argument(..., help="Node hostname."), directory: Path = DirOption) -> None:
+    """Boot a stopped node again and wait for its sshd."""
+    lab.ssh_argv(directory, node)
+    lab.start_node(directory, node, progress=_Progress())
+    console.print(f"{node} started")
+
+
+def _print_status(info: dict) -> None:
+    if info["state"] == "down":
+        console.print(f"no lab running in {info['directory']}")
+        return
+    table = Table(title=f"lab {info['prefix']} in {info['directory']}: {info['state']}")
+    for col in ("node", "address", "ssh via", "mac", "container", "sshd"):
+        table.add_column(col, no_wrap=True)
+    for n in info["nodes"]:
+        via = n["ssh_address"] if n["role"] == "head" else "head"
+        table.add_row(n["name"], n["address"], via, n["mac"],
+                      "running" if n["running"] else "[red]stopped[/red]",
+                      "ok" if n["sshd"] else "[red]no[/red]")
+    console.print(table)
+    proxy = info["proxy"]
+    console.print(f"apt proxy {proxy['url']} -> {proxy['upstream']}: "
+                  f"{'running' if proxy['running'] else '[red]stopped[/red]'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lab_app, name="lab")

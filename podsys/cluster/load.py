@@ -1,0 +1,19 @@
+"""Manifest file -> resolved Cluster: the one entry point every command uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from podsys.cluster.address_file import read_allocation
+from podsys.cluster.model import Cluster
+from podsys.cluster.resolve import resolve_cluster
+from podsys.cluster.parse import parse_manifest
+from podsys.cluster.yaml_source import load_yaml_file
+
+
+def load_cluster(path: Path | str) -> Cluster:
+    """Load, validate and resolve a manifest. Raises InputError listing every problem."""
+    path = Path(path).absolute()
+    data, smap = load_yaml_file(path)
+    manifest = parse_manifest(data, smap)
+    return resolve_cluster(manifest, smap, path, previous=read_allocation(path))

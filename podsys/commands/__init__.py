@@ -1,1 +1,0 @@
-"""CLI verbs. Each module has `register(app: typer.Typer)`; keep them thin."""

@@ -1,0 +1,1 @@
+"""Deploying: Ansible driven from Python (runner, progress, lock, resume)."""

@@ -1,0 +1,1 @@
+"""Rendering: the resolved cluster -> the build directory (pure, deterministic)."""
