@@ -25,6 +25,7 @@ from podsys.checks.findings import Finding
 from podsys.checks.live import Context, Probe, ProbeResult
 from podsys.checks.registry import LIVE_AREAS, area_selected, probe_wanted, selected, unknown_selectors
 from podsys.errors import InputError, PodsysError, Problem
+from podsys.cluster.access import SSHAccess
 from podsys.cluster.model import Cluster
 
 class Executor(Protocol):
@@ -37,34 +38,17 @@ class Executor(Protocol):
 
 @dataclass(frozen=True)
 class AccessSettings:
-    user: str
-    port: int
-    private_key_file: Path | None
-    known_hosts_file: Path | None
-    via_head: bool
-    head_name: str
-    head_address: str
+    """The cluster's one SSH access model, plus the address podsys connects to for each host."""
+
+    access: SSHAccess
     addresses: dict[str, str]  # inventory name -> address podsys connects to
 
     @classmethod
     def from_cluster(cls, cluster: Cluster) -> "AccessSettings":
-        access, head = cluster.manifest.access, cluster.manifest.head
-        base = cluster.base_dir
-
-        def resolve(value: str | None) -> Path | None:
-            if value is None:
-                return None
-            path = Path(value).expanduser()
-            return path if path.is_absolute() else base / path
-
-        head_address = str(head.ssh_address or head.address)
-        addresses = {head.hostname: head_address}
+        access = cluster.access
+        addresses = {access.head_name: access.head_address}
         addresses.update({n.name: n.provision_ip for n in cluster.nodes})
-        return cls(
-            user=access.user, port=access.port, private_key_file=resolve(access.private_key_file),
-            known_hosts_file=resolve(access.known_hosts_file), via_head=access.via_head,
-            head_name=head.hostname, head_address=head_address, addresses=addresses,
-        )
+        return cls(access=access, addresses=addresses)
 
 
 def remote_command(command: str, user: str) -> str:
@@ -87,10 +71,11 @@ class SSHExecutor:
         self._clients: dict[str, object] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        if settings.private_key_file is not None and not settings.private_key_file.is_file():
-            raise InputError(Problem(str(settings.private_key_file), None, "access.private_key_file", "file not found"))
-        if settings.known_hosts_file is not None and not settings.known_hosts_file.is_file():
-            raise InputError(Problem(str(settings.known_hosts_file), None, "access.known_hosts_file", "file not found"))
+        access = settings.access
+        if access.private_key_file is not None and not access.private_key_file.is_file():
+            raise InputError(Problem(str(access.private_key_file), None, "access.private_key_file", "file not found"))
+        if access.known_hosts_file is not None and not access.known_hosts_file.is_file():
+            raise InputError(Problem(str(access.known_hosts_file), None, "access.known_hosts_file", "file not found"))
 
     def _lock(self, host: str) -> threading.Lock:
         with self._guard:
@@ -99,8 +84,8 @@ class SSHExecutor:
     def _new_client(self):
         paramiko = self._paramiko
         client = paramiko.SSHClient()
-        if self.settings.known_hosts_file is not None:
-            client.load_host_keys(str(self.settings.known_hosts_file))
+        if self.settings.access.known_hosts_file is not None:
+            client.load_host_keys(str(self.settings.access.known_hosts_file))
         else:
             client.load_system_host_keys()
         # Unknown host keys are refused, never trusted on first use: a check must not talk to
@@ -116,15 +101,16 @@ class SSHExecutor:
             address = self.settings.addresses.get(host)
             if address is None:
                 raise PodsysError(f"{host}: not a host of this cluster")
+            access = self.settings.access
             sock = None
-            if self.settings.via_head and host != self.settings.head_name:
-                head_transport = self.client(self.settings.head_name).get_transport()
-                sock = head_transport.open_channel("direct-tcpip", (address, self.settings.port), ("127.0.0.1", 0),
+            if access.jump_host(host) is not None:
+                head_transport = self.client(access.head_name).get_transport()
+                sock = head_transport.open_channel("direct-tcpip", (address, access.port), ("127.0.0.1", 0),
                                                    timeout=self.connect_timeout)
             client = self._new_client()
-            key = str(self.settings.private_key_file) if self.settings.private_key_file else None
+            key = str(access.private_key_file) if access.private_key_file else None
             client.connect(
-                address, port=self.settings.port, username=self.settings.user, key_filename=key, sock=sock,
+                address, port=access.port, username=access.user, key_filename=key, sock=sock,
                 timeout=self.connect_timeout, banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout,
                 look_for_keys=key is None, allow_agent=key is None,
             )
@@ -146,7 +132,7 @@ class SSHExecutor:
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + probe.timeout
         try:
-            channel.exec_command(remote_command(probe.command, self.settings.user))
+            channel.exec_command(remote_command(probe.command, self.settings.access.user))
             while True:
                 while channel.recv_ready():
                     out += channel.recv(65536)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from podsys.cluster.access import SSHAccess
 from podsys.cluster.hardware import HardwareProfile
 from podsys.cluster.schema import Manifest
 
@@ -51,6 +52,11 @@ class Cluster:
     @property
     def base_dir(self) -> Path:
         return self.manifest_path.parent
+
+    @property
+    def access(self) -> SSHAccess:
+        """How podsys reaches the head and nodes over SSH (key paths absolute, `~` expanded)."""
+        return SSHAccess.from_manifest(self.manifest, self.base_dir)
 
     @property
     def default_build_dir(self) -> Path:

@@ -211,8 +211,8 @@ def root_authorized_keys(cluster: Cluster) -> list[str]:
         if not SSH_KEY_RE.match(key):
             raise InputError(Problem(str(cluster.manifest_path), None, f"provisioning.root_authorized_keys[{i}]",
                                      f"not a one-line OpenSSH public key without quotes: {key[:24]}..."))
-    if m.access.private_key_file:
-        pub = cluster.base_dir / (m.access.private_key_file + ".pub")
+    pub = cluster.access.public_key_file
+    if pub is not None:
         if pub.is_file():
             text = pub.read_text().strip()
             if not SSH_KEY_RE.match(text):

@@ -62,28 +62,16 @@ def _gpu_count(cluster: Cluster, node: NodeSpec) -> int:
 
 def _access_args(cluster: Cluster) -> tuple[dict, dict]:
     """SSH settings for every host, and the extra ones for nodes reached through the head."""
-    m = cluster.manifest
-    base = cluster.base_dir
-    common: dict = {"ansible_user": m.access.user, "ansible_port": m.access.port}
-    ssh_opts: list[str] = []
-    key = str((base / m.access.private_key_file).resolve()) if m.access.private_key_file else None
-    known = str((base / m.access.known_hosts_file).resolve()) if m.access.known_hosts_file else None
-    if key:
-        common["ansible_ssh_private_key_file"] = key
-    if known:
-        ssh_opts += [f"-o UserKnownHostsFile={known}", "-o StrictHostKeyChecking=yes"]
+    access = cluster.access
+    common: dict = {"ansible_user": access.user, "ansible_port": access.port}
+    if access.private_key_file is not None:
+        common["ansible_ssh_private_key_file"] = str(access.private_key_file)
+    ssh_opts = access.ssh_options()
     if ssh_opts:
         common["ansible_ssh_common_args"] = " ".join(ssh_opts)
     node_extra: dict = {}
-    if m.access.via_head:
-        head_ssh = str(m.head.ssh_address or m.head.address)
-        jump = ["ssh", "-W", "%h:%p", "-p", str(m.access.port)]
-        if key:
-            jump += ["-i", key]
-        if known:
-            jump += ["-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes"]
-        jump.append(f"{m.access.user}@{head_ssh}")
-        node_extra["ansible_ssh_common_args"] = " ".join(ssh_opts + [f"-o ProxyCommand=\"{' '.join(jump)}\""])
+    if access.via_head:
+        node_extra["ansible_ssh_common_args"] = " ".join(ssh_opts + [f'-o ProxyCommand="{access.proxy_command()}"'])
     return common, node_extra
 
 

@@ -206,7 +206,7 @@ def test_heavy_probes_on_one_node_never_overlap(pod):
 
 def test_access_settings_resolve_relative_to_manifest_and_sudo_for_non_root(tmp_path, lab):
     settings = AccessSettings.from_cluster(lab)
-    assert settings.head_address == str(lab.manifest.head.ssh_address or lab.manifest.head.address)
+    assert settings.access.head_address == str(lab.manifest.head.ssh_address or lab.manifest.head.address)
     assert settings.addresses["node1"] == "10.77.0.11"
     assert remote_command("dmesg", "root") == "dmesg"
     assert remote_command("dmesg | tail", "admin") == "sudo -n bash -c 'dmesg | tail'"
