@@ -27,6 +27,7 @@ from podsys.checks.registry import LIVE_AREAS, area_selected, probe_wanted, sele
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.cluster.access import SSHAccess
 from podsys.cluster.model import Cluster
+from podsys.cluster.selection import select_nodes
 
 class Executor(Protocol):
     def run(self, probe: Probe) -> ProbeResult: ...
@@ -224,22 +225,6 @@ def save_raw(results: Iterable[ProbeResult], directory: Path) -> Path:
 
 # --- the whole run ----------------------------------------------------------------------------
 
-def select_nodes(cluster: Cluster, limit: str | None):
-    if not limit:
-        return list(cluster.nodes)
-    from podsys.cluster.topology import expand_hosts
-
-    try:
-        wanted = expand_hosts(limit)
-    except Exception as exc:  # the hostlist library raises its own error type
-        raise InputError(Problem("--limit", None, "", f"malformed hostlist {limit!r}: {exc}")) from None
-    known = {n.name for n in cluster.nodes}
-    unknown = [n for n in wanted if n not in known]
-    if unknown:
-        raise InputError(Problem("--limit", None, "", f"not nodes of {cluster.name}: {', '.join(unknown[:10])}"))
-    return [n for n in cluster.nodes if n.name in set(wanted)]
-
-
 def default_output_dir(cluster: Cluster) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return cluster.base_dir / ".podsys" / "check" / stamp
@@ -251,7 +236,7 @@ def run_checks(cluster: Cluster, *, only: list[str], skip: list[str], limit: str
     bad = unknown_selectors(only + skip)
     if bad:
         raise InputError(Problem("--only/--skip", None, "", f"unknown area or check {', '.join(bad)}; areas: {', '.join(LIVE_AREAS)}"))
-    nodes = select_nodes(cluster, limit)
+    nodes = select_nodes(cluster, limit, "--limit")
     ctx = Context(cluster=cluster, nodes=tuple(nodes), head=cluster.manifest.head.hostname, dcgm_level=dcgm_level)
     areas = [a for a in LIVE_AREAS.values() if area_selected(a.name, only, skip)]
     probes = [p for a in areas for p in a.probes(ctx) if probe_wanted(p.feeds, only, skip)]

@@ -46,20 +46,10 @@ def _store(cluster, state_dir: Path, boot_root: Optional[Path]):
     return StateStore(state_dir, boot_root, nodes, cluster.manifest.provisioning.default_boot_state)
 
 
-def _select(cluster, hostlist: str, field: str = "HOSTLIST") -> list[str]:
-    from podsys.cluster.topology import HostlistError, expand_hosts
+def _select(cluster, hostlist: str, flag: str = "HOSTLIST") -> list[str]:
+    from podsys.cluster.selection import select_nodes
 
-    try:
-        names = expand_hosts(hostlist)
-    except HostlistError as exc:
-        raise InputError(Problem("", None, field, str(exc))) from None
-    known = {n.name for n in cluster.nodes}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise InputError(Problem(str(cluster.manifest_path), None, field,
-                                 f"not nodes of this cluster: {', '.join(unknown[:10])}"
-                                 + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else "")))
-    return names
+    return [n.name for n in select_nodes(cluster, hostlist, flag)]
 
 
 def _status_table(cluster_name: str, rows: list[dict]) -> Table:
@@ -94,6 +84,7 @@ def status(
     port: Optional[int] = typer.Option(None, "--port", help="port --serve binds (default: provisioning.status_port)"),
     url: Optional[str] = typer.Option(None, "--url", help="read a running status service instead of --state-dir, "
                                                           "e.g. http://10.0.0.1:8081"),
+    limit: Optional[str] = typer.Option(None, "--limit", help="only these nodes, a hostlist such as gpu[001-004]"),
     state_dir: Path = STATE_DIR_OPT,
     boot_root: Path = BOOT_ROOT_OPT,
     as_json: bool = JSON_OPT,
@@ -108,6 +99,7 @@ def status(
     from podsys.provision.status import StatusServer, status_rows
 
     cluster = load_cluster(manifest)
+    shown = set(_select(cluster, limit, "--limit")) if limit is not None else None
     store = _store(cluster, state_dir, boot_root if boot_root.is_dir() else None)
     if serve:
         bind_port = port or cluster.manifest.provisioning.status_port
@@ -123,7 +115,8 @@ def status(
         return
 
     def rows() -> list[dict]:
-        return _fetch_rows(url) if url else status_rows(store)
+        every = _fetch_rows(url) if url else status_rows(store)
+        return every if shown is None else [r for r in every if r["node"] in shown]
 
     if as_json:
         print(json.dumps({"cluster": cluster.name, "nodes": rows()}, indent=2))

@@ -19,14 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-import hostlist
 import yaml
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from podsys.errors import InputError, PodsysError, Problem
+from podsys.cluster.selection import select_names
+from podsys.errors import PodsysError
 
 STATE_FILE = "deploy-state.json"
 LOG_DIR = "logs"
@@ -75,23 +75,6 @@ def inventory_hosts(inventory_file: Path) -> list[str]:
     return list(seen)
 
 
-def expand_limit(expression: str, known: Iterable[str]) -> list[str]:
-    """`--limit` hostlist -> host names, refusing names the inventory does not have (a typo
-    in --limit would otherwise silently deploy nothing)."""
-    known = list(known)
-    try:
-        wanted = hostlist.expand_hostlist(expression.replace(" ", ""))
-    except hostlist.BadHostlist as exc:
-        raise InputError(Problem("command line", None, "--limit", f"bad hostlist {expression!r}: {exc}")) from None
-    unknown = [h for h in wanted if h not in known]
-    if unknown:
-        raise InputError(Problem(
-            "command line", None, "--limit",
-            f"not in the inventory: {hostlist.collect_hostlist(unknown)} (known: {hostlist.collect_hostlist(known)})",
-        ))
-    return [h for h in known if h in wanted]
-
-
 def hosts_to_resume(state: Mapping) -> list[str]:
     """Hosts whose last recorded result was failed or unreachable."""
     return [name for name, rec in (state.get("hosts") or {}).items() if rec.get("status") in (FAILED, UNREACHABLE)]
@@ -103,8 +86,8 @@ def select_hosts(options: DeployOptions, known: list[str], state: Mapping) -> li
     selected: list[str] | None = None
     if options.resume:
         selected = [h for h in hosts_to_resume(state) if h in known]
-    if options.limit:
-        limited = expand_limit(options.limit, known)
+    if options.limit is not None:
+        limited = select_names(options.limit, known, "--limit")
         selected = limited if selected is None else [h for h in selected if h in limited]
     return selected
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from podsys.checks.runner import AccessSettings, collect, probe_load, remote_command, run_checks, select_nodes
+from podsys.checks.runner import AccessSettings, collect, probe_load, remote_command, run_checks
+from podsys.cluster.selection import select_nodes
 from podsys.checks.findings import Verdict
 from podsys.checks.live import Context, ProbeResult
 from podsys.errors import InputError
@@ -130,7 +131,7 @@ def test_unreachable_node_fails_not_skips(lab, tmp_path):
 def test_selection_errors(lab, tmp_path):
     with pytest.raises(InputError, match="unknown area"):
         run_checks(lab, only=["gpus"], skip=[], limit=None, output_dir=tmp_path, executor=Replay(lambda *a: ""))
-    with pytest.raises(InputError, match="not nodes of"):
+    with pytest.raises(InputError, match="not hosts of this cluster: node\\[4-9\\]"):
         select_nodes(lab, "node[1-9]")
     assert [n.name for n in select_nodes(lab, "node[2-3]")] == ["node2", "node3"]
 

@@ -226,7 +226,7 @@ def test_power_command_reports_each_node_and_never_prints_the_password(tmp_path,
     bad = CliRunner().invoke(build_app(), ["power", "reboot", "gpu01", "-m", str(manifest)])
     assert bad.exit_code == 2 and "unknown action 'reboot'" in bad.output
     unknown = CliRunner().invoke(build_app(), ["power", "on", "gpu09", "-m", str(manifest)])
-    assert unknown.exit_code == 2 and "not nodes of this cluster: gpu09" in unknown.output
+    assert unknown.exit_code == 2 and "HOSTLIST: 'gpu09': not hosts of this cluster: gpu09" in unknown.output
 
 
 def test_power_command_fails_when_a_bmc_refuses(tmp_path, fake_ipmitool, monkeypatch):
