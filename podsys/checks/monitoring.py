@@ -10,8 +10,7 @@ from collections import defaultdict
 
 from podsys.checks.findings import Finding, failed, passed, skip, warned
 from podsys.checks.live import Context, Probe, Results
-
-PROMETHEUS_PORT = 9090
+from podsys.layout import PROMETHEUS_PORT
 UNKNOWN_RETRIES = 12
 
 

@@ -226,8 +226,7 @@ def save_raw(results: Iterable[ProbeResult], directory: Path) -> Path:
 # --- the whole run ----------------------------------------------------------------------------
 
 def default_output_dir(cluster: Cluster) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return cluster.base_dir / ".podsys" / "check" / stamp
+    return cluster.workspace.check_run_dir(datetime.now(timezone.utc))
 
 
 def run_checks(cluster: Cluster, *, only: list[str], skip: list[str], limit: str | None, output_dir: Path,

@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         cluster = load_cluster(path)
         build_dir = (output or cluster.default_build_dir).resolve()
         options = DeployOptions(limit=limit, tags=tags, check=check, forks=forks, resume=resume, verbosity=verbose)
-        lock_path = cluster.base_dir / ".podsys" / f"deploy-{cluster.name}.lock"
+        lock_path = cluster.workspace.deploy_lock(cluster.name)
         # Progress goes to stderr so --json output on stdout stays clean.
         with DeployLock(lock_path, cluster.name):
             render_cluster(cluster, build_dir)

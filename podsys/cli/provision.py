@@ -18,11 +18,12 @@ from rich.table import Table
 
 from podsys.cli.common import console, err_console, guarded
 from podsys.errors import InputError, PodsysError, Problem
+from podsys.layout import HEAD_PATHS
 
 MANIFEST_ARG = typer.Argument(Path("cluster.yaml"), help="cluster manifest (default: ./cluster.yaml)")
 MANIFEST_OPT = typer.Option(Path("cluster.yaml"), "--manifest", "-m", help="cluster manifest (default: ./cluster.yaml)")
-STATE_DIR_OPT = typer.Option(Path("/var/lib/podsys/provision"), "--state-dir", help="install/boot state on the head")
-BOOT_ROOT_OPT = typer.Option(Path("/srv/podsys/boot"), "--boot-root", help="boot tree nginx serves on the head")
+STATE_DIR_OPT = typer.Option(Path(HEAD_PATHS.state_dir), "--state-dir", help="install/boot state on the head")
+BOOT_ROOT_OPT = typer.Option(Path(HEAD_PATHS.boot_root), "--boot-root", help="boot tree nginx serves on the head")
 JSON_OPT = typer.Option(False, "--json", help="machine-readable output on stdout")
 
 
@@ -165,7 +166,7 @@ def reinstall(
 @guarded
 def discover(
     manifest: Path = MANIFEST_ARG,
-    leases: Path = typer.Option(Path("/var/lib/misc/podsys-dnsmasq.leases"), "--leases", help="dnsmasq lease file"),
+    leases: Path = typer.Option(Path(HEAD_PATHS.leases_file), "--leases", help="dnsmasq lease file"),
     assign_group: Optional[str] = typer.Option(None, "--assign", help="give the MACs to this group's nodes that have "
                                                                       "none and append them to its macs_file"),
     as_json: bool = JSON_OPT,

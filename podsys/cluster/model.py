@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Mapping
 from podsys.cluster.access import SSHAccess
 from podsys.cluster.hardware import HardwareProfile
 from podsys.cluster.schema import Manifest
+from podsys.layout import Workspace
 
 if TYPE_CHECKING:
     from podsys.cluster.matrix import Stack
@@ -59,8 +60,13 @@ class Cluster:
         return SSHAccess.from_manifest(self.manifest, self.base_dir)
 
     @property
+    def workspace(self) -> Workspace:
+        """The `.podsys/` folder beside the manifest: build, check runs, the deploy lock."""
+        return Workspace(self.base_dir)
+
+    @property
     def default_build_dir(self) -> Path:
-        return self.base_dir / ".podsys" / "build"
+        return self.workspace.build_dir
 
     def node(self, name: str) -> NodeSpec:
         return self._by_name[name]

@@ -18,6 +18,7 @@ from podsys.cluster.schema import Manifest, normalise_mac
 from podsys.cluster.model import Cluster, NodeSpec
 from podsys.cluster.topology import GroupRequest, HostlistError, allocate_addresses, collapse_hosts, expand_hosts, same_offset
 from podsys.cluster.yaml_source import SourceMap
+from podsys.layout import FIXED_HEAD_PORTS, PACKAGE_CACHE_PORT
 
 
 class _Problems:
@@ -91,15 +92,10 @@ def _resolve_stack(manifest: Manifest, matrix: Matrix, profiles_used: list[Hardw
     return stack, "pinned in the manifest"
 
 
-# Ports podsys's services take on the head's provision address whatever the manifest says.
-FIXED_HEAD_PORTS = {22: "sshd", 3142: "the package cache (packages.source: proxy)", 6817: "slurmctld",
-                    6818: "slurmd", 9090: "Prometheus", 9100: "node_exporter"}
-
-
 def check_head_ports(manifest: Manifest, problems: _Problems) -> None:
     """The head's configurable service ports must not collide with each other or with a fixed one."""
     taken = {port: name for port, name in FIXED_HEAD_PORTS.items()
-             if not (port == 3142 and manifest.packages.source != "proxy")}
+             if not (port == PACKAGE_CACHE_PORT and manifest.packages.source != "proxy")}
     configurable = [(("provisioning", "http_port"), manifest.provisioning.http_port, "the boot web server"),
                     (("provisioning", "status_port"), manifest.provisioning.status_port, "the install status service")]
     if manifest.packages.source == "bundle":

@@ -27,9 +27,8 @@ from rich.text import Text
 
 from podsys.cluster.selection import select_names
 from podsys.errors import PodsysError
+from podsys.layout import build_logs_dir, deploy_state_file
 
-STATE_FILE = "deploy-state.json"
-LOG_DIR = "logs"
 SITE_PLAYBOOK = "site.yml"
 
 # Host states, in the order a summary sorts them (worst first).
@@ -315,7 +314,7 @@ class EventTracker:
 
 
 def load_state(build_dir: Path) -> dict:
-    path = build_dir / STATE_FILE
+    path = deploy_state_file(build_dir)
     if not path.is_file():
         return {}
     try:
@@ -333,7 +332,7 @@ def merge_state(previous: Mapping, results: Iterable[HostResult], when: str) -> 
 
 
 def write_state(build_dir: Path, state: Mapping) -> None:
-    path = build_dir / STATE_FILE
+    path = deploy_state_file(build_dir)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
@@ -482,11 +481,11 @@ def run_deploy(
     if selected is not None and not selected:
         why = "no host failed in the last deploy" if options.resume else "--limit matched no host"
         console.print(f"nothing to do: {why}")
-        return DeployResult([], 0, "successful", build_dir / LOG_DIR, [])
+        return DeployResult([], 0, "successful", build_logs_dir(build_dir), [])
 
     cfg = build_dir / "ansible.cfg"
     cfg.write_text(ansible_cfg_text(build_dir, books / "roles", options.forks))
-    logs = build_dir / LOG_DIR
+    logs = build_logs_dir(build_dir)
     (logs / "runner").mkdir(parents=True, exist_ok=True)
     (build_dir / "facts").mkdir(exist_ok=True)
     (build_dir / ".runner").mkdir(exist_ok=True)

@@ -24,6 +24,7 @@ from typing import Callable
 
 from podsys.lab import net as lab_net, plan as lab_plan, proc as lab_proc, proxy as lab_proxy, rootfs as lab_rootfs
 from podsys.errors import InputError, PodsysError, Problem
+from podsys.layout import Workspace
 from podsys.lab.plan import LabPlan
 
 Progress = Callable[[str], None]
@@ -54,7 +55,7 @@ class LabPaths:
 
     @property
     def lab_dir(self) -> Path:
-        return self.directory / ".podsys" / "lab"
+        return Workspace(self.directory).lab_dir
 
     @property
     def state(self) -> Path:

@@ -28,6 +28,7 @@ import jinja2
 
 from podsys.errors import InputError, Problem
 from podsys.cluster.model import Cluster, NodeSpec
+from podsys.layout import HEAD_PATHS, PACKAGE_CACHE_PORT, HeadPaths
 
 # crypt(3) hashes: yescrypt ($y$), SHA-512/256 ($6$/$5$), bcrypt ($2b$ ...). Plain text is refused.
 CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")
@@ -41,17 +42,6 @@ CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8"
 
 
 @dataclass(frozen=True)
-class HeadPaths:
-    """Where things live on the head. The role's defaults use these; tests pass their own."""
-
-    boot_root: str = "/srv/podsys/boot"
-    repo_root: str = "/srv/podsys/repo"
-    tftp_root: str = "/srv/podsys/tftp"
-    leases_file: str = "/var/lib/misc/podsys-dnsmasq.leases"
-    access_log: str = "/var/log/nginx/podsys-access.log"
-
-
-@dataclass(frozen=True)
 class BootFiles:
     """First-stage iPXE binaries in the TFTP root (Debian's `ipxe` package ships the x86 ones)."""
 
@@ -60,7 +50,6 @@ class BootFiles:
     efi_arm64: str = "ipxe-arm64.efi"
 
 
-DEFAULT_PATHS = HeadPaths()
 DEFAULT_BOOT_FILES = BootFiles()
 
 
@@ -101,8 +90,7 @@ PUBLIC_MIRRORS = {
     "rocky": "http://dl.rockylinux.org/pub/rocky",
 }
 # packages.source: proxy -> nginx hands /repo/ to the head's package cache (the package_proxy
-# role's apt-cacher-ng, which listens on the head's provision address on this port).
-PACKAGE_CACHE_PORT = 3142
+# role's apt-cacher-ng, which listens on the head's provision address on PACKAGE_CACHE_PORT).
 
 
 def urls_for(cluster: Cluster) -> Urls:
@@ -319,7 +307,7 @@ def service_files() -> dict[str, str]:
     return files
 
 
-def render_files(cluster: Cluster, paths: HeadPaths = DEFAULT_PATHS,
+def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
                  boot_files: BootFiles = DEFAULT_BOOT_FILES) -> dict[str, str]:
     """Everything the head's boot services need, as {path under the build dir: content}."""
     check_supported(cluster)

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from podsys.cluster.load import load_cluster
-from podsys.provision.render import HeadPaths, render_files
+from podsys.layout import HeadPaths
+from podsys.provision.render import render_files
 from podsys.provision.state import StateStore, load_nodes_file
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,8 @@ import yaml
 
 from podsys.errors import InputError
 from podsys.cluster.load import load_cluster
-from podsys.provision.render import HeadPaths, render_files
+from podsys.layout import HeadPaths
+from podsys.provision.render import render_files
 
 HASH = "$6$podsystestsalt$RLrny3EtmKdqGKHloDVBYqqIoGNgFkNucr0PhTE.pm7uDNfDwflLIVc6nBdRNlfy6wQiinUpFZMm2fDrob4Hm0"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests0000000000000000 admin@head"

@@ -16,6 +16,7 @@ import yaml
 from podsys.deploy import runner
 from podsys.errors import InputError, PodsysError
 from podsys.deploy.runner import DeployLock, DeployOptions, EventTracker, HostResult
+from podsys.layout import deploy_state_file
 from tests.unit.manifest_samples import write_manifest
 
 KNOWN = ["head", "node01", "node02", "node03"]
@@ -143,7 +144,7 @@ def test_state_merge_keeps_hosts_outside_the_run(tmp_path):
     assert again["hosts"]["a"]["status"] == "ok" and again["hosts"]["a"]["at"] == "t1"
     assert again["hosts"]["b"] == {**again["hosts"]["b"], "status": "ok", "at": "t2", "reason": ""}
     assert runner.hosts_to_resume(first) == ["b"] and runner.hosts_to_resume(again) == []
-    (tmp_path / runner.STATE_FILE).write_text("{broken")
+    deploy_state_file(tmp_path).write_text("{broken")
     assert runner.load_state(tmp_path) == {}
 
 
@@ -254,13 +255,13 @@ def test_real_run_summarises_failed_and_unreachable_hosts_and_resumes(local_host
     # Full log and the runner's event artifacts live under the build directory.
     assert result.log_file.parent == local_hosts / "logs"
     assert "disk /dev/sdz not found" in result.log_file.read_text()
-    state = json.loads((local_hosts / runner.STATE_FILE).read_text())
+    state = json.loads(deploy_state_file(local_hosts).read_text())
     assert {h for h, r in state["hosts"].items() if r["status"] != "ok"} == {"broken", "offline"}
 
     # --resume re-runs only the two that failed; a check run leaves the record alone.
     checked = runner.run_deploy(local_hosts, DeployOptions(resume=True, check=True), console)
     assert sorted(r.name for r in checked.results) == ["broken", "offline"]
-    assert json.loads((local_hosts / runner.STATE_FILE).read_text()) == state
+    assert json.loads(deploy_state_file(local_hosts).read_text()) == state
 
     resumed = runner.run_deploy(local_hosts, DeployOptions(resume=True, limit="broken"), console,
                                 extravars={"fixed": True})
