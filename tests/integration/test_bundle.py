@@ -15,10 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tests.conftest import REPO_ROOT as ROOT
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "manifests" / "lab.yaml"
 MIRROR = "http://deb.debian.org/debian"
 TOOLS = ("apt-get", "apt-ftparchive", "gpg", "gpgv", "dpkg-deb")

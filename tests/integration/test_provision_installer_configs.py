@@ -15,10 +15,10 @@ import yaml
 
 from podsys.cluster.load import load_cluster
 from podsys.provision.render import render_files
+from tests.conftest import REPO_ROOT as REPO
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 SUBIQUITY_SCHEMA = REPO.parent / "shared" / "schemas" / "subiquity-autoinstall-schema.json"
 PASSWORD_HASH = "$6$podsystestsalt$RLrny3EtmKdqGKHloDVBYqqIoGNgFkNucr0PhTE.pm7uDNfDwflLIVc6nBdRNlfy6wQiinUpFZMm2fDrob4Hm0"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests0000000000000000 admin@head"

@@ -28,10 +28,10 @@ from podsys.lab import cluster as labmod
 from podsys.lab.plan import LabPlan
 from podsys.provision.media import DEBIAN_NETBOOT_PACKAGE_DIR, add_media
 from tests.integration.test_provision_role import render_variant
+from tests.conftest import REPO_ROOT as REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 VM_MAC = "52:54:00:6f:00:01"
 VM_NAME = "vm01"
 PLAYBOOK = "- name: Head node boot services\n  hosts: head\n  gather_facts: false\n  roles:\n    - role: provision\n"

@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from podsys.cluster.load import load_cluster
+from tests.conftest import REPO_ROOT as REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
 
 PLAYBOOK = """\

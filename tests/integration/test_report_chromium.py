@@ -12,10 +12,11 @@ import pytest
 
 from podsys.checks.report import write_report
 from tests.report_samples import sample_findings
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
 CONSOLE = re.compile(r":CONSOLE[:(]")
 
 

@@ -29,8 +29,8 @@ import yaml
 from podsys.cluster.matrix import load_matrix
 from podsys.cluster.hardware import builtin_profiles
 from podsys.cluster.stack_packages import package_plan
+from tests.conftest import REPO_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 ROLES = ROOT / "playbooks" / "roles"
 STACK_ROLES = ["package_source", "nvidia_driver", "fabric_manager", "cuda", "nccl", "dcgm",
                "nvidia_container_toolkit", "infiniband", "perftest", "nccl_tests"]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from podsys.cluster.hardware import builtin_profiles
+from tests.conftest import REPO_ROOT
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "checks"
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "checks"
 
 
 def fixture(name: str) -> str:

@@ -16,8 +16,8 @@ from podsys.bundle.repo import parse_deb822_hashes, parse_packages
 from podsys.bundle.vendor import load_vendor_lock, upstream_version
 from podsys.errors import InputError
 from podsys.cluster.load import load_cluster
+from tests.conftest import REPO_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "manifests" / "lab.yaml"
 HGX = ROOT / "manifests" / "hgx-h100-32.yaml"
 

@@ -2,7 +2,6 @@
 exact formats), then judged; raw outputs land next to the report."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,8 @@ from podsys.checks.live import Context, ProbeResult
 from podsys.errors import InputError
 from podsys.cluster.load import load_cluster
 from tests.unit.checks_helpers import fixture
+from tests.conftest import REPO_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_OS_RELEASE = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n'
 
 

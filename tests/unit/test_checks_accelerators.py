@@ -14,8 +14,8 @@ from podsys.checks.findings import Verdict
 from podsys.checks.live import Context, ProbeResult
 from podsys.cluster.load import load_cluster
 from tests.unit.checks_helpers import FIXTURES
+from tests.conftest import REPO_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 
 SHIMS = {
     "nvidia-smi": """case "$*" in

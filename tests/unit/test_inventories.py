@@ -1,14 +1,11 @@
 """The checked-in sample build directories (inventories/) match what the renderer produces now;
 `make inventories` regenerates them."""
 
-from pathlib import Path
-
 import pytest
 
 from podsys.cluster.load import load_cluster
 from podsys.render.build import render_files
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO_ROOT as REPO
 
 
 @pytest.mark.parametrize("name", ["lab", "hgx-h100-32"])

@@ -4,12 +4,12 @@ gives its compute VMs (the two files must change together)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from podsys.cluster.load import load_cluster
 from podsys.provision.render import render_files
+from tests.conftest import REPO_ROOT
 
-VAGRANT = Path(__file__).resolve().parents[2] / "vagrant"
+VAGRANT = REPO_ROOT / "vagrant"
 
 
 def test_vagrant_manifest_matches_the_vagrantfile():

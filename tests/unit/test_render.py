@@ -1,6 +1,5 @@
 import json
 import shutil
-from pathlib import Path
 
 import yaml
 
@@ -8,8 +7,7 @@ from podsys.cluster.address_file import allocation_path
 from podsys.cluster.load import load_cluster
 from podsys.render.build import diff_render, render_cluster, render_files
 from tests.unit.manifest_samples import MACS, VALID, write_manifest
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO_ROOT as REPO
 
 
 def build(tmp_path, text=VALID, macs=MACS):

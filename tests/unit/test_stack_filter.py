@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
 from podsys.cluster.matrix import load_matrix
 from podsys.cluster.hardware import builtin_profiles
 from podsys.cluster.stack_packages import package_plan
+from tests.conftest import REPO_ROOT
 
-PLUGIN = Path(__file__).resolve().parents[2] / "playbooks/roles/package_source/filter_plugins/podsys_stack.py"
+PLUGIN = REPO_ROOT / "playbooks/roles/package_source/filter_plugins/podsys_stack.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,78 @@
+"""Helpers every test shares: where the repository is, how to run the CLI, and how to write a
+manifest variant. Test modules import them (`from tests.conftest import REPO_ROOT, podsys`);
+`manifest_variant` is also a fixture bound to the test's tmp_path.
+
+Two ways to run the CLI, both answering exit code, stdout and stderr:
+  podsys(...)  a real `python -m podsys.cli.main` process, exactly what a user's shell sees
+               (CompletedProcess: returncode, stdout, stderr);
+  invoke(...)  in-process through typer's CliRunner, for tests that monkeypatch podsys
+               (Result: exit_code, stdout, stderr, output)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = REPO_ROOT / "manifests"
+
+# Long enough for a lab deploy; a test that wants to fail sooner passes its own.
+CLI_TIMEOUT_S = 1800
+
+
+def podsys(*args: Any, cwd: Path | str | None = None, env: dict | None = None, timeout: float = CLI_TIMEOUT_S,
+           check: bool = False) -> subprocess.CompletedProcess:
+    """`podsys ARGS` in a child process. check=True fails the test with the output when the
+    command exits non-zero. Never reads the terminal (stdin is /dev/null)."""
+    argv = [str(a) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", *argv], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podsys {' '.join(argv)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def invoke(*args: Any):
+    """`podsys ARGS` in this process (typer's CliRunner): sees the test's monkeypatches."""
+    from typer.testing import CliRunner
+
+    from podsys.cli.main import build_app
+
+    return CliRunner().invoke(build_app(), [str(a) for a in args])
+
+
+def write_manifest_variant(directory: Path, source: Path | str = "lab", name: str | None = None,
+                           **sections: Any) -> Path:
+    """<directory>/<name>.yaml: a valid manifest (manifests/<source>.yaml, or a path) with the
+    given top-level sections replaced, and beside it the source's MAC files and addresses file,
+    so the variant resolves to the same nodes at the same addresses."""
+    source = MANIFESTS / f"{source}.yaml" if isinstance(source, str) else Path(source)
+    data = yaml.safe_load(source.read_text())
+    data.update(sections)
+    variant = Path(directory) / f"{name or source.stem}.yaml"
+    companions = [g["macs_file"] for g in data.get("node_groups", []) if g.get("macs_file")]
+    for rel in companions:
+        if not (variant.parent / rel).exists():
+            (variant.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source.parent / rel, variant.parent / rel)
+    addresses = source.with_name(f"{source.stem}.addresses.yaml")
+    if addresses.exists() and addresses != variant.with_name(f"{variant.stem}.addresses.yaml"):
+        shutil.copyfile(addresses, variant.with_name(f"{variant.stem}.addresses.yaml"))
+    variant.write_text(yaml.safe_dump(data, sort_keys=False))
+    return variant
+
+
+@pytest.fixture
+def manifest_variant(tmp_path):
+    """write_manifest_variant into the test's tmp_path: manifest_variant("lab", layers=[...])."""
+
+    def write(source: Path | str = "lab", name: str | None = None, **sections: Any) -> Path:
+        return write_manifest_variant(tmp_path, source, name, **sections)
+
+    return write
