@@ -38,13 +38,14 @@ def podsys(*args: Any, cwd: Path | str | None = None, env: dict | None = None, t
     return proc
 
 
-def invoke(*args: Any):
-    """`podsys ARGS` in this process (typer's CliRunner): sees the test's monkeypatches."""
+def invoke(*args: Any, input: str | None = None):
+    """`podsys ARGS` in this process (typer's CliRunner): sees the test's monkeypatches; `input`
+    is what the command reads on stdin."""
     from typer.testing import CliRunner
 
     from podsys.cli.main import build_app
 
-    return CliRunner().invoke(build_app(), [str(a) for a in args])
+    return CliRunner().invoke(build_app(), [str(a) for a in args], input=input)
 
 
 def write_manifest_variant(directory: Path, source: Path | str = "lab", name: str | None = None,

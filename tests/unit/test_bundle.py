@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from podsys.bundle.repo import parse_deb822_hashes, parse_packages
 from podsys.bundle.vendor import load_vendor_lock, upstream_version
 from podsys.errors import InputError
 from podsys.cluster.load import load_cluster
-from tests.conftest import REPO_ROOT as ROOT
+from tests.conftest import REPO_ROOT as ROOT, podsys
 
 LAB = ROOT / "manifests" / "lab.yaml"
 HGX = ROOT / "manifests" / "hgx-h100-32.yaml"
@@ -199,18 +198,14 @@ def test_iso_volume_id_is_iso9660_safe(tmp_path):
 
 def test_cli_bad_vendor_lock_is_one_line_exit_2(tmp_path):
     lock = _lock(tmp_path, "artifacts:\n  - {name: a, file: missing.deb, sha256: " + "0" * 64 + "}\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "podsys.cli.main", "bundle", "build", str(LAB), "--output", str(tmp_path / "b"),
-         "--vendor-lock", str(lock), "--only", "hello"],
-        capture_output=True, text=True,
-    )
+    proc = podsys("bundle", "build", LAB, "--output", tmp_path / "b", "--vendor-lock", lock, "--only", "hello")
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {lock}:2: artifacts[0].file: a: missing.deb not found in {tmp_path}"
     assert not (tmp_path / "b").exists()
 
 
 def test_cli_verify_on_a_non_bundle_names_the_missing_key(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", "bundle", "verify", str(tmp_path)], capture_output=True, text=True)
+    proc = podsys("bundle", "verify", tmp_path)
     assert proc.returncode == 1
     assert "repo/podsys-site.gpg: missing" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -1,16 +1,13 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
+from tests.conftest import invoke as invoke_cli
 from tests.unit.checks_helpers import FIXTURES
-
-runner = CliRunner()
 
 
 def invoke(*args):
-    return runner.invoke(build_app(), ["check", *args])
+    return invoke_cli("check", *args)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +85,7 @@ def test_parse_reads_stdin_and_json_matches_schema():
     from importlib import resources
 
     text = (FIXTURES / "ibstat_8x_ndr_degraded_and_down.txt").read_text()
-    result = runner.invoke(build_app(), ["check", "parse", "ibstat", "-", "--profile", "hgx-h100-8gpu", "--json"], input=text)
+    result = invoke_cli("check", "parse", "ibstat", "-", "--profile", "hgx-h100-8gpu", "--json", input=text)
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert {f["node"] for f in data["findings"]} == {"stdin"}

@@ -1,16 +1,11 @@
 """The core verbs as a user runs them: exit codes, one-line errors, no tracebacks."""
 
 import json
-import subprocess
-import sys
 
 import yaml
 
 from tests.unit.manifest_samples import MACS, VALID, line_of, write_manifest
-
-
-def podsys(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+from tests.conftest import podsys
 
 
 def test_validate_ok_and_json(tmp_path):

@@ -7,11 +7,10 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import yaml
-from tests.conftest import REPO_ROOT as ROOT
+from tests.conftest import REPO_ROOT as ROOT, podsys
 
 PLAYBOOKS = ROOT / "playbooks"
 DEPLOY_ROLES = ("base", "slurm", "monitoring", "package_proxy")
@@ -79,8 +78,7 @@ def test_role_layout_and_documented_variables(role):
 def test_site_playbook_syntax_against_a_rendered_inventory(tmp_path):
     if not shutil.which("ansible-playbook"):
         pytest.skip("ansible-playbook not installed")
-    res = subprocess.run([sys.executable, "-m", "podsys.cli.main", "render", ROOT / "manifests/lab.yaml", "--output", tmp_path],
-                         capture_output=True, text=True)
+    res = podsys("render", ROOT / "manifests/lab.yaml", "--output", tmp_path)
     assert res.returncode == 0, res.stderr
     res = subprocess.run(
         ["ansible-playbook", "--syntax-check", "-i", tmp_path / "inventory/hosts.yml", PLAYBOOKS / "site.yml"],

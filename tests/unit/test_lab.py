@@ -14,6 +14,7 @@ import yaml
 from podsys.lab import cluster as lab, plan as lab_plan, proc as lab_proc, proxy as lab_proxy
 from podsys.cluster.load import load_cluster
 from podsys.cluster.schema import Manifest
+from tests.conftest import podsys as _podsys
 
 HOST_DEB822 = """\
 Types: deb
@@ -216,11 +217,6 @@ def test_zombies_count_as_dead():
 
 
 # --- the CLI without root ---------------------------------------------------------------------
-
-
-def _podsys(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd)
 
 
 def test_cli_bad_node_count_is_input_error(tmp_path):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.cluster.load import load_cluster
 from podsys.provision.render import render_files
+from tests.conftest import invoke as run
 
 MANIFEST = """\
 apiVersion: podsys/v1
@@ -46,10 +45,6 @@ def head(tmp_path):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(content)
     return manifest, ["--state-dir", str(tmp_path / "state"), "--boot-root", str(boot)], boot
-
-
-def run(*args: str):
-    return CliRunner().invoke(build_app(), list(args))
 
 
 def test_reinstall_then_status(head):

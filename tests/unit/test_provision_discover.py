@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.cluster.load import load_cluster
 from podsys.provision.discover import append_macs, discovered, parse_leases
 from podsys.cluster.parse import parse_manifest
 from podsys.cluster.yaml_source import load_yaml_file
+from tests.conftest import invoke
 
 # dnsmasq 2.90 lease file: expiry, MAC, IP, hostname or *, client-id or *; a DHCPv6 duid line.
 LEASES = """\
@@ -76,8 +75,8 @@ def test_append_macs_adds_header_once_and_fixes_a_missing_newline(tmp_path):
 def test_discover_assign_completes_the_group(tmp_path):
     path = write(tmp_path)
     # Before: gpu02/gpu03 have no MAC, so the manifest does not resolve yet.
-    result = CliRunner().invoke(build_app(), ["discover", str(path), "--leases", str(tmp_path / "dnsmasq.leases"),
-                                              "--assign", "gpu", "--json"])
+    result = invoke("discover", str(path), "--leases", str(tmp_path / "dnsmasq.leases"),
+                    "--assign", "gpu", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["assigned"] == [{"node": "gpu02", "mac": "a0:36:9f:00:00:0a"},
@@ -86,18 +85,18 @@ def test_discover_assign_completes_the_group(tmp_path):
     assert [(n.name, n.mac) for n in cluster.nodes] == [
         ("gpu01", "b8:3f:d2:00:00:01"), ("gpu02", "a0:36:9f:00:00:0a"), ("gpu03", "a0:36:9f:00:00:0b")]
     # Run again: every MAC is known now, nothing new is listed or written.
-    again = CliRunner().invoke(build_app(), ["discover", str(path), "--leases", str(tmp_path / "dnsmasq.leases"),
-                                             "--assign", "gpu", "--json"])
+    again = invoke("discover", str(path), "--leases", str(tmp_path / "dnsmasq.leases"),
+                   "--assign", "gpu", "--json")
     assert json.loads(again.stdout) == {"discovered": [], "assigned": []}
 
 
 def test_discover_errors_are_one_line_exit_2(tmp_path):
     path = write(tmp_path, discovery=False)
-    result = CliRunner().invoke(build_app(), ["discover", str(path), "--leases", str(tmp_path / "dnsmasq.leases")])
+    result = invoke("discover", str(path), "--leases", str(tmp_path / "dnsmasq.leases"))
     assert result.exit_code == 2 and "provisioning.discovery.enabled" in result.output
     path = write(tmp_path)
-    result = CliRunner().invoke(build_app(), ["discover", str(path), "--leases", str(tmp_path / "dnsmasq.leases"),
-                                              "--assign", "cpu"])
+    result = invoke("discover", str(path), "--leases", str(tmp_path / "dnsmasq.leases"),
+                    "--assign", "cpu")
     assert result.exit_code == 2 and "no node group 'cpu'" in result.output
-    missing = CliRunner().invoke(build_app(), ["discover", str(path), "--leases", str(tmp_path / "nope")])
+    missing = invoke("discover", str(path), "--leases", str(tmp_path / "nope"))
     assert missing.exit_code == 1 and "cannot read the dnsmasq lease file" in missing.output

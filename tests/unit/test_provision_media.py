@@ -11,10 +11,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.provision.media import DEBIAN_NETBOOT_PACKAGE_DIR, MediaError, add_media, plan
+from tests.conftest import invoke
 
 needs_xorriso = pytest.mark.skipif(shutil.which("xorriso") is None, reason="xorriso not installed (apt install xorriso)")
 
@@ -105,12 +104,12 @@ def test_media_for_the_wrong_os_is_refused(tmp_path):
 
 
 def test_media_add_command(tmp_path):
-    result = CliRunner().invoke(build_app(), ["provision", "media", "add", str(netboot_dir(tmp_path)), "--os",
-                                              "debian-12", "--boot-root", str(tmp_path / "boot"), "--json"])
+    result = invoke("provision", "media", "add", str(netboot_dir(tmp_path)), "--os",
+                    "debian-12", "--boot-root", str(tmp_path / "boot"), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["os"] == "debian-12"
-    bad = CliRunner().invoke(build_app(), ["provision", "media", "add", str(tmp_path / "nothing"), "--os", "debian-12",
-                                           "--boot-root", str(tmp_path / "boot")])
+    bad = invoke("provision", "media", "add", str(tmp_path / "nothing"), "--os", "debian-12",
+                 "--boot-root", str(tmp_path / "boot"))
     assert bad.exit_code == 2 and "no such file or directory" in bad.output
 
 

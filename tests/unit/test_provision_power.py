@@ -13,10 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.provision.power import IPMI, BMCError, BMCTarget, Redfish, read_password, run_power
+from tests.conftest import invoke
 
 SECRET = "S3cr3t-bmc-pw"
 
@@ -218,14 +217,14 @@ node_groups:
 def test_power_command_reports_each_node_and_never_prints_the_password(tmp_path, fake_ipmitool):
     _, pw = fake_ipmitool
     manifest = write_bmc_manifest(tmp_path, pw)
-    result = CliRunner().invoke(build_app(), ["power", "on", "gpu[01-02]", "-m", str(manifest), "--json"])
+    result = invoke("power", "on", "gpu[01-02]", "-m", str(manifest), "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [(r["node"], r["ok"]) for r in rows] == [("gpu01", True), ("gpu02", True)]
     assert SECRET not in result.output
-    bad = CliRunner().invoke(build_app(), ["power", "reboot", "gpu01", "-m", str(manifest)])
+    bad = invoke("power", "reboot", "gpu01", "-m", str(manifest))
     assert bad.exit_code == 2 and "unknown action 'reboot'" in bad.output
-    unknown = CliRunner().invoke(build_app(), ["power", "on", "gpu09", "-m", str(manifest)])
+    unknown = invoke("power", "on", "gpu09", "-m", str(manifest))
     assert unknown.exit_code == 2 and "HOSTLIST: 'gpu09': not hosts of this cluster: gpu09" in unknown.output
 
 
@@ -233,7 +232,7 @@ def test_power_command_fails_when_a_bmc_refuses(tmp_path, fake_ipmitool, monkeyp
     _, pw = fake_ipmitool
     monkeypatch.setenv("FAKE_BMC_PASSWORD", "something-else")  # the BMC now rejects our password
     manifest = write_bmc_manifest(tmp_path, pw)
-    result = CliRunner().invoke(build_app(), ["power", "status", "gpu01", "-m", str(manifest), "--json"])
+    result = invoke("power", "status", "gpu01", "-m", str(manifest), "--json")
     assert result.exit_code == 1
     assert "power status failed on 1 of 1 node(s)" in result.output and SECRET not in result.output
     rows = json.loads(result.stdout)

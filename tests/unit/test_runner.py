@@ -18,6 +18,7 @@ from podsys.errors import InputError, PodsysError
 from podsys.deploy.runner import DeployLock, DeployOptions, EventTracker, HostResult
 from podsys.layout import deploy_state_file
 from tests.unit.manifest_samples import write_manifest
+from tests.conftest import podsys
 
 KNOWN = ["head", "node01", "node02", "node03"]
 
@@ -278,11 +279,6 @@ def test_playbook_that_cannot_start_is_one_error(local_hosts):
 
 
 # ----------------------------------------------------------------------------- the command
-
-
-def podsys(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_deploy_bad_input_is_one_line_exit_2(tmp_path):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.cluster.load import load_cluster
 from podsys.cluster.selection import select_names, select_nodes
 from podsys.errors import InputError
 from tests.unit.manifest_samples import VALID, write_manifest
+from tests.conftest import invoke
 
 KNOWN = ["mu01", "gpu001", "gpu002", "gpu003", "gpu004"]
 
@@ -63,13 +62,13 @@ def manifest(tmp_path):
     (["status", "{m}", "--limit", UNKNOWN], "--limit"),
 ])
 def test_each_command_refuses_an_unknown_host_with_the_same_line(manifest, argv, flag):
-    result = CliRunner().invoke(build_app(), [a.format(m=manifest) for a in argv])
+    result = invoke(*(a.format(m=manifest) for a in argv))
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"error: {flag}: {EXPECTED}"
 
 
 def test_status_limit_shows_only_the_selected_nodes(manifest, tmp_path):
-    result = CliRunner().invoke(build_app(), ["status", str(manifest), "--limit", "gpu[002-003]", "--json",
-                                              "--state-dir", str(tmp_path / "state"), "--boot-root", str(tmp_path / "boot")])
+    result = invoke("status", str(manifest), "--limit", "gpu[002-003]", "--json",
+                    "--state-dir", str(tmp_path / "state"), "--boot-root", str(tmp_path / "boot"))
     assert result.exit_code == 0, result.output
     assert [r["node"] for r in json.loads(result.stdout)["nodes"]] == ["gpu002", "gpu003"]
