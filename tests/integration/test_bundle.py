@@ -15,7 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO_ROOT as ROOT
+
+from tests.conftest import REPO_ROOT as ROOT, podsys as run_podsys
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +26,7 @@ TOOLS = ("apt-get", "apt-ftparchive", "gpg", "gpgv", "dpkg-deb")
 
 
 def podsys(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"podsys {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return run_podsys(*args, check=check)
 
 
 def _skip_unless_ready() -> None:

@@ -6,18 +6,13 @@ naming exactly that node."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
+from tests.conftest import podsys
+
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
-
-
-def podsys(*args: str, cwd, timeout: float = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")

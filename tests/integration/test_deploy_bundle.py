@@ -23,6 +23,7 @@ import yaml
 from podsys.lab import cluster as lab_api
 from tests.integration.test_bundle import _skip_unless_ready, podsys
 from tests.integration.test_deploy_lab import wait_for
+from tests.conftest import podsys, write_manifest_variant
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -42,8 +43,7 @@ def _push(lab, bundle, node: str) -> None:
 
 
 def _deploy(manifest) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "podsys.cli.main", "deploy", str(manifest), "--json"],
-                          capture_output=True, text=True, timeout=1800)
+    return podsys("deploy", manifest, "--json", timeout=1800)
 
 
 def _summary(proc: subprocess.CompletedProcess) -> dict:
@@ -56,14 +56,7 @@ def _summary(proc: subprocess.CompletedProcess) -> dict:
 def _variant(manifest, name: str, packages: dict):
     """<name>.yaml beside `manifest`: the same cluster with this packages section, and the same
     addresses (its allocation file copied, so no node moves)."""
-    data = yaml.safe_load(manifest.read_text())
-    data["packages"] = packages
-    variant = manifest.with_name(f"{name}.yaml")
-    variant.write_text(yaml.safe_dump(data, sort_keys=False))
-    addresses = manifest.with_name(f"{manifest.stem}.addresses.yaml")
-    if addresses.exists():
-        manifest.with_name(f"{name}.addresses.yaml").write_text(addresses.read_text())
-    return variant
+    return write_manifest_variant(manifest.parent, manifest, name, packages=packages)
 
 
 def _apt_repositories(lab, node: str) -> set[str]:
@@ -202,8 +195,7 @@ def _refused_on_the_head(lab, manifest, name: str, **packages) -> str:
     output, whitespace folded. Nothing may change: the head keeps the bundle the real deploy set."""
     packages = {**yaml.safe_load(manifest.read_text())["packages"], **packages}
     variant = _variant(manifest, name, packages)
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", "deploy", str(variant), "--limit", lab.head,
-                           "--tags", "packages"], capture_output=True, text=True, timeout=600)
+    proc = podsys("deploy", variant, "--limit", lab.head, "--tags", "packages", timeout=600)
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert _apt_repositories(lab, lab.head) == {f"file:{REMOTE}/repo/ {SUITE}"}
     return " ".join((proc.stdout + proc.stderr).split())

@@ -9,12 +9,12 @@ have deployed the same lab already, so the first deploy here is not assumed to c
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
+
+from tests.conftest import podsys
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -22,10 +22,7 @@ DEPLOY_TIMEOUT_S = 1500
 
 
 def deploy(lab_cluster, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "podsys.cli.main", "deploy", str(lab_cluster.manifest), *args],
-        capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S, cwd=lab_cluster.directory,
-    )
+    return podsys("deploy", lab_cluster.manifest, *args, timeout=DEPLOY_TIMEOUT_S, cwd=lab_cluster.directory)
 
 
 def json_result(proc) -> dict:

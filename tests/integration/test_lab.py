@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,13 +15,9 @@ import paramiko
 import pytest
 
 from podsys.lab import cluster as lab, net as lab_net, proc as lab_proc, proxy as lab_proxy
+from tests.conftest import podsys
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
-
-
-def podsys(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
 def test_every_node_answers_over_openssh_with_pinned_host_keys(lab_cluster):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from podsys.cluster.load import load_cluster
-from tests.conftest import REPO_ROOT as REPO
+from tests.conftest import REPO_ROOT as REPO, podsys
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -52,8 +52,7 @@ def render_variant(directory: Path, name: str, data: dict):
     manifest = directory / f"{name}-lab.yaml"
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
     build = directory / f"{name}-build"
-    proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", "render", str(manifest), "--output", str(build)],
-                          capture_output=True, text=True)
+    proc = podsys("render", manifest, "--output", build)
     assert proc.returncode == 0, proc.stderr
     return build, load_cluster(manifest)
 

@@ -25,6 +25,7 @@ from podsys.cluster.load import load_cluster
 from podsys.layout import HeadPaths
 from podsys.provision.render import render_files
 from podsys.provision.state import StateStore, load_nodes_file
+from tests.conftest import podsys
 
 pytestmark = pytest.mark.integration
 
@@ -335,12 +336,11 @@ def test_callback_from_an_unlisted_address_is_refused(lab):
 
 def test_podsys_status_shows_the_recorded_states(lab):
     lab.store.record_event("n2", "start")
-    proc = sh(sys.executable, "-m", "podsys.cli.main", "status", str(lab.root / "cluster.yaml"), "--state-dir",
-              str(lab.state_dir), "--boot-root", lab.paths.boot_root, "--json")
+    proc = podsys("status", lab.root / "cluster.yaml", "--state-dir", lab.state_dir, "--boot-root", lab.paths.boot_root,
+                  "--json", check=True, timeout=30)
     rows = {r["node"]: r for r in json.loads(proc.stdout)["nodes"]}
     assert rows["n2"]["state"] == "installing" and rows["n2"]["started"]
-    table = subprocess.run([sys.executable, "-m", "podsys.cli.main", "status", str(lab.root / "cluster.yaml"),
-                            "--state-dir", str(lab.state_dir), "--boot-root", lab.paths.boot_root],
-                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    table = podsys("status", lab.root / "cluster.yaml", "--state-dir", lab.state_dir, "--boot-root", lab.paths.boot_root,
+                   env={**os.environ, "COLUMNS": "200"}, check=True).stdout
     cells = {tuple(c.strip() for c in line.split("│")[1:4]) for line in table.splitlines() if line.count("│") > 3}
     assert ("n2", "install", "installing") in cells, table
