@@ -62,10 +62,12 @@ def _select(cluster, hostlist: str, field: str = "HOSTLIST") -> list[str]:
     return names
 
 
-def _status_table(cluster_name: str, rows: list[dict]) -> Table:
+def _status_table(cluster_name: str, rows: list[dict], missing_state: Optional[Path] = None) -> Table:
     from podsys.provision.status import summary
 
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary(rows).items()))
+    if missing_state is not None:
+        counts = f"no install state yet: {missing_state} does not exist"
     table = Table(title=f"install status: {cluster_name} ({counts})", title_justify="left")
     for col in ("node", "boot", "state", "stage", "started", "finished", "duration", "message"):
         table.add_column(col, overflow="fold")
@@ -74,6 +76,22 @@ def _status_table(cluster_name: str, rows: list[dict]) -> Table:
         table.add_row(r["node"], r["boot"], f"[{style.get(r['state'], 'default')}]{r['state']}[/]", r["stage"],
                       r["started"], r["finished"], r["duration"], r["message"])
     return table
+
+
+def _check_url(url: str) -> str:
+    """--url: the status service's base URL, http(s)://HOST[:PORT]; exit 2 otherwise."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InputError(Problem("", None, "--url", f"{url[:80]!r} is not an http:// or https:// URL "
+                                                    "(e.g. http://10.0.0.1:8081)"))
+    return url
 
 
 def _fetch_rows(url: str) -> list[dict]:
@@ -107,8 +125,20 @@ def status(
     from podsys.cluster.load import load_cluster
     from podsys.provision.status import StatusServer, status_rows
 
+    if url is not None:
+        _check_url(url)
     cluster = load_cluster(manifest)
     store = _store(cluster, state_dir, boot_root if boot_root.is_dir() else None)
+    if not serve and not watch and url is None and not store.path.exists():
+        # Without the head's state file every node would read "pending": say there is none.
+        if as_json:
+            print(json.dumps({"cluster": cluster.name, "state_file": str(store.path), "state": "none", "nodes": []},
+                             indent=2))
+        else:
+            console.print(f"no install state for {cluster.name}: {store.path} does not exist (no installer has "
+                          "called back yet, or this is not the head: use --state-dir, or --url http://HEAD:PORT)",
+                          markup=False, highlight=False)
+        return
     if serve:
         bind_port = port or cluster.manifest.provisioning.status_port
         try:
@@ -125,6 +155,10 @@ def status(
     def rows() -> list[dict]:
         return _fetch_rows(url) if url else status_rows(store)
 
+    def table() -> Table:
+        current = rows()
+        return _status_table(cluster.name, current, None if url or store.path.exists() else store.path)
+
     if as_json:
         print(json.dumps({"cluster": cluster.name, "nodes": rows()}, indent=2))
         return
@@ -132,10 +166,10 @@ def status(
         console.print(_status_table(cluster.name, rows()))
         return
     try:
-        with Live(_status_table(cluster.name, rows()), console=console, refresh_per_second=1) as live:
+        with Live(table(), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(interval)
-                live.update(_status_table(cluster.name, rows()))
+                live.update(table())
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a watch ends: leave the last table on screen, exit 0
 
