@@ -190,7 +190,10 @@ class Context:
                 csv_path = self.base_dir / group.macs_file
                 if csv_path not in csv_files:
                     table = read_mac_csv(csv_path)
-                    problems.extend(table.problems)
+                    for problem in table.problems:
+                        # A file-level problem (missing, unreadable) points at the manifest's macs_file.
+                        problems.append(problem if problem.line is not None else
+                                        self.at(path + ("macs_file",), f"{group.macs_file}: {problem.message}"))
                     csv_files[csv_path] = {r.host: (r.mac, r.line) for r in table.rows}
                 for host, (mac, line) in csv_files[csv_path].items():
                     if host in hostset:
@@ -340,8 +343,8 @@ def check_networks(ctx: Context) -> Iterator[Problem]:
     prov = nets.provision.cidr
     bad = address_problem(m.head.address, prov)
     if bad:
-        where = "outside the provision network" if m.head.address not in prov else "not a host address"
-        yield ctx.at(("head", "address"), f"head address {bad} ({where})")
+        where = " (outside the provision network)" if m.head.address not in prov else ""
+        yield ctx.at(("head", "address"), f"head address {bad}{where}")
     gateway = nets.provision.gateway
     if gateway is not None:
         bad = address_problem(gateway, prov)

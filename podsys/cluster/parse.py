@@ -8,6 +8,7 @@ not depend on a broken section still run in the same pass."""
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from podsys.errors import InputError, Problem
-from podsys.cluster.schema import SECRET_FIELDS, Manifest
+from podsys.cluster.schema import PATTERN_HELP, SECRET_FIELDS, Manifest
 from podsys.cluster.yaml_source import SourceMap
 
 
@@ -64,13 +65,18 @@ def _message(error: dict, model: type[BaseModel]) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix) :]
+    if kind == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern")
+        if pattern in PATTERN_HELP:
+            msg = f"must be {PATTERN_HELP[pattern]}"
     if any(part in SECRET_FIELDS for part in loc if isinstance(part, str)):
         return msg  # the value may be a password or carry credentials: never shown
     shown = error.get("input")
     if isinstance(shown, str) and len(shown) > 80:
         return f"{msg} (got {shown[:80]!r}...)"
-    if "input" in error and not isinstance(shown, (dict, list)) and repr(shown) not in msg:
-        return f"{msg} (got {error['input']!r})"
+    if "input" in error and not isinstance(shown, (dict, list)) and not re.search(
+            r"(?<![\w.])" + re.escape(repr(shown)) + r"(?![\w.])", msg):
+        return f"{msg} (got {shown!r})"
     return msg
 
 

@@ -41,6 +41,22 @@ SLURM_NAME_RE = r"^[A-Za-z0-9_.-]{1,64}$"
 # Prometheus durations, e.g. 15s, 1h30m, 15d. Source: Prometheus configuration docs, <duration>.
 PROM_DURATION_RE = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
 PORT = dict(ge=1, le=65535)
+USER_NAME_RE = r"^[a-z_][a-z0-9_-]{0,31}$"
+SHELL_RE = r"^/[A-Za-z0-9_./+-]+$"
+SELECT_PARAMS_RE = r"^[A-Za-z_]+(,[A-Za-z_]+)*$"
+# What a pattern means, for error messages (a regex is no help at 2 a.m.).
+PATTERN_HELP = {
+    DNS_LABEL: "a DNS label: lowercase letters, digits and '-', at most 63",
+    DNS_NAME: "a DNS name: lowercase labels separated by dots",
+    INTERFACE_RE: "a Linux interface name: 1-15 of letters, digits, '_', '.', '@', '+', '-', not '.' or '..'",
+    DISK_RE: "an absolute block device path, e.g. /dev/nvme0n1 or /dev/disk/by-id/...",
+    SLURM_TIME_RE: "a Slurm time limit: INFINITE, minutes, h:m:s or days-h[:m[:s]]",
+    SLURM_NAME_RE: "a Slurm name: letters, digits, '_', '.', '-'",
+    PROM_DURATION_RE: "a Prometheus duration, e.g. 15s, 1h30m, 15d",
+    USER_NAME_RE: "a user name: lowercase letters, digits, '_', '-', starting with a letter or '_'",
+    SHELL_RE: "an absolute path, e.g. /bin/bash",
+    SELECT_PARAMS_RE: "comma-separated Slurm parameters, e.g. CR_Core_Memory",
+}
 # crypt(3) hashes: yescrypt ($y$), SHA-512/256 ($6$/$5$), bcrypt ($2b$ ...). Plain text is refused.
 CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")
 # Fields whose value is never shown in an error: it may be a password or hold credentials.
@@ -168,18 +184,18 @@ class SlurmSpec(Strict):
     # use proctrack/linuxproc + task/none.
     proctrack: Literal["cgroup", "linuxproc", "pgid"] = "cgroup"
     task_plugin: Literal["task/cgroup,task/affinity", "task/affinity", "task/none"] = "task/cgroup,task/affinity"
-    select_type_parameters: str = Field(default="CR_Core_Memory", pattern=r"^[A-Za-z_]+(,[A-Za-z_]+)*$")
+    select_type_parameters: str = Field(default="CR_Core_Memory", pattern=SELECT_PARAMS_RE)
     source: Literal["stack", "distro"] = Field(
         default="stack", description="stack: the matrix's pinned Slurm; distro: the OS's packages"
     )
 
 
 class User(Strict):
-    name: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    name: str = Field(pattern=USER_NAME_RE)
     uid: int = Field(ge=1000, le=60000)
     gid: int | None = Field(default=None, ge=1000, le=60000)
     groups: list[str] = Field(default_factory=list)
-    shell: str = Field(default="/bin/bash", pattern=r"^/[A-Za-z0-9_./+-]+$")
+    shell: str = Field(default="/bin/bash", pattern=SHELL_RE)
     ssh_authorized_keys: list[str] = Field(default_factory=list)
 
 
@@ -290,7 +306,7 @@ class Access(Strict):
     """How podsys reaches nodes over SSH. Run from the head itself, the defaults fit; run from a
     workstation (or the lab's host), `via_head: true` jumps through the head like a bastion."""
 
-    user: str = Field(default="root", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    user: str = Field(default="root", pattern=USER_NAME_RE)
     port: int = Field(default=22, **PORT)
     private_key_file: str | None = Field(default=None, description="relative to the manifest")
     known_hosts_file: str | None = Field(default=None, description="relative to the manifest")

@@ -131,7 +131,8 @@ def _key_problem(key_node: yaml.Node) -> str | None:
     if isinstance(key_node, yaml.ScalarNode) and key_node.tag in (STR_TAG, MERGE_TAG):
         return None
     if isinstance(key_node, yaml.ScalarNode):
-        kind = key_node.tag.rsplit(":", 1)[-1]
+        kind = {"int": "number", "float": "number", "bool": "boolean", "null": "null", "timestamp": "date"}.get(
+            key_node.tag.rsplit(":", 1)[-1], key_node.tag)
         return f"mapping key {key_node.value!r} is read as a {kind}, not a string (quote it)"
     kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
     return f"a mapping key must be a string, not a {kind}"

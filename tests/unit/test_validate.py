@@ -256,7 +256,7 @@ def test_unsupported_os_version(tmp_path):
 def test_domain_must_be_a_dns_name(tmp_path):
     text = VALID.replace("domain: cluster.local", "domain: 'bad domain;reboot'")
     path, problems = problems_for(tmp_path, text)
-    assert_problem(problems, path, line_of(text, "metadata"), "metadata.domain", "should match pattern")
+    assert_problem(problems, path, line_of(text, "metadata"), "metadata.domain", "must be a DNS name", "bad domain;reboot")
 
 
 def test_bundle_port_taken_by_another_head_service(tmp_path):
