@@ -120,7 +120,8 @@ def _check_expansion(root: yaml.Node, alias_uses: list[tuple[yaml.Node, yaml.Mar
     too_deep = depths[id(root)] > MAX_DEPTH
     if not (too_big or too_deep):
         return
-    # Point at the alias that pulls in the most: the outermost level of the bomb.
+    # Point at the first alias that alone expands past the limit (the level where the bomb
+    # goes off), else at the one that pulls in the most.
     node, mark = max(alias_uses, key=lambda use: (sizes.get(id(use[0]), 0), -use[1].line), default=(root, root.start_mark))
     what = (f"expand the document to more than {MAX_EXPANDED_NODES} values" if too_big
             else f"nest the document deeper than {MAX_DEPTH} levels")
@@ -180,8 +181,11 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     """Parse YAML text; raise InputError (with the line) on syntax errors, duplicate or
     non-string keys, and documents too deep or too large once aliases are expanded."""
     smap = SourceMap(file)
-    loader = _DepthLimitedLoader(text, file)
     problems: list[Problem] = []
+    try:
+        loader = _DepthLimitedLoader(text, file)  # the reader checks every character here
+    except yaml.YAMLError as exc:
+        raise InputError(_syntax_problem(exc, text, file)) from None
     try:
         node = loader.get_single_node()
         if node is None:
