@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv4Network
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -44,6 +44,9 @@ PORT = dict(ge=1, le=65535)
 USER_NAME_RE = r"^[a-z_][a-z0-9_-]{0,31}$"
 SHELL_RE = r"^/[A-Za-z0-9_./+-]+$"
 SELECT_PARAMS_RE = r"^[A-Za-z_]+(,[A-Za-z_]+)*$"
+# A file path or login name that lands on a command line or in a config file: no whitespace,
+# quotes, backslashes or control characters.
+PLAIN_RE = r"^[^\s\"'\\\x00-\x1f\x7f]{1,255}$"
 # What a pattern means, for error messages (a regex is no help at 2 a.m.).
 PATTERN_HELP = {
     DNS_LABEL: "a DNS label: lowercase letters, digits and '-', at most 63",
@@ -56,11 +59,12 @@ PATTERN_HELP = {
     USER_NAME_RE: "a user name: lowercase letters, digits, '_', '-', starting with a letter or '_'",
     SHELL_RE: "an absolute path, e.g. /bin/bash",
     SELECT_PARAMS_RE: "comma-separated Slurm parameters, e.g. CR_Core_Memory",
+    PLAIN_RE: "one word without spaces, quotes, backslashes or control characters",
 }
 # crypt(3) hashes: yescrypt ($y$), SHA-512/256 ($6$/$5$), bcrypt ($2b$ ...). Plain text is refused.
 CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")
 # Fields whose value is never shown in an error: it may be a password or hold credentials.
-SECRET_FIELDS = frozenset({"root_password_hash", "proxy", "upstream", "password_file"})
+SECRET_FIELDS = frozenset({"root_password_hash", "proxy", "upstream"})
 
 
 class Strict(BaseModel):
@@ -194,7 +198,7 @@ class User(Strict):
     name: str = Field(pattern=USER_NAME_RE)
     uid: int = Field(ge=1000, le=60000)
     gid: int | None = Field(default=None, ge=1000, le=60000)
-    groups: list[str] = Field(default_factory=list)
+    groups: list[Annotated[str, Field(pattern=USER_NAME_RE)]] = Field(default_factory=list)
     shell: str = Field(default="/bin/bash", pattern=SHELL_RE)
     ssh_authorized_keys: list[str] = Field(default_factory=list)
 
@@ -298,8 +302,8 @@ class Provisioning(Strict):
 
 class BMCCredentials(Strict):
     protocol: Literal["ipmi", "redfish"] = "ipmi"
-    username: str
-    password_file: str = Field(description="file holding the BMC password (0600); never inline")
+    username: str = Field(pattern=PLAIN_RE)
+    password_file: str = Field(pattern=PLAIN_RE, description="file holding the BMC password (0600); never inline")
 
 
 class Access(Strict):
@@ -308,8 +312,8 @@ class Access(Strict):
 
     user: str = Field(default="root", pattern=USER_NAME_RE)
     port: int = Field(default=22, **PORT)
-    private_key_file: str | None = Field(default=None, description="relative to the manifest")
-    known_hosts_file: str | None = Field(default=None, description="relative to the manifest")
+    private_key_file: str | None = Field(default=None, pattern=PLAIN_RE, description="relative to the manifest")
+    known_hosts_file: str | None = Field(default=None, pattern=PLAIN_RE, description="relative to the manifest")
     via_head: bool = False
 
 

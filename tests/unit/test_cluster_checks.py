@@ -160,6 +160,12 @@ CASES = [
         "provisioning.root_password_hash", "crypt(3)", secret="31415926"),
     Bad("proxy URL with credentials that is not a URL", "", "packages: {proxy: 'admin:s3cretpw@proxy'}\n", "proxy:",
         "packages.proxy", "http:// or https:// URL", secret="s3cretpw"),
+    Bad("user group with a space", "uid: 2001,", "uid: 2001, groups: [wheel, 'sudo users'],", "users:",
+        "users[0].groups[1]", "sudo users"),
+    Bad("BMC user name with a space", "", "bmc: {username: 'ad min', password_file: bmc.pw}\n", "username:", "bmc.username",
+        "ad min"),
+    Bad("access key path smuggling a line", "", 'access: {private_key_file: "id_ed25519\\n-o ProxyCommand=x"}\n',
+        "access:", "access.private_key_file", "ProxyCommand=x"),
     # provisioning and ports
     Bad("port 0", "", "provisioning: {http_port: 0}\n", "http_port", "provisioning.http_port", "(got 0)"),
     Bad("port above 65535", "", "provisioning: {status_port: 70000}\n", "status_port", "provisioning.status_port", "70000"),
