@@ -281,3 +281,39 @@ def test_validate_writes_nothing(tmp_path):
 def test_ssh_key_rules(key, reason):
     got = ssh_key_problem(key)
     assert (got is None) if reason is None else (reason in got)
+
+
+def test_node_bound_is_across_all_groups_and_counted_before_expanding(tmp_path):
+    # Each hostlist is under python-hostlist's own 100,000 cap; together they are millions.
+    groups = "".join(f"  - {{name: g{i}, hosts: 'g{i}n[00001-90000]', hardware: cpu-only, pxe: false}}\n"
+                     for i in range(30))
+    text = VALID.split("node_groups:")[0] + "node_groups:\n" + groups
+    path = write_manifest(tmp_path, text, None)
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(InputError) as info:
+            load_cluster(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    elapsed = time.perf_counter() - started
+    hosts_problems = [p for p in info.value.problems if p.field.endswith(".hosts")]
+    assert hosts_problems[0].field == "node_groups[0].hosts" and "adds 90000 nodes" in hosts_problems[0].message
+    assert peak < 100 * 1024 * 1024
+    print(f"30 x 90,000-node hostlists refused in {elapsed * 1000:.0f} ms, peak {peak / 2**20:.1f} MiB")
+
+
+def test_two_groups_that_fit_alone_but_not_together(tmp_path):
+    groups = ("  - {name: a, hosts: 'a[00001-10000]', hardware: cpu-only, pxe: false}\n"
+              "  - {name: b, hosts: 'b[00001-10000]', hardware: cpu-only, pxe: false}\n")
+    text = VALID.split("node_groups:")[0] + "node_groups:\n" + groups
+    path = write_manifest(tmp_path, text.replace("/16", "/8").replace("10.20.0.0/8", "11.0.0.0/8")
+                          .replace("10.30.0.0/8", "12.0.0.0/8"), None)
+    with pytest.raises(InputError) as info:
+        load_cluster(path)
+    (problem,) = [p for p in info.value.problems if "nodes in all" in p.message]
+    assert problem.field == "node_groups[1].hosts" and "10000" in problem.message
