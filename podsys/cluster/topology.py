@@ -196,8 +196,9 @@ def allocate_addresses(
                     cursor += 1
                 if cursor <= hi and cursor in used:
                     problems.append((("start", group.key),
-                                     f"start_address {fmt(group.start)}: {group.label or 'the group'}'s {len(group.hosts)} hosts "
-                                     f"run into {used[cursor]} at {fmt(cursor)}; move the start address or that address"))
+                                     f"start_address {fmt(group.start)}" + (f" of {group.label}" if group.label else "")
+                                     + f" ({len(group.hosts)} hosts) runs into {used[cursor]} at {fmt(cursor)}; "
+                                       "move the start address or that address"))
                     break
             else:
                 while cursor <= hi and cursor in used:

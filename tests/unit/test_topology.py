@@ -54,7 +54,7 @@ def test_start_address_running_into_reserved_is_an_error_naming_both():
         NET, [GroupRequest(0, expand_hosts("n[1-3]"), ip("10.10.1.1"), label="group 'n'")], {ip("10.10.1.2"): "the head"}
     )
     assert [(loc, msg) for loc, msg in alloc.problems] == [
-        (("start", 0), "start_address 10.10.1.1: group 'n''s 3 hosts run into the head at 10.10.1.2; "
+        (("start", 0), "start_address 10.10.1.1 of group 'n' (3 hosts) runs into the head at 10.10.1.2; "
                        "move the start address or that address")]
 
 
@@ -63,7 +63,7 @@ def test_start_address_inside_another_groups_range_names_both():
                                      GroupRequest(1, expand_hosts("b[1-4]"), ip("10.10.1.3"), label="group 'b'")], {})
     assert len(alloc.problems) == 1
     locator, message = alloc.problems[0]
-    assert locator == ("start", 1) and "run into a3 (group 'a') at 10.10.1.3" in message
+    assert locator == ("start", 1) and "runs into a3 (group 'a') at 10.10.1.3" in message
 
 
 @pytest.mark.parametrize("start, fragment", [("10.10.0.0", "network address"), ("10.10.255.255", "broadcast address"),
