@@ -317,3 +317,18 @@ def test_two_groups_that_fit_alone_but_not_together(tmp_path):
         load_cluster(path)
     (problem,) = [p for p in info.value.problems if "nodes in all" in p.message]
     assert problem.field == "node_groups[1].hosts" and "10000" in problem.message
+
+
+@pytest.mark.parametrize("content, line, fragment", [
+    ("provision:\n  gpu001: 10.10.1.1\n  gpu002: 10.10.1.300\n", 3, "'10.10.1.300' is not an IPv4 address"),
+    ("provision:\n  gpu001: [1, 2]\n", 2, "'list' is not an IPv4 address"),
+    ("provision: [10.10.1.1]\n", 1, "expected `provision:` mapping"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), 7, "alias bomb"),
+])
+def test_hand_edited_addresses_file_is_read_like_the_manifest(tmp_path, content, line, fragment):
+    path = write_manifest(tmp_path)
+    (tmp_path / "cluster.addresses.yaml").write_text(content)
+    result = run_validate(path)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {tmp_path / 'cluster.addresses.yaml'}:{line}: ") and fragment in result.output
