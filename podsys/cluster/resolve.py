@@ -9,7 +9,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from podsys.cluster.checks import Context, run_checks
+from podsys.cluster.checks import run_checks
+from podsys.cluster.context import Context
 from podsys.cluster.matrix import Matrix, load_matrix
 from podsys.cluster.model import Cluster, NodeSpec
 from podsys.cluster.parse import parse_manifest_partial

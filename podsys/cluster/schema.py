@@ -28,17 +28,20 @@ Layer = Literal[LAYERS]  # type: ignore[valid-type]
 SUPPORTED_OS = {"ubuntu": ("22.04", "24.04"), "rocky": ("9",), "debian": ("12",)}
 SUPPORTED_OS_KEYS = tuple(f"{distro}-{version}" for distro, versions in SUPPORTED_OS.items() for version in versions)
 # Linux refuses interface names of 16+ bytes (IFNAMSIZ) and ones holding '/', ':' or
-# whitespace; '.' and '..' are taken. Source: dev_valid_name() in the kernel's net/core/dev.c.
+# whitespace; '.' and '..' are taken. Source: dev_valid_name() in the kernel's net/core/dev.c
+# (https://elixir.bootlin.com/linux/v6.6/source/net/core/dev.c).
 INTERFACE_RE = r"^[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]{0,14}$|^\.[A-Za-z0-9_.@+-]{2,14}$"
 # An install target: a block device path, e.g. /dev/sda, /dev/nvme0n1, /dev/disk/by-id/...
 DISK_RE = r"^/dev/([A-Za-z0-9_:+-]+\.?)+(/([A-Za-z0-9_:+-]+\.?)+)*$"
 # Slurm's time limit formats: "minutes", "minutes:seconds", "hours:minutes:seconds",
 # "days-hours", "days-hours:minutes", "days-hours:minutes:seconds", or INFINITE/UNLIMITED.
-# Source: slurm.conf(5), PartitionName MaxTime.
+# Source: slurm.conf(5) MaxTime (https://slurm.schedmd.com/slurm.conf.html#OPT_MaxTime), which takes
+# the time formats of sbatch --time (https://slurm.schedmd.com/sbatch.html#OPT_time).
 SLURM_TIME_RE = r"^(INFINITE|UNLIMITED|\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2})$"
 # A Slurm partition name lands in slurm.conf and on command lines: letters, digits, '_', '-', '.'.
 SLURM_NAME_RE = r"^[A-Za-z0-9_.-]{1,64}$"
-# Prometheus durations, e.g. 15s, 1h30m, 15d. Source: Prometheus configuration docs, <duration>.
+# Prometheus durations, e.g. 15s, 1h30m, 15d. Source: <duration> in
+# https://prometheus.io/docs/prometheus/latest/configuration/configuration/
 PROM_DURATION_RE = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
 PORT = dict(ge=1, le=65535)
 USER_NAME_RE = r"^[a-z_][a-z0-9_-]{0,31}$"
