@@ -74,7 +74,8 @@ def validate(
 ) -> None:
     """Check a manifest: schema (unknown keys, types), then semantics (hostlists, duplicate
     names/MACs/IPs, addresses outside networks, groups that do not fit, missing MACs, unknown
-    profiles) and the compatibility matrix. Every problem is printed as FILE:LINE: FIELD: message.
+    profiles, SSH keys, Slurm partitions, provisioning) and the compatibility matrix, all in
+    one pass. Every problem is printed as FILE:LINE: FIELD: message. Writes nothing.
     Exit 0 valid, 2 invalid."""
     from podsys.cluster.load import load_cluster
 
