@@ -16,7 +16,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from podsys.cli.common import console, err_console, guarded
+from podsys.cli.common import check_url, console, err_console, guarded
 from podsys.errors import InputError, PodsysError, Problem
 
 MANIFEST_ARG = typer.Argument(Path("cluster.yaml"), help="cluster manifest (default: ./cluster.yaml)")
@@ -78,22 +78,6 @@ def _status_table(cluster_name: str, rows: list[dict], missing_state: Optional[P
     return table
 
 
-def _check_url(url: str) -> str:
-    """--url: the status service's base URL, http(s)://HOST[:PORT]; exit 2 otherwise."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        ok = False
-    if not ok:
-        raise InputError(Problem("", None, "--url", f"{url[:80]!r} is not an http:// or https:// URL "
-                                                    "(e.g. http://10.0.0.1:8081)"))
-    return url
-
-
 def _fetch_rows(url: str) -> list[dict]:
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/api/v1/status", timeout=10) as resp:
@@ -126,7 +110,7 @@ def status(
     from podsys.provision.status import StatusServer, status_rows
 
     if url is not None:
-        _check_url(url)
+        check_url("--url", url, "http://10.0.0.1:8081")
     cluster = load_cluster(manifest)
     store = _store(cluster, state_dir, boot_root if boot_root.is_dir() else None)
     if not serve and not watch and url is None and not store.path.exists():

@@ -93,3 +93,11 @@ def test_missing_manifest_is_exit_2(tmp_path, command):
     result = run(*command, str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2, result.output
     assert error_lines(result) == [f"error: {tmp_path / 'nope.yaml'}: file not found"]
+
+
+def test_lab_mirror_that_is_not_a_url_is_exit_2_before_anything_is_built(tmp_path):
+    result = run("lab", "up", "--dir", str(tmp_path / "lab"), "--mirror", "not a url")
+    assert result.exit_code == 2, result.output
+    assert error_lines(result) == ["error: --mirror: 'not a url' is not an http:// or https:// URL "
+                                   "(e.g. http://deb.debian.org/debian)"]
+    assert not (tmp_path / "lab").exists()
