@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from podsys.cluster.hardware import HardwareProfile
+from podsys.cluster.hardware import PCI_BUS_ID_RE, WORD_RE, HardwareProfile
 from podsys.cluster.macs import node_mac
 
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -63,6 +63,8 @@ PATTERN_HELP = {
     SHELL_RE: "an absolute path, e.g. /bin/bash",
     SELECT_PARAMS_RE: "comma-separated Slurm parameters, e.g. CR_Core_Memory",
     PLAIN_RE: "one word without spaces, quotes, backslashes or control characters",
+    WORD_RE: "one word: letters, digits, '_', '.', '+', '-' (at most 32)",
+    PCI_BUS_ID_RE: "a PCI bus id as nvidia-smi prints it, e.g. 00000000:07:00.0",
 }
 # crypt(3) hashes: yescrypt ($y$), SHA-512/256 ($6$/$5$), bcrypt ($2b$ ...). Plain text is refused.
 CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")
@@ -332,7 +334,7 @@ class Manifest(Strict):
         default_factory=lambda: ["base", "slurm", "monitoring"]
     )
     node_groups: list[NodeGroup] = Field(min_length=1)
-    hardware_profiles: dict[str, HardwareProfile] = Field(default_factory=dict)
+    hardware_profiles: dict[Annotated[str, Field(pattern=DNS_LABEL)], HardwareProfile] = Field(default_factory=dict)
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     users: list[User] = Field(default_factory=list)
     packages: Packages = Field(default_factory=Packages)

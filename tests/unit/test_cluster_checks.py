@@ -166,6 +166,11 @@ CASES = [
         "ad min"),
     Bad("access key path smuggling a line", "", 'access: {private_key_file: "id_ed25519\\n-o ProxyCommand=x"}\n',
         "access:", "access.private_key_file", "ProxyCommand=x"),
+    Bad("own hardware profile with a GPU model that would break gres.conf", "",
+        "hardware_profiles:\n  my-gpu:\n    gpu: {model: 'H100 x', product_name: X, count: 8, architecture: hopper,\n"
+        "      compute_capability: '9.0'}\n", "gpu: {model", "hardware_profiles.my-gpu.gpu.model", "H100 x"),
+    Bad("own hardware profile id that is not a name", "", "hardware_profiles:\n  'My GPU': {}\n", "My GPU",
+        "hardware_profiles.My GPU", "My GPU"),
     # provisioning and ports
     Bad("port 0", "", "provisioning: {http_port: 0}\n", "http_port", "provisioning.http_port", "(got 0)"),
     Bad("port above 65535", "", "provisioning: {status_port: 70000}\n", "status_port", "provisioning.status_port", "70000"),
