@@ -228,6 +228,9 @@ class Context:
             for name in self.hosts.by_group[gi]:
                 addr = self.allocation.addresses.get(name)
                 entry = group.nodes.get(name)
+                if nets.bmc is None and entry is not None and entry.bmc_address is not None:
+                    problems.append(self.at(("node_groups", gi, "nodes", name, "bmc_address"),
+                                            f"{entry.bmc_address} is set but networks.bmc is not defined"))
                 if nets.bmc is not None:
                     path = ("node_groups", gi, "nodes", name, "bmc_address")
                     if entry is not None and entry.bmc_address is not None:

@@ -35,6 +35,7 @@ class Bad:
     shows: str
     secret: str | None = None
     where: str = "manifest"  # or "csv": the mutation applies to the MAC CSV
+    also: tuple[str, str] | None = None  # a second (old, new) replacement in the manifest
 
     def texts(self) -> tuple[str, str]:
         if self.where == "csv":
@@ -43,7 +44,11 @@ class Bad:
         if self.old == "":
             return VALID + self.new, MACS
         assert self.old in VALID, self.name
-        return VALID.replace(self.old, self.new, 1), MACS
+        text = VALID.replace(self.old, self.new, 1)
+        if self.also:
+            assert self.also[0] in text, self.name
+            text = text.replace(*self.also, 1)
+        return text, MACS
 
 
 def group_extra(extra: str) -> tuple[str, str]:
@@ -94,6 +99,9 @@ CASES = [
         "nodes: {gpu001", "node_groups[0].nodes.gpu001.address", "10.10.255.255 is the broadcast address"),
     Bad("pinned BMC address outside the BMC network", *group_extra("    nodes: {gpu001: {bmc_address: 10.99.0.9}}\n"),
         "nodes: {gpu001", "node_groups[0].nodes.gpu001.bmc_address", "10.99.0.9 is outside 10.20.0.0/16"),
+    Bad("pinned BMC address without a BMC network", *group_extra("    nodes: {gpu001: {bmc_address: 10.20.0.9}}\n"),
+        "nodes: {gpu001", "node_groups[0].nodes.gpu001.bmc_address", "10.20.0.9 is set but networks.bmc is not defined",
+        also=("  bmc: {cidr: 10.20.0.0/16}\n", "")),
     # hostlists and names
     Bad("malformed hostlist", "hosts: gpu[001-004]", "hosts: gpu[001-004", "hosts:", "node_groups[0].hosts", "gpu[001-004"),
     Bad("hostlist of ten million nodes", "hosts: gpu[001-004]", "hosts: gpu[0000001-9999999]", "hosts:",
