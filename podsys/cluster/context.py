@@ -133,7 +133,6 @@ class Context:
         m = self.manifest
         hosts = self.hosts
         macs: dict[str, str] = {}
-        where: dict[str, Problem] = {}  # hostname -> where its MAC was written (for errors)
         mac_owner: dict[str, str] = {}
         problems: list[Problem] = []
         csv_files: dict[Path, dict[str, tuple[str, int]]] = {}
@@ -166,7 +165,6 @@ class Context:
                 else:
                     mac_owner[mac] = name
                     macs[name] = mac
-                    where[name] = source
             if group.pxe:
                 missing = [h for h in hosts.by_group[gi] if h not in group_macs]
                 if missing:

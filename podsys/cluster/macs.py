@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from podsys.cluster.topology import HOSTNAME_RE
 from podsys.errors import Problem
 
 MAC_SEPARATED = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
@@ -114,7 +115,11 @@ def read_mac_csv(path: Path, missing_ok: bool = False) -> MacCsv:
             continue
         header_allowed = False
         if len(row) < 2 or not row[0].strip():
-            out.problems.append(Problem(str(path), lineno, "", f"expected 'hostname,mac', got {_short(line_text)!r}"))
+            # Echo the row only when it looks like a hostname: a macs_file pointed at the
+            # wrong file (a shadow or credentials file) must not be printed.
+            first = row[0].strip() if row else ""
+            shown = f", got {first!r}" if HOSTNAME_RE.match(first) else ""
+            out.problems.append(Problem(str(path), lineno, "", f"expected 'hostname,mac'{shown}"))
             continue
         host, raw_mac = row[0].strip(), row[1].strip()
         try:
@@ -128,7 +133,3 @@ def read_mac_csv(path: Path, missing_ok: bool = False) -> MacCsv:
         seen[host] = lineno
         out.rows.append(MacRow(lineno, host, mac))
     return out
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= 60 else text[:60] + "..."

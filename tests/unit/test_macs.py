@@ -97,3 +97,10 @@ def test_discover_reads_the_same_csv_as_validation(tmp_path):
     # The multicast row is not a MAC the manifest has: discovery still waits for gpu002.
     assert discover.known_macs(manifest, tmp_path) == {"b8:3f:d2:00:00:01": "gpu001"}
     assert discover.hosts_without_mac(manifest, tmp_path, "gpu") == ["gpu002", "gpu003", "gpu004"]
+
+
+def test_a_macs_file_pointed_at_the_wrong_file_is_not_echoed(tmp_path):
+    path = tmp_path / "shadow"
+    path.write_text("root:$6$salt$hashhashhash:19000:0:99999:7:::\n")
+    (problem,) = read_mac_csv(path).problems
+    assert problem.line == 1 and "hashhash" not in problem.message and "expected 'hostname,mac'" in problem.message
