@@ -13,9 +13,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        # A command-line problem has no file: "--os: unknown OS", never ": --os: ...".
         where = f"{self.file}:{self.line}" if self.line else self.file
-        field = f" {self.field}:" if self.field else ""
-        return f"{where}:{field} {self.message}"
+        parts = [part for part in (where, self.field) if part]
+        return ": ".join(parts + [self.message])
 
 
 class InputError(Exception):

@@ -9,7 +9,7 @@ from typing import Callable, TypeVar
 import typer
 from rich.console import Console
 
-from podsys.errors import InputError, PodsysError
+from podsys.errors import InputError, PodsysError, Problem
 
 console = Console()
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -57,3 +57,19 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
     err_console.print(f"error: {message}", markup=False)
     sys.stderr.flush()
     raise typer.Exit(code)
+
+
+def check_url(option: str, url: str, example: str) -> str:
+    """A URL given on the command line: http(s)://HOST[:PORT][/path]; InputError (exit 2)
+    naming the option otherwise, before anything is done with it."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number or out of range
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InputError(Problem("", None, option, f"{url[:80]!r} is not an http:// or https:// URL (e.g. {example})"))
+    return url

@@ -74,7 +74,8 @@ def validate(
 ) -> None:
     """Check a manifest: schema (unknown keys, types), then semantics (hostlists, duplicate
     names/MACs/IPs, addresses outside networks, groups that do not fit, missing MACs, unknown
-    profiles) and the compatibility matrix. Every problem is printed as FILE:LINE: FIELD: message.
+    profiles, SSH keys, Slurm partitions, provisioning) and the compatibility matrix, all in
+    one pass. Every problem is printed as FILE:LINE: FIELD: message. Writes nothing.
     Exit 0 valid, 2 invalid."""
     from podsys.cluster.load import load_cluster
 
@@ -153,11 +154,33 @@ def _profiles_for(gpu: Optional[str], hardware: Optional[str]):
     return []
 
 
-def _os_key(os_name: str) -> str:
-    known = ("ubuntu-22.04", "ubuntu-24.04", "rocky-9", "debian-12")
-    if os_name not in known:
-        raise InputError(Problem("", None, "--os", f"unknown OS '{os_name}' (known: {', '.join(known)})"))
-    return os_name
+def _os_problems(os_name: str) -> list[Problem]:
+    from podsys.cluster.schema import SUPPORTED_OS_KEYS
+
+    if os_name in SUPPORTED_OS_KEYS:
+        return []
+    return [Problem("", None, "--os", f"unknown OS '{os_name}' (known: {', '.join(SUPPORTED_OS_KEYS)})")]
+
+
+def _layer_list(layers: str) -> tuple[list[str], list[Problem]]:
+    """--layers a,b,c -> the list, and a problem per unknown layer."""
+    from podsys.cluster.schema import LAYERS
+
+    names = [name.strip() for name in layers.split(",") if name.strip()]
+    problems = [Problem("", None, "--layers", f"unknown layer '{name}' (known: {', '.join(LAYERS)})")
+                for name in names if name not in LAYERS]
+    return names, problems
+
+
+def _version_problems(option: str, value: Optional[str], parts: int) -> list[Problem]:
+    """A version given on the command line: dot-separated numbers, `parts` of them at least
+    (a driver is 580.65.06, a CUDA release 12.8)."""
+    import re
+
+    if value is None or re.fullmatch(r"\d+(\.\d+){%d,}" % (parts - 1), value):
+        return []
+    example = "580.65.06" if parts >= 2 and option == "--driver" else "12.8"
+    return [Problem("", None, option, f"'{value[:40]}' is not a version (e.g. {example})")]
 
 
 LAYERS_OPT = typer.Option("base,gpu,infiniband,slurm,monitoring", help="comma-separated layers")
@@ -175,13 +198,18 @@ def compat_list(
 
     matrix = _matrix()
     profiles = _profiles_for(gpu, None)
+    layer_list, problems = _layer_list(layers)
+    if os_name:
+        problems += _os_problems(os_name)
+    if problems:
+        raise InputError(problems)
     rows = []
     for stack in matrix.newest_first():
         violations = []
         if os_name:
-            violations = check_combination(matrix, stack, _os_key(os_name), profiles, layers.split(","))
+            violations = check_combination(matrix, stack, os_name, profiles, layer_list)
         elif profiles:
-            violations = [v for v in check_combination(matrix, stack, stack.os[0], profiles, layers.split(",")) if v.rule != "stack_supports_os" and v.rule != "ofed_supports_os"]
+            violations = [v for v in check_combination(matrix, stack, stack.os[0], profiles, layer_list) if v.rule != "stack_supports_os" and v.rule != "ofed_supports_os"]
         rows.append({"id": stack.id, "branch": stack.branch, "driver": stack.driver, "cuda": stack.cuda, "nccl": stack.nccl,
                      "os": list(stack.os), "valid": not violations, "refused_by": [str(v) for v in violations]})
     if as_json:
@@ -237,8 +265,18 @@ def compat_check(
     from podsys.cluster.matrix import check_combination
 
     matrix = _matrix()
+    # Every bad option in one run, not the first one only.
+    layer_list, problems = _layer_list(layers)
+    problems = (_os_problems(os_name) + problems + _version_problems("--driver", driver, 2)
+                + _version_problems("--cuda", cuda, 2))
     if stack_id not in matrix.stacks:
-        raise InputError(Problem("", None, "--stack", f"unknown stack '{stack_id}' (known: {', '.join(matrix.stacks)})"))
+        problems.append(Problem("", None, "--stack", f"unknown stack '{stack_id}' (known: {', '.join(matrix.stacks)})"))
+    try:
+        profiles = _profiles_for(gpu, hardware)
+    except InputError as exc:
+        problems += exc.problems
+    if problems:
+        raise InputError(problems)
     stack = matrix.stack(stack_id)
     updates = {}
     if driver:
@@ -249,7 +287,7 @@ def compat_check(
         updates["cuda"] = cuda
     if updates:
         stack = stack.model_copy(update=updates)
-    violations = check_combination(matrix, stack, _os_key(os_name), _profiles_for(gpu, hardware), layers.split(","))
+    violations = check_combination(matrix, stack, os_name, profiles, layer_list)
     if as_json:
         print(json.dumps({"allowed": not violations, "violations": [v.__dict__ for v in violations]}, indent=2))
     elif violations:

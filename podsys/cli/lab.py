@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from podsys.lab import cluster as lab
-from podsys.cli.common import console, err_console, guarded
+from podsys.cli.common import check_url, console, err_console, guarded
 
 lab_app = typer.Typer(
     name="lab",
@@ -74,6 +74,8 @@ def up_cmd(
 
     The Debian 12 root is debootstrapped once and cached in /var/cache/podsys/lab
     (PODSYS_LAB_CACHE overrides); each node boots a copy-on-write clone of it."""
+    if mirror is not None:
+        check_url("--mirror", mirror, "http://deb.debian.org/debian")
     directory.mkdir(parents=True, exist_ok=True)
     progress = _Progress()
     try:

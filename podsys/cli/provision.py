@@ -16,7 +16,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from podsys.cli.common import console, err_console, guarded
+from podsys.cli.common import check_url, console, err_console, guarded
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.layout import HEAD_PATHS
 
@@ -53,10 +53,12 @@ def _select(cluster, hostlist: str, flag: str = "HOSTLIST") -> list[str]:
     return [n.name for n in select_nodes(cluster, hostlist, flag)]
 
 
-def _status_table(cluster_name: str, rows: list[dict]) -> Table:
+def _status_table(cluster_name: str, rows: list[dict], missing_state: Optional[Path] = None) -> Table:
     from podsys.provision.status import summary
 
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary(rows).items()))
+    if missing_state is not None:
+        counts = f"no install state yet: {missing_state} does not exist"
     table = Table(title=f"install status: {cluster_name} ({counts})", title_justify="left")
     for col in ("node", "boot", "state", "stage", "started", "finished", "duration", "message"):
         table.add_column(col, overflow="fold")
@@ -99,9 +101,21 @@ def status(
     from podsys.cluster.load import load_cluster
     from podsys.provision.status import StatusServer, status_rows
 
+    if url is not None:
+        check_url("--url", url, "http://10.0.0.1:8081")
     cluster = load_cluster(manifest)
     shown = set(_select(cluster, limit, "--limit")) if limit is not None else None
     store = _store(cluster, state_dir, boot_root if boot_root.is_dir() else None)
+    if not serve and not watch and url is None and not store.path.exists():
+        # Without the head's state file every node would read "pending": say there is none.
+        if as_json:
+            print(json.dumps({"cluster": cluster.name, "state_file": str(store.path), "state": "none", "nodes": []},
+                             indent=2))
+        else:
+            console.print(f"no install state for {cluster.name}: {store.path} does not exist (no installer has "
+                          "called back yet, or this is not the head: use --state-dir, or --url http://HEAD:PORT)",
+                          markup=False, highlight=False)
+        return
     if serve:
         bind_port = port or cluster.manifest.provisioning.status_port
         try:
@@ -119,6 +133,10 @@ def status(
         every = _fetch_rows(url) if url else status_rows(store)
         return every if shown is None else [r for r in every if r["node"] in shown]
 
+    def table() -> Table:
+        current = rows()
+        return _status_table(cluster.name, current, None if url or store.path.exists() else store.path)
+
     if as_json:
         print(json.dumps({"cluster": cluster.name, "nodes": rows()}, indent=2))
         return
@@ -126,10 +144,10 @@ def status(
         console.print(_status_table(cluster.name, rows()))
         return
     try:
-        with Live(_status_table(cluster.name, rows()), console=console, refresh_per_second=1) as live:
+        with Live(table(), console=console, refresh_per_second=1) as live:
             while True:
                 time.sleep(interval)
-                live.update(_status_table(cluster.name, rows()))
+                live.update(table())
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a watch ends: leave the last table on screen, exit 0
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from podsys.errors import InputError, Problem
+from podsys.cluster.yaml_source import load_yaml_file
+from podsys.errors import InputError
 
 HEADER = (
     "# Provision addresses podsys assigned to nodes. Commit this file with the manifest: it keeps\n"
@@ -25,14 +26,28 @@ def allocation_path(manifest_path: Path) -> Path:
 
 
 def read_allocation(manifest_path: Path) -> dict[str, int]:
+    """hostname -> address (as int) from the addresses file; {} when there is none. Read with
+    the manifest's bounded loader: the file is committed and edited by hand too."""
     path = allocation_path(manifest_path)
     if not path.exists():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-        return {str(k): int(IPv4Address(str(v))) for k, v in (data.get("provision") or {}).items()}
-    except (yaml.YAMLError, ValueError, AttributeError) as exc:
-        raise InputError(Problem(str(path), None, "provision", f"unreadable allocation file ({exc}); fix or delete it")) from None
+    data, smap = load_yaml_file(path)
+    entries = data.get("provision") if isinstance(data, dict) else None
+    if entries is None:
+        return {}
+    if not isinstance(entries, dict):
+        raise InputError(smap.problem(("provision",), "expected `provision:` mapping hostname: address; fix or delete the file"))
+    out: dict[str, int] = {}
+    problems = []
+    for name, value in entries.items():
+        try:
+            out[str(name)] = int(IPv4Address(value if isinstance(value, str) else ""))
+        except ValueError:
+            shown = value if isinstance(value, (str, int, float)) else type(value).__name__
+            problems.append(smap.problem(("provision", name), f"{shown!r} is not an IPv4 address; fix or delete the file"))
+    if problems:
+        raise InputError(problems)
+    return out
 
 
 def render_allocation(addresses: dict[str, str]) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# A GPU model or architecture lands in gres.conf/slurm.conf lines and in version checks: one word.
+WORD_RE = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}$"
+# nvidia-smi's PCI bus id, e.g. 00000000:07:00.0 (domain:bus:device.function).
+PCI_BUS_ID_RE = r"^[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$"
 
 
 class NVLink(_Strict):
@@ -29,17 +35,17 @@ class PCIe(_Strict):
 
 
 class GPUSpec(_Strict):
-    model: str = Field(description="matrix key: A100, H100, H200, B200, L40S")
+    model: str = Field(pattern=WORD_RE, description="matrix key: A100, H100, H200, B200, L40S")
     product_name: str = Field(description="the name nvidia-smi reports")
     count: int = Field(ge=1)
-    architecture: str
-    compute_capability: str
+    architecture: str = Field(pattern=WORD_RE)
+    compute_capability: str = Field(pattern=r"^[0-9]{1,2}\.[0-9]{1,2}$")
     memory_mib: int | None = None
     form_factor: Literal["sxm", "pcie"] = "sxm"
     nvswitch: bool = False
     nvlink: NVLink | None = None
     pcie: PCIe | None = None
-    pci_bus_ids: list[str] = Field(default_factory=list)
+    pci_bus_ids: list[Annotated[str, Field(pattern=PCI_BUS_ID_RE)]] = Field(default_factory=list)
 
 
 class HCASpec(_Strict):

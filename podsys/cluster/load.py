@@ -1,4 +1,6 @@
-"""Manifest file -> resolved Cluster: the one entry point every command uses."""
+"""Manifest file -> resolved Cluster: the one entry point every command uses.
+
+Loading runs the whole validation table (podsys/cluster/checks.py) and writes nothing."""
 
 from __future__ import annotations
 
@@ -6,8 +8,7 @@ from pathlib import Path
 
 from podsys.cluster.address_file import read_allocation
 from podsys.cluster.model import Cluster
-from podsys.cluster.resolve import resolve_cluster
-from podsys.cluster.parse import parse_manifest
+from podsys.cluster.resolve import validate_and_resolve
 from podsys.cluster.yaml_source import load_yaml_file
 
 
@@ -15,5 +16,4 @@ def load_cluster(path: Path | str) -> Cluster:
     """Load, validate and resolve a manifest. Raises InputError listing every problem."""
     path = Path(path).absolute()
     data, smap = load_yaml_file(path)
-    manifest = parse_manifest(data, smap)
-    return resolve_cluster(manifest, smap, path, previous=read_allocation(path))
+    return validate_and_resolve(data, smap, path, previous=read_allocation(path))

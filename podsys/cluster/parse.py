@@ -1,17 +1,22 @@
 """Schema validation: YAML data -> typed Manifest, with pydantic errors turned into one-line
-problems that name file, line and field (and suggest the closest key for a misspelt one)."""
+problems that name file, line and field (and suggest the closest key for a misspelt one).
+
+`parse_manifest_partial` keeps going past schema errors: the top-level sections that did
+validate are returned (with the names of the broken ones) so the semantic checks that do
+not depend on a broken section still run in the same pass."""
 
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from podsys.errors import InputError, Problem
-from podsys.cluster.schema import Manifest
+from podsys.cluster.schema import PATTERN_HELP, SECRET_FIELDS, Manifest
 from podsys.cluster.yaml_source import SourceMap
 
 
@@ -60,9 +65,18 @@ def _message(error: dict, model: type[BaseModel]) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix) :]
+    if kind == "string_pattern_mismatch":
+        pattern = (error.get("ctx") or {}).get("pattern")
+        if pattern in PATTERN_HELP:
+            msg = f"must be {PATTERN_HELP[pattern]}"
+    if any(part in SECRET_FIELDS for part in loc if isinstance(part, str)):
+        return msg  # the value may be a password or carry credentials: never shown
     shown = error.get("input")
-    if "input" in error and not isinstance(shown, (dict, list)) and repr(shown) not in msg:
-        return f"{msg} (got {error['input']!r})"
+    if isinstance(shown, str) and len(shown) > 80:
+        return f"{msg} (got {shown[:80]!r}...)"
+    if "input" in error and not isinstance(shown, (dict, list)) and not re.search(
+            r"(?<![\w.])" + re.escape(repr(shown)) + r"(?![\w.])", msg):
+        return f"{msg} (got {shown!r})"
     return msg
 
 
@@ -85,15 +99,42 @@ def _data_loc(loc: tuple, data: Any) -> tuple:
     return tuple(out)
 
 
-def parse_manifest(data: Any, smap: SourceMap) -> Manifest:
+def _problems(exc: ValidationError, data: dict, smap: SourceMap) -> list[Problem]:
+    problems: dict[tuple, Problem] = {}
+    for error in exc.errors():
+        loc = _data_loc(error["loc"], data)
+        problem = smap.problem(loc, _message(error, Manifest))
+        problems.setdefault((problem.line, problem.field, problem.message), problem)
+    return sorted(problems.values(), key=lambda p: (p.line or 0, p.field))
+
+
+def parse_manifest_partial(data: Any, smap: SourceMap) -> tuple[Manifest | None, frozenset[str], list[Problem]]:
+    """(manifest, broken sections, schema problems). With no problems the manifest is fully
+    validated; otherwise it is built from the sections that validated on their own, and
+    reading a broken section from it raises AttributeError (the checks skip those)."""
     if not isinstance(data, dict):
-        raise InputError(smap.problem((), "a manifest must be a YAML mapping (apiVersion, kind, metadata, ...)"))
+        return None, frozenset(Manifest.model_fields), [
+            smap.problem((), "a manifest must be a YAML mapping (apiVersion, kind, metadata, ...)")]
     try:
-        return Manifest.model_validate(data)
+        return Manifest.model_validate(data), frozenset(), []
     except ValidationError as exc:
-        problems: dict[tuple, Problem] = {}
-        for error in exc.errors():
-            loc = _data_loc(error["loc"], data)
-            problem = smap.problem(loc, _message(error, Manifest))
-            problems.setdefault((problem.line, problem.field, problem.message), problem)
-        raise InputError(sorted(problems.values(), key=lambda p: (p.line or 0, p.field))) from None
+        problems = _problems(exc, data, smap)
+        broken = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+    sections: dict[str, Any] = {}
+    for name, info in Manifest.model_fields.items():
+        if name in broken:
+            continue
+        if name in data:
+            sections[name] = TypeAdapter(info.annotation).validate_python(data[name])
+        else:
+            sections[name] = info.get_default(call_default_factory=True)
+    return Manifest.model_construct(**sections), frozenset(broken & set(Manifest.model_fields)), problems
+
+
+def parse_manifest(data: Any, smap: SourceMap) -> Manifest:
+    """The typed manifest, or InputError listing every schema problem."""
+    manifest, _, problems = parse_manifest_partial(data, smap)
+    if problems:
+        raise InputError(problems)
+    assert manifest is not None
+    return manifest

@@ -3,34 +3,99 @@
 Field names here are the user contract (issue: "Cluster manifest, compatibility matrix and
 rendering"). Every model forbids unknown keys so a misspelt key is an error, not a silent no-op.
 Semantic checks that span fields (duplicates, address collisions, the matrix) live in
-podsys/cluster/parse.py; this module only knows the shape."""
+podsys/cluster/checks.py; this module only knows the shape, and the few facts every other
+module takes from it: the supported OS releases and the layers."""
 
 from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv4Network
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from podsys.cluster.hardware import HardwareProfile
+from podsys.cluster.hardware import PCI_BUS_ID_RE, WORD_RE, HardwareProfile
+from podsys.cluster.macs import node_mac
 
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 DNS_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# The one list of layers: the manifest's `layers`, the CLI and the matrix take it from here.
 LAYERS = ("base", "gpu", "infiniband", "slurm", "monitoring", "container")
+Layer = Literal[LAYERS]  # type: ignore[valid-type]
+# The one list of supported OS releases (installers, matrix rows and the CLI all check
+# against it): distro -> versions.
+SUPPORTED_OS = {"ubuntu": ("22.04", "24.04"), "rocky": ("9",), "debian": ("12",)}
+SUPPORTED_OS_KEYS = tuple(f"{distro}-{version}" for distro, versions in SUPPORTED_OS.items() for version in versions)
+# Linux refuses interface names of 16+ bytes (IFNAMSIZ) and ones holding '/', ':' or
+# whitespace; '.' and '..' are taken. Source: dev_valid_name() in the kernel's net/core/dev.c
+# (https://elixir.bootlin.com/linux/v6.6/source/net/core/dev.c).
+INTERFACE_RE = r"^[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]{0,14}$|^\.[A-Za-z0-9_.@+-]{2,14}$"
+# An install target: a block device path, e.g. /dev/sda, /dev/nvme0n1, /dev/disk/by-id/...
+DISK_RE = r"^/dev/([A-Za-z0-9_:+-]+\.?)+(/([A-Za-z0-9_:+-]+\.?)+)*$"
+# Slurm's time limit formats: "minutes", "minutes:seconds", "hours:minutes:seconds",
+# "days-hours", "days-hours:minutes", "days-hours:minutes:seconds", or INFINITE/UNLIMITED.
+# Source: slurm.conf(5) MaxTime (https://slurm.schedmd.com/slurm.conf.html#OPT_MaxTime), which takes
+# the time formats of sbatch --time (https://slurm.schedmd.com/sbatch.html#OPT_time).
+SLURM_TIME_RE = r"^(INFINITE|UNLIMITED|\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2})$"
+# A Slurm partition name lands in slurm.conf and on command lines: letters, digits, '_', '-', '.'.
+SLURM_NAME_RE = r"^[A-Za-z0-9_.-]{1,64}$"
+# Prometheus durations, e.g. 15s, 1h30m, 15d. Source: <duration> in
+# https://prometheus.io/docs/prometheus/latest/configuration/configuration/
+PROM_DURATION_RE = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
+PORT = dict(ge=1, le=65535)
+USER_NAME_RE = r"^[a-z_][a-z0-9_-]{0,31}$"
+SHELL_RE = r"^/[A-Za-z0-9_./+-]+$"
+SELECT_PARAMS_RE = r"^[A-Za-z_]+(,[A-Za-z_]+)*$"
+# A file path or login name that lands on a command line or in a config file: no whitespace,
+# quotes, backslashes or control characters.
+PLAIN_RE = r"^[^\s\"'\\\x00-\x1f\x7f]{1,255}$"
+# What a pattern means, for error messages (a regex is no help at 2 a.m.).
+PATTERN_HELP = {
+    DNS_LABEL: "a DNS label: lowercase letters, digits and '-', at most 63",
+    DNS_NAME: "a DNS name: lowercase labels separated by dots",
+    INTERFACE_RE: "a Linux interface name: 1-15 of letters, digits, '_', '.', '@', '+', '-', not '.' or '..'",
+    DISK_RE: "an absolute block device path, e.g. /dev/nvme0n1 or /dev/disk/by-id/...",
+    SLURM_TIME_RE: "a Slurm time limit: INFINITE, minutes, h:m:s or days-h[:m[:s]]",
+    SLURM_NAME_RE: "a Slurm name: letters, digits, '_', '.', '-'",
+    PROM_DURATION_RE: "a Prometheus duration, e.g. 15s, 1h30m, 15d",
+    USER_NAME_RE: "a user name: lowercase letters, digits, '_', '-', starting with a letter or '_'",
+    SHELL_RE: "an absolute path, e.g. /bin/bash",
+    SELECT_PARAMS_RE: "comma-separated Slurm parameters, e.g. CR_Core_Memory",
+    PLAIN_RE: "one word without spaces, quotes, backslashes or control characters",
+    WORD_RE: "one word: letters, digits, '_', '.', '+', '-' (at most 32)",
+    PCI_BUS_ID_RE: "a PCI bus id as nvidia-smi prints it, e.g. 00000000:07:00.0",
+}
+# crypt(3) hashes: yescrypt ($y$), SHA-512/256 ($6$/$5$), bcrypt ($2b$ ...). Plain text is refused.
+CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")
+# Fields whose value is never shown in an error: it may be a password or hold credentials.
+SECRET_FIELDS = frozenset({"root_password_hash", "proxy", "upstream"})
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def normalise_mac(value: str) -> str:
-    """aa-bb-cc-dd-ee-ff / AABB.CCDD.EEFF / aa:bb:.. -> aa:bb:cc:dd:ee:ff; ValueError otherwise."""
-    raw = re.sub(r"[^0-9a-fA-F]", "", str(value))
-    if len(raw) != 12 or not re.fullmatch(r"[0-9a-fA-F:\-.]+", str(value)):
-        raise ValueError(f"malformed MAC address {value!r} (expected six hex pairs, e.g. 52:54:00:12:34:56)")
-    return ":".join(raw[i : i + 2] for i in range(0, 12, 2)).lower()
+def _sexagesimal(number: int) -> str:
+    """The text YAML 1.1 read as a base-60 integer (52:54:00:20:31:47 -> 683...): undone."""
+    parts = []
+    while number:
+        number, digit = divmod(number, 60)
+        parts.append(f"{digit:02d}")
+    return ":".join(reversed(parts)) or "0"
+
+
+def mac_field(value):
+    """A manifest MAC: a string (YAML reads unquoted all-digit MACs as numbers: say so)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"a MAC address must be a quoted string, got {type(value).__name__}")
+    if isinstance(value, int):
+        written = _sexagesimal(value)
+        raise ValueError(f"YAML read the unquoted MAC {written} as the number {value} (digits and colons are a "
+                         f"base-60 number in YAML 1.1); quote it: \"{written}\"")
+    return node_mac(value)
 
 
 class Metadata(Strict):
@@ -41,7 +106,7 @@ class Metadata(Strict):
 
 class Head(Strict):
     hostname: str = Field(pattern=DNS_LABEL)
-    interface: str = Field(description="head NIC on the provision network")
+    interface: str = Field(pattern=INTERFACE_RE, description="head NIC on the provision network")
     address: IPv4Address
     ssh_address: IPv4Address | None = Field(
         default=None, description="address podsys uses to reach the head over SSH (default: address)"
@@ -70,11 +135,8 @@ class Networks(Strict):
     ipoib: Network | None = None
 
 
-SUPPORTED_OS = {"ubuntu": ("22.04", "24.04"), "rocky": ("9",), "debian": ("12",)}
-
-
 class OSSpec(Strict):
-    distro: Literal["ubuntu", "rocky", "debian"]
+    distro: Literal[tuple(SUPPORTED_OS)]  # type: ignore[valid-type]
     version: str
 
     @property
@@ -98,12 +160,12 @@ class NodeEntry(Strict):
     mac: str | None = None
     address: IPv4Address | None = Field(default=None, description="pin this node's provision IP")
     bmc_address: IPv4Address | None = None
-    disk: str | None = None
+    disk: str | None = Field(default=None, pattern=DISK_RE)
 
     @field_validator("mac", mode="before")
     @classmethod
     def _mac(cls, v):
-        return None if v is None else normalise_mac(v)
+        return mac_field(v)
 
 
 class NodeGroup(Strict):
@@ -111,18 +173,18 @@ class NodeGroup(Strict):
     hosts: str = Field(description="Slurm-style hostlist, e.g. gpu[001-032]")
     hardware: str = Field(description="hardware profile id")
     start_address: IPv4Address | None = None
-    disk: str = "/dev/sda"
+    disk: str = Field(default="/dev/sda", pattern=DISK_RE)
     macs_file: str | None = None
     nodes: dict[str, NodeEntry] = Field(default_factory=dict)
     pxe: bool = Field(default=True, description="nodes PXE-install (and so need a MAC)")
-    layers: list[str] | None = Field(default=None, description="override the cluster's layers for this group")
+    layers: list[Layer] | None = Field(default=None, description="override the cluster's layers for this group")
 
 
 class Partition(Strict):
-    name: str
+    name: str = Field(pattern=SLURM_NAME_RE)
     node_groups: list[str]
     default: bool = False
-    max_time: str = "INFINITE"
+    max_time: str = Field(default="INFINITE", pattern=SLURM_TIME_RE)
 
 
 class SlurmSpec(Strict):
@@ -131,19 +193,37 @@ class SlurmSpec(Strict):
     # use proctrack/linuxproc + task/none.
     proctrack: Literal["cgroup", "linuxproc", "pgid"] = "cgroup"
     task_plugin: Literal["task/cgroup,task/affinity", "task/affinity", "task/none"] = "task/cgroup,task/affinity"
-    select_type_parameters: str = "CR_Core_Memory"
+    select_type_parameters: str = Field(default="CR_Core_Memory", pattern=SELECT_PARAMS_RE)
     source: Literal["stack", "distro"] = Field(
         default="stack", description="stack: the matrix's pinned Slurm; distro: the OS's packages"
     )
 
 
 class User(Strict):
-    name: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    name: str = Field(pattern=USER_NAME_RE)
     uid: int = Field(ge=1000, le=60000)
-    gid: int | None = None
-    groups: list[str] = Field(default_factory=list)
-    shell: str = "/bin/bash"
+    gid: int | None = Field(default=None, ge=1000, le=60000)
+    groups: list[Annotated[str, Field(pattern=USER_NAME_RE)]] = Field(default_factory=list)
+    shell: str = Field(default="/bin/bash", pattern=SHELL_RE)
     ssh_authorized_keys: list[str] = Field(default_factory=list)
+
+
+def _url_field(value, what: str):
+    """An http(s) URL for a config file; it may carry credentials, so it is never echoed."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a quoted http:// or https:// URL")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number or out of range
+    except ValueError:
+        host = None
+    if parts.scheme not in ("http", "https") or not host or any(c.isspace() or ord(c) < 32 for c in value) \
+            or any(c in value for c in "\"'\\"):
+        raise ValueError(f"{what} must be an http:// or https:// URL with a host, without spaces or quotes")
+    return value
 
 
 class Packages(Strict):
@@ -154,12 +234,22 @@ class Packages(Strict):
         default="/srv/podsys/bundle",
         description="source: bundle: where the bundle directory is on the head (copied there, or the ISO mounted there)",
     )
-    bundle_port: int = Field(default=8080, ge=1, le=65535, description="source: bundle: head port serving the bundle")
+    bundle_port: int = Field(default=8080, **PORT, description="source: bundle: head port serving the bundle")
     bundle_fingerprint: str | None = Field(
         default=None, pattern=r"^[0-9A-Fa-f]{40}$",
         description="source: bundle: the site key's fingerprint (podsys bundle build prints it); the deploy "
                     "refuses a bundle signed by any other key",
     )
+
+    @field_validator("upstream", mode="before")
+    @classmethod
+    def _upstream_url(cls, value):
+        return _url_field(value, "upstream")
+
+    @field_validator("proxy", mode="before")
+    @classmethod
+    def _proxy_url(cls, value):
+        return _url_field(value, "proxy")
 
     @field_validator("bundle_path")
     @classmethod
@@ -171,8 +261,8 @@ class Packages(Strict):
 
 class Monitoring(Strict):
     grafana: bool = False
-    retention: str = "15d"
-    scrape_interval: str = "15s"
+    retention: str = Field(default="15d", pattern=PROM_DURATION_RE)
+    scrape_interval: str = Field(default="15s", pattern=PROM_DURATION_RE)
 
 
 class GPUOptions(Strict):
@@ -195,9 +285,20 @@ class Provisioning(Strict):
     dns: bool = False
     discovery: Discovery = Field(default_factory=Discovery)
     root_password_hash: str | None = Field(default=None, description="crypt(3) hash, never plain text")
-    http_port: int = 80
+    http_port: int = Field(default=80, **PORT)
     default_boot_state: Literal["install", "local"] = "install"
-    status_port: int = Field(default=8081, ge=1, le=65535, description="head port receiving installer callbacks")
+
+    @field_validator("root_password_hash", mode="before")
+    @classmethod
+    def _crypt_hash(cls, value):
+        # Never repeat the value: it may be a plain-text password typed by mistake.
+        if value is None:
+            return None
+        if not isinstance(value, str) or not CRYPT_HASH_RE.match(value):
+            raise ValueError("is not a crypt(3) hash (create one with `mkpasswd -m sha-512` or `openssl passwd -6`; "
+                             "quote it in YAML)")
+        return value
+    status_port: int = Field(default=8081, **PORT, description="head port receiving installer callbacks")
     root_authorized_keys: list[str] = Field(
         default_factory=list,
         description="public keys for root on installed nodes (the access key's .pub is added when present)",
@@ -206,18 +307,18 @@ class Provisioning(Strict):
 
 class BMCCredentials(Strict):
     protocol: Literal["ipmi", "redfish"] = "ipmi"
-    username: str
-    password_file: str = Field(description="file holding the BMC password (0600); never inline")
+    username: str = Field(pattern=PLAIN_RE)
+    password_file: str = Field(pattern=PLAIN_RE, description="file holding the BMC password (0600); never inline")
 
 
 class Access(Strict):
     """How podsys reaches nodes over SSH. Run from the head itself, the defaults fit; run from a
     workstation (or the lab's host), `via_head: true` jumps through the head like a bastion."""
 
-    user: str = "root"
-    port: int = 22
-    private_key_file: str | None = Field(default=None, description="relative to the manifest")
-    known_hosts_file: str | None = Field(default=None, description="relative to the manifest")
+    user: str = Field(default="root", pattern=USER_NAME_RE)
+    port: int = Field(default=22, **PORT)
+    private_key_file: str | None = Field(default=None, pattern=PLAIN_RE, description="relative to the manifest")
+    known_hosts_file: str | None = Field(default=None, pattern=PLAIN_RE, description="relative to the manifest")
     via_head: bool = False
 
 
@@ -229,11 +330,11 @@ class Manifest(Strict):
     networks: Networks
     os: OSSpec
     stack: str = "auto"
-    layers: list[Literal["base", "gpu", "infiniband", "slurm", "monitoring", "container"]] = Field(
+    layers: list[Layer] = Field(
         default_factory=lambda: ["base", "slurm", "monitoring"]
     )
     node_groups: list[NodeGroup] = Field(min_length=1)
-    hardware_profiles: dict[str, HardwareProfile] = Field(default_factory=dict)
+    hardware_profiles: dict[Annotated[str, Field(pattern=DNS_LABEL)], HardwareProfile] = Field(default_factory=dict)
     slurm: SlurmSpec = Field(default_factory=SlurmSpec)
     users: list[User] = Field(default_factory=list)
     packages: Packages = Field(default_factory=Packages)

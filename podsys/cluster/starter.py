@@ -58,6 +58,7 @@ def starter_values(name: str, head_interface: str | None, nics: list[HeadNIC]) -
 
 
 def write_starter(path: Path, values: dict, force: bool) -> list[Path]:
+    from podsys.cluster.schema import LAYERS, SUPPORTED_OS
     from podsys.render.build import template  # jinja environment lives with the renderer
 
     macs = path.with_name(path.stem + "-macs.csv")
@@ -65,6 +66,8 @@ def write_starter(path: Path, values: dict, force: bool) -> list[Path]:
         if target.exists() and not force:
             raise InputError(Problem(str(target), None, "", "already exists; use --force to overwrite"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(template("core/cluster.yaml.j2", manifest_name=path.name, macs_name=macs.name, **values))
+    supported_os = ", ".join(f"{distro} {'/'.join(versions)}" for distro, versions in SUPPORTED_OS.items())
+    path.write_text(template("core/cluster.yaml.j2", manifest_name=path.name, macs_name=macs.name,
+                             supported_os=supported_os, all_layers=" ".join(LAYERS), **values))
     macs.write_text(template("core/macs.csv.j2"))
     return [path, macs]

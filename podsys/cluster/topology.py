@@ -13,25 +13,77 @@ from ipaddress import IPv4Address, IPv4Network
 import hostlist
 
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# A cluster's node count across every group; 4,096 is the largest example. The bound is
+# checked by counting ranges before anything is expanded, so no hostlist costs more than this.
+MAX_NODES = 16_384
+# Bracket groups in one name (rack[1-4]-node[01-32] has two); python-hostlist recurses per group.
+MAX_RANGES_PER_NAME = 8
 
 
 class HostlistError(ValueError):
     pass
 
 
-def expand_hosts(expression: str) -> list[str]:
-    """Slurm-style hostlist -> names, in order. Raises HostlistError with the reason."""
+def _top_level_parts(expression: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in expression:
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += char
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth not in (0, 1):
+            raise HostlistError(f"malformed hostlist {_shown(expression)}: {'nested' if depth > 1 else 'unbalanced'} brackets")
+    if depth:
+        raise HostlistError(f"malformed hostlist {_shown(expression)}: unbalanced brackets")
+    parts.append(current)
+    return parts
+
+
+def _shown(expression: str) -> str:
+    return repr(expression if len(expression) <= 60 else expression[:60] + "...")
+
+
+def count_hosts(expression: str) -> int:
+    """How many names `expression` expands to, without expanding it (an upper bound when
+    it repeats names). Raises HostlistError for a malformed one."""
+    total = 0
+    for part in _top_level_parts(expression):
+        ranges = re.findall(r"\[([^\]]*)\]", part)
+        if len(ranges) > MAX_RANGES_PER_NAME:
+            raise HostlistError(f"hostlist {_shown(expression)} has more than {MAX_RANGES_PER_NAME} [ranges] in one name")
+        count = 1
+        for body in ranges:
+            size = 0
+            for item in body.split(","):
+                low, _, high = item.partition("-")
+                if not low.isdigit() or (high and not high.isdigit()):
+                    raise HostlistError(f"malformed hostlist {_shown(expression)}: bad range [{body}]")
+                size += int(high) - int(low) + 1 if high else 1
+            count *= max(size, 0)
+        total += count
+    return total
+
+
+def expand_hosts(expression: str, budget: int = MAX_NODES) -> list[str]:
+    """Slurm-style hostlist -> names, in order. Raises HostlistError with the reason,
+    before expanding anything, when it would yield more than `budget` names."""
     if not expression or not expression.strip():
         raise HostlistError("empty hostlist")
+    count = count_hosts(expression)
+    if count > budget:
+        raise HostlistError(f"hostlist {_shown(expression)} expands to {count} names; podsys handles at most "
+                            f"{MAX_NODES} nodes in all")
     if ",," in expression or expression.strip().endswith(",") or expression.strip().startswith(","):
-        raise HostlistError(f"malformed hostlist {expression!r}: empty element")
+        raise HostlistError(f"malformed hostlist {_shown(expression)}: empty element")
     try:
         names = hostlist.expand_hostlist(expression)
     except hostlist.BadHostlist as exc:
-        raise HostlistError(f"malformed hostlist {expression!r}: {exc}") from None
+        raise HostlistError(f"malformed hostlist {_shown(expression)}: {exc}") from None
     for name in names:
         if not HOSTNAME_RE.match(name):
-            raise HostlistError(f"hostlist {expression!r} yields {name!r}, which is not a valid hostname")
+            raise HostlistError(f"hostlist {_shown(expression)} yields {name!r}, which is not a valid hostname")
     return names
 
 
@@ -47,6 +99,7 @@ class GroupRequest:
     hosts: list[str]
     start: int | None = None
     pinned: dict[str, int] = field(default_factory=dict)
+    label: str = ""  # how errors name the group, e.g. "group 'gpu'"
 
 
 @dataclass
@@ -62,6 +115,21 @@ def usable_range(network: IPv4Network) -> tuple[int, int]:
     return first + 1, last - 1
 
 
+def address_problem(address: IPv4Address | int, network: IPv4Network) -> str | None:
+    """Why `address` cannot be a host's address in `network` (outside it, or its network or
+    broadcast address), or None."""
+    value = int(address)
+    shown = IPv4Address(value)
+    if not int(network.network_address) <= value <= int(network.broadcast_address):
+        return f"{shown} is outside {network}"
+    lo, hi = usable_range(network)
+    if value < lo:
+        return f"{shown} is the network address of {network}, not a host address"
+    if value > hi:
+        return f"{shown} is the broadcast address of {network}, not a host address"
+    return None
+
+
 def allocate_addresses(
     network: IPv4Network,
     groups: list[GroupRequest],
@@ -71,54 +139,78 @@ def allocate_addresses(
     """Give every host a unique address in `network`.
 
     Order of precedence: an address pinned in the manifest, then the address recorded by an
-    earlier allocation (stability), then the next free address from the group's start.
+    earlier allocation (stability), then the next address from the group's start. A group
+    with an explicit start owns the addresses from there: running into the head, the gateway
+    or another group's node is an error naming both, never a silent shift. A group without
+    one takes the next free addresses from the start of the network.
     `reserved` maps addresses that are taken already (head, gateway, DNS) to their owner."""
     lo, hi = usable_range(network)
     used: dict[int, str] = dict(reserved)
     out: dict[str, int] = {}
+    group_of: dict[str, int] = {}
     problems: list[tuple[object, str]] = []
 
     def fmt(addr: int) -> str:
         return str(IPv4Address(addr))
 
-    for group in groups:
+    def owner(name: str, index: int) -> str:
+        label = groups[index].label
+        return f"{name} ({label})" if label else name
+
+    for gi, group in enumerate(groups):
         for name, addr in group.pinned.items():
-            if not lo <= addr <= hi:
-                problems.append((("pin", group.key, name), f"{name}: address {fmt(addr)} is outside {network}"))
+            bad = address_problem(addr, network)
+            if bad:
+                problems.append((("pin", group.key, name), f"{name}: address {bad}"))
             elif addr in used:
                 problems.append((("pin", group.key, name), f"{name}: address {fmt(addr)} collides with {used[addr]}"))
             else:
-                used[addr] = name
+                used[addr] = owner(name, gi)
                 out[name] = addr
+                group_of[name] = gi
 
     if previous:
-        wanted = {h for g in groups for h in g.hosts}
+        wanted = {h: gi for gi, g in enumerate(groups) for h in g.hosts}
         for name, addr in sorted(previous.items(), key=lambda item: item[1]):
             if name in wanted and name not in out and lo <= addr <= hi and addr not in used:
-                used[addr] = name
+                used[addr] = owner(name, wanted[name])
                 out[name] = addr
+                group_of[name] = wanted[name]
 
-    for group in groups:
-        if group.start is not None and not lo <= group.start <= hi:
-            problems.append((("start", group.key), f"start_address {fmt(group.start)} is outside {network}"))
-            continue
-        cursor = group.start if group.start is not None else lo
+    for gi, group in enumerate(groups):
         pending = [h for h in group.hosts if h not in out]
+        if group.start is not None:
+            bad = address_problem(group.start, network)
+            if bad:
+                problems.append((("start", group.key), f"start_address {bad}"))
+                continue
+            if pending and group.start + len(pending) - 1 > hi:
+                problems.append((("fit", group.key), f"{len(group.hosts)} hosts from {fmt(group.start)} do not fit in "
+                                 f"{network} ({group.start + len(pending) - 1 - hi} left without an address)"))
+                continue
+        cursor = group.start if group.start is not None else lo
+        own = {out[h] for h in group.hosts if h in out and group_of.get(h) == gi}
         for i, name in enumerate(pending):
-            while cursor <= hi and cursor in used:
-                cursor += 1
+            if group.start is not None:
+                while cursor in own:
+                    cursor += 1
+                if cursor <= hi and cursor in used:
+                    problems.append((("start", group.key),
+                                     f"start_address {fmt(group.start)}" + (f" of {group.label}" if group.label else "")
+                                     + f" ({len(group.hosts)} hosts) runs into {used[cursor]} at {fmt(cursor)}; "
+                                       "move the start address or that address"))
+                    break
+            else:
+                while cursor <= hi and cursor in used:
+                    cursor += 1
             if cursor > hi:
                 left = len(pending) - i
-                problems.append(
-                    (
-                        ("fit", group.key),
-                        f"{len(group.hosts)} hosts from {fmt(group.start or lo)} do not fit in {network}"
-                        f" ({left} left without an address)",
-                    )
-                )
+                problems.append((("fit", group.key), f"{len(group.hosts)} hosts from {fmt(group.start or lo)} do not fit "
+                                 f"in {network} ({left} left without an address)"))
                 break
-            used[cursor] = name
+            used[cursor] = owner(name, gi)
             out[name] = cursor
+            group_of[name] = gi
             cursor += 1
     return Allocation(out, problems)
 

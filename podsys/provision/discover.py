@@ -9,13 +9,12 @@ resolve yet, and that is exactly when discovery is needed."""
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from podsys.cluster.schema import Manifest, normalise_mac
+from podsys.cluster.macs import normalise_mac, read_mac_csv
+from podsys.cluster.schema import Manifest
 from podsys.cluster.topology import expand_hosts
 
 
@@ -50,28 +49,12 @@ def known_macs(manifest: Manifest, base_dir: Path) -> dict[str, str]:
     macs: dict[str, str] = {}
     for group in manifest.node_groups:
         if group.macs_file:
-            for host, mac in read_macs_csv(base_dir / group.macs_file):
+            for host, mac in read_mac_csv(base_dir / group.macs_file, missing_ok=True).pairs():
                 macs[mac] = host
         for host, entry in group.nodes.items():
             if entry.mac:
                 macs[entry.mac] = host
     return macs
-
-
-def read_macs_csv(path: Path) -> list[tuple[str, str]]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    rows = []
-    for row in csv.reader(io.StringIO(text)):
-        if len(row) < 2 or row[0].strip().startswith("#") or row[0].strip().lower() in ("hostname", "host", "name"):
-            continue
-        try:
-            rows.append((row[0].strip(), normalise_mac(row[1].strip())))
-        except ValueError:
-            continue
-    return rows
 
 
 def discovered(manifest: Manifest, base_dir: Path, leases: list[Lease]) -> list[Lease]:
@@ -94,7 +77,7 @@ def hosts_without_mac(manifest: Manifest, base_dir: Path, group_name: str) -> li
     group = next((g for g in manifest.node_groups if g.name == group_name), None)
     if group is None:
         raise KeyError(group_name)
-    have = {h for h, _ in read_macs_csv(base_dir / group.macs_file)} if group.macs_file else set()
+    have = {h for h, _ in read_mac_csv(base_dir / group.macs_file, missing_ok=True).pairs()} if group.macs_file else set()
     have |= {h for h, e in group.nodes.items() if e.mac}
     return [h for h in expand_hosts(group.hosts) if h not in have]
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 SUBIQUITY_SCHEMA = REPO.parent / "shared" / "schemas" / "subiquity-autoinstall-schema.json"
 PASSWORD_HASH = "$6$podsystestsalt$RLrny3EtmKdqGKHloDVBYqqIoGNgFkNucr0PhTE.pm7uDNfDwflLIVc6nBdRNlfy6wQiinUpFZMm2fDrob4Hm0"
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests0000000000000000 admin@head"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests000000000000000000 admin@head"
 
 
 def manifest(distro: str, version: str) -> str:

@@ -46,7 +46,7 @@ networks:
 os: {{distro: debian, version: "12"}}
 provisioning:
   dns: true
-  root_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests0000000000000000 test@head"]
+  root_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests000000000000000000 test@head"]
 node_groups:
   - name: compute
     hosts: n[1-3]

@@ -25,7 +25,7 @@ node_groups:
     disk: /dev/nvme0n1
     macs_file: gpu-macs.csv
 slurm: {partitions: [{name: gpu, node_groups: [gpu], default: true}]}
-users: [{name: alice, uid: 2001, ssh_authorized_keys: ["ssh-ed25519 AAAA alice"]}]
+users: [{name: alice, uid: 2001, ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAliceTestKey0000000000000000000000000000000 alice"]}]
 """
 
 MACS = "hostname,mac\ngpu001,b8:3f:d2:00:00:01\ngpu002,b8:3f:d2:00:00:02\ngpu003,b8:3f:d2:00:00:03\ngpu004,b8:3f:d2:00:00:04\n"

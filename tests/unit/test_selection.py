@@ -68,6 +68,12 @@ def test_each_command_refuses_an_unknown_host_with_the_same_line(manifest, argv,
 
 
 def test_status_limit_shows_only_the_selected_nodes(manifest, tmp_path):
+    # The head has install state (an installer called back); without any, status says there is none.
+    from podsys.provision.render import status_nodes
+    from podsys.provision.state import NodeInfo, StateStore
+
+    nodes = {name: NodeInfo(name, info["ip"], info["mac"]) for name, info in status_nodes(load_cluster(manifest)).items()}
+    StateStore(tmp_path / "state", None, nodes).record_event("gpu001", "start")
     result = invoke("status", str(manifest), "--limit", "gpu[002-003]", "--json",
                     "--state-dir", str(tmp_path / "state"), "--boot-root", str(tmp_path / "boot"))
     assert result.exit_code == 0, result.output

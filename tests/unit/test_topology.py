@@ -2,7 +2,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from podsys.cluster.topology import GroupRequest, HostlistError, allocate_addresses, collapse_hosts, expand_hosts, same_offset
+from podsys.cluster.topology import (GroupRequest, HostlistError, allocate_addresses, collapse_hosts, count_hosts, expand_hosts,
+                                     same_offset)
 
 
 def ip(text: str) -> int:
@@ -41,12 +42,42 @@ def test_collapse_round_trips():
 NET = IPv4Network("10.10.0.0/16")
 
 
-def test_allocation_in_host_order_skipping_reserved():
-    alloc = allocate_addresses(
-        NET, [GroupRequest(0, expand_hosts("n[1-3]"), ip("10.10.1.1"))], {ip("10.10.1.2"): "the head"}
-    )
+def test_allocation_without_start_skips_reserved():
+    alloc = allocate_addresses(NET, [GroupRequest(0, expand_hosts("n[1-3]"))], {ip("10.10.0.2"): "the head"})
     assert alloc.problems == []
-    assert names(alloc) == {"n1": "10.10.1.1", "n2": "10.10.1.3", "n3": "10.10.1.4"}
+    assert names(alloc) == {"n1": "10.10.0.1", "n2": "10.10.0.3", "n3": "10.10.0.4"}
+
+
+def test_start_address_running_into_reserved_is_an_error_naming_both():
+    # Issue 11: a group with an explicit start owns its range; it is never silently shifted.
+    alloc = allocate_addresses(
+        NET, [GroupRequest(0, expand_hosts("n[1-3]"), ip("10.10.1.1"), label="group 'n'")], {ip("10.10.1.2"): "the head"}
+    )
+    assert [(loc, msg) for loc, msg in alloc.problems] == [
+        (("start", 0), "start_address 10.10.1.1 of group 'n' (3 hosts) runs into the head at 10.10.1.2; "
+                       "move the start address or that address")]
+
+
+def test_start_address_inside_another_groups_range_names_both():
+    alloc = allocate_addresses(NET, [GroupRequest(0, expand_hosts("a[1-4]"), ip("10.10.1.1"), label="group 'a'"),
+                                     GroupRequest(1, expand_hosts("b[1-4]"), ip("10.10.1.3"), label="group 'b'")], {})
+    assert len(alloc.problems) == 1
+    locator, message = alloc.problems[0]
+    assert locator == ("start", 1) and "runs into a3 (group 'a') at 10.10.1.3" in message
+
+
+@pytest.mark.parametrize("start, fragment", [("10.10.0.0", "network address"), ("10.10.255.255", "broadcast address"),
+                                             ("10.11.0.1", "outside")])
+def test_start_address_never_network_or_broadcast(start, fragment):
+    alloc = allocate_addresses(NET, [GroupRequest(0, ["n1"], ip(start))], {})
+    assert alloc.problems and alloc.problems[0][0] == ("start", 0) and fragment in alloc.problems[0][1]
+
+
+def test_hostlist_total_is_bounded_before_expanding():
+    # Each part is under python-hostlist's own 100,000 cap; together they are not.
+    with pytest.raises(HostlistError, match="expands to 400000 names"):
+        expand_hosts(",".join(f"n{i}-[00000-99999]" for i in range(4)))
+    assert count_hosts("a[1-2]-b[1-3],c") == 7
 
 
 def test_growing_group_keeps_existing_addresses():

@@ -104,7 +104,8 @@ def test_malformed_inline_mac(tmp_path):
 def test_duplicate_mac(tmp_path):
     macs = MACS.replace("b8:3f:d2:00:00:04", "B8-3F-D2-00-00-01")
     path, problems = problems_for(tmp_path, VALID, macs)
-    assert_problem(problems, path, line_of(VALID, "- name: gpu"), "node_groups[0]", "duplicate MAC b8:3f:d2:00:00:01", "gpu004", "gpu001")
+    # Issue 11 "errors point at the item": the CSV row that repeats the MAC, not the group.
+    assert_problem(problems, tmp_path / "gpu-macs.csv", 5, "mac", "duplicate MAC b8:3f:d2:00:00:01", "gpu004", "gpu001")
 
 
 def test_missing_mac_for_pxe_node(tmp_path):
@@ -226,7 +227,7 @@ def test_all_errors_reported_not_just_first(tmp_path):
 
 def test_user_duplicates(tmp_path):
     text = VALID.replace(
-        'users: [{name: alice, uid: 2001, ssh_authorized_keys: ["ssh-ed25519 AAAA alice"]}]',
+        'users: [{name: alice, uid: 2001, ssh_authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAliceTestKey0000000000000000000000000000000 alice"]}]',
         "users:\n  - {name: alice, uid: 2001}\n  - {name: bob, uid: 2001}\n  - {name: alice, uid: 2003}",
     )
     path, problems = problems_for(tmp_path, text)
@@ -255,7 +256,7 @@ def test_unsupported_os_version(tmp_path):
 def test_domain_must_be_a_dns_name(tmp_path):
     text = VALID.replace("domain: cluster.local", "domain: 'bad domain;reboot'")
     path, problems = problems_for(tmp_path, text)
-    assert_problem(problems, path, line_of(text, "metadata"), "metadata.domain", "should match pattern")
+    assert_problem(problems, path, line_of(text, "metadata"), "metadata.domain", "must be a DNS name", "bad domain;reboot")
 
 
 def test_bundle_port_taken_by_another_head_service(tmp_path):
