@@ -52,6 +52,16 @@ def podsys_package_plan(stack, os_key, hardware=None, options=None):
     return [p.as_dict() for p in plan]
 
 
+def podsys_node_plan(stack, os_key, hardware=None, options=None):
+    """{repositories, module_streams, packages, pins, kernel_modules, services, notes} for one host."""
+    stack_packages = _import_plan()
+    try:
+        plan = stack_packages.node_plan(_plain(stack), str(os_key), _plain(hardware) or None, _plain(options or {}))
+    except stack_packages.PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+    return plan.as_dict()
+
+
 def podsys_driver_flavour(stack, hardware=None, requested="auto"):
     """{flavour, reason} for the host's GPU."""
     stack_packages = _import_plan()
@@ -68,4 +78,5 @@ def podsys_driver_flavour(stack, hardware=None, requested="auto"):
 
 class FilterModule:
     def filters(self):
-        return {"podsys_package_plan": podsys_package_plan, "podsys_driver_flavour": podsys_driver_flavour}
+        return {"podsys_package_plan": podsys_package_plan, "podsys_node_plan": podsys_node_plan,
+                "podsys_driver_flavour": podsys_driver_flavour}
