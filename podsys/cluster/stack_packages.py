@@ -448,6 +448,23 @@ def repositories(stack: Stack, os_key: str, components: Iterable[str], options: 
     return out
 
 
+# The repositories the roles name (package_source_vendor_repos) and the plan components they serve.
+REPOSITORY_COMPONENTS = {"cuda": ("cuda",), "container_toolkit": ("container_toolkit",), "ofed": ("infiniband",)}
+
+
+def repositories_named(stack: Stack | Mapping, os_key: str, names: Iterable[str], options: PlanOptions | Mapping | None = None,
+                       matrix: Matrix | None = None) -> list[Repository]:
+    """The named repositories (cuda, container_toolkit, ofed) for one host, as repositories() defines them."""
+    stack = stack if isinstance(stack, Stack) else Stack.model_validate(dict(stack))
+    options = options if isinstance(options, PlanOptions) else PlanOptions.from_mapping(options)
+    names = list(names)
+    unknown = [n for n in names if n not in REPOSITORY_COMPONENTS]
+    if unknown:
+        raise PlanError(f"unknown repository name(s): {', '.join(unknown)} (known: {', '.join(REPOSITORY_COMPONENTS)})")
+    components = [c for n in names for c in REPOSITORY_COMPONENTS[n]]
+    return [r for r in repositories(stack, os_key, components, options, matrix) if r.name in names]
+
+
 @dataclass(frozen=True)
 class NodePlan:
     """What one node gets, in install order: `podsys compat packages` prints it, the roles run it."""
@@ -461,6 +478,7 @@ class NodePlan:
     kernel_modules: list[dict]  # {name, when, why}, in load order
     services: list[dict]  # {name, why}
     notes: list[str]
+    gpudirect: str | None = None  # nvidia_peermem | dmabuf | None (no GPU or no InfiniBand)
 
     def as_dict(self) -> dict:
         return {
@@ -469,7 +487,7 @@ class NodePlan:
             "module_streams": list(self.module_streams),
             "packages": [p.as_dict() for p in self.packages],
             "pins": list(self.pins), "kernel_modules": list(self.kernel_modules),
-            "services": list(self.services), "notes": list(self.notes),
+            "services": list(self.services), "notes": list(self.notes), "gpudirect": self.gpudirect,
         }
 
 
@@ -506,6 +524,7 @@ def node_plan(
     modules: list[dict] = []
     services: list[dict] = []
     notes: list[str] = []
+    gpudirect = None
     if "infiniband" in components and options.infiniband_stack == "matrix":
         modules.append({"name": "mlx5_ib", "when": "after OFED (openibd restart or reboot)", "why": "OFED's InfiniBand driver"})
     if "driver" in components:
@@ -516,7 +535,7 @@ def node_plan(
         else:
             pins.append({"packages": " ".join(DRIVER_PIN_PATTERNS), "version": f"{stack.driver}-*"})
         modules.append({"name": "nvidia", "when": "after the driver (reboot)", "why": f"version {stack.driver}, checked after reboot"})
-        path = gpudirect_path(stack, profile, options)
+        path = gpudirect = gpudirect_path(stack, profile, options)
         if path == "nvidia_peermem":
             modules.append({"name": "nvidia_peermem", "when": "after the driver, once `modinfo nvidia_peermem` finds it",
                             "why": "GPUDirect RDMA through the OFED peer-memory API"})
@@ -537,4 +556,4 @@ def node_plan(
         services.append({"name": "nvidia-dcgm", "why": "DCGM host engine for health checks and the exporter"})
     if "opensm" in components:
         services.append({"name": "opensm", "why": "InfiniBand subnet manager on the head"})
-    return NodePlan(stack.id, os_key, family, repos, streams, packages, pins, modules, services, notes)
+    return NodePlan(stack.id, os_key, family, repos, streams, packages, pins, modules, services, notes, gpudirect)
