@@ -12,6 +12,7 @@ repositories, the upstream version never does) and dnf `name-<version>`."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -277,7 +278,9 @@ def ofed_directory(stack: Stack, os_key: str, matrix: Matrix, os_release: str | 
             f"{stack.ofed.flavour} {stack.ofed.version} does not support {os_key}"
             f" (supports {', '.join(supported) or 'nothing listed'}); set infiniband.stack: inbox"
         )
-    if os_release is None or os_key.startswith("ubuntu-"):
+    # Only RHEL minors change the kernel ABI; Debian point releases (12.5 -> 12.12) keep it, so a
+    # Debian 12 node uses the release's debian12.x directory whatever its point release.
+    if os_release is None or os_family(os_key) == "apt":
         return dirs[0]
     prefix = "rhel" if os_family(os_key) == "dnf" else os_key.split("-", 1)[0]
     wanted = f"{prefix}{os_release}"
@@ -557,3 +560,22 @@ def node_plan(
     if "opensm" in components:
         services.append({"name": "opensm", "why": "InfiniBand subnet manager on the head"})
     return NodePlan(stack.id, os_key, family, repos, streams, packages, pins, modules, services, notes, gpudirect)
+
+
+def reboot_reasons(has_gpu: bool, driver: str, installed_driver_versions: Iterable[str], loaded_driver: str | None,
+                   nouveau_loaded: bool, earlier: Iterable[str] = ()) -> list[str]:
+    """Why a node must reboot before the GPU stack can use its new kernel modules; [] = it runs
+    what is planned (a node already running the pinned driver is left alone).
+
+    installed_driver_versions: versions of the installed driver packages as the package manager
+    reports them (1:580.95.05-1, 580.95.05-0ubuntu1, 580.95.05-1.el9); earlier: reasons roles
+    recorded this run (OFED installed)."""
+    reasons = list(earlier)
+    if not has_gpu:
+        return reasons
+    upstream = {re.sub(r"-[^-]*$", "", re.sub(r"^\d+:", "", v)) for v in installed_driver_versions}
+    if driver in upstream and (loaded_driver or "").strip() != driver:
+        reasons.append(f"nvidia module {(loaded_driver or '').strip() or 'not loaded'}, driver {driver} installed")
+    if nouveau_loaded:
+        reasons.append("nouveau is loaded")
+    return reasons

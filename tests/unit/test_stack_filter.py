@@ -63,3 +63,10 @@ def test_driver_flavour_filter_reports_the_reason(filters):
     hw = builtin_profiles()["hgx-h100-8gpu"].model_dump(mode="json")
     assert f["podsys_driver_flavour"](stack, hw, "auto") == {
         "flavour": "proprietary", "reason": "proprietary modules are the default before R560 (stack R535)"}
+
+
+def test_why_reboot_filter_wraps_reboot_reasons(filters):
+    _, f = filters
+    assert f["podsys_why_reboot"]([], True, "580.95.05", ["1:580.95.05-1"], "580.95.05\n", False) == []
+    assert f["podsys_why_reboot"](["OFED 3.1.0 installed"], True, "580.95.05", ["580.95.05-1"], "", False) == [
+        "OFED 3.1.0 installed", "nvidia module not loaded, driver 580.95.05 installed"]

@@ -282,6 +282,7 @@ def test_rocky_driver_installs_through_the_branch_module_stream(stack_id, profil
     ("rocky-9", "9.6", "rhel9.6"),
     ("rocky-9", None, "rhel9.6"),
     ("debian-12", "12.5", "debian12.5"),
+    ("debian-12", "12.12", "debian12.5"),  # point releases keep the kernel ABI; RHEL minors do not
     ("ubuntu-22.04", "22.04", "ubuntu22.04"),
 ])
 def test_ofed_directories_carry_the_minor_release(os_key, release, directory):
@@ -364,3 +365,26 @@ def test_gpudirect_path_follows_the_rdma_stack():
     inbox = node_plan(stack, "ubuntu-22.04", PROFILES["hgx-h100-8gpu"], {"layers": ["gpu", "infiniband"], "infiniband": {"stack": "inbox"}})
     assert "nvidia_peermem" not in [m["name"] for m in inbox.kernel_modules]
     assert any("DMA-BUF" in n for n in inbox.notes)
+
+
+# --- reboots as part of deploy (node_reboot role) ---------------------------------------------
+
+from podsys.cluster.stack_packages import reboot_reasons  # noqa: E402
+
+
+@pytest.mark.parametrize("installed", [["580.95.05-1"], ["1:580.95.05-0ubuntu1"], ["580.95.05-1.el9"]])
+def test_a_node_running_the_pinned_driver_is_not_rebooted(installed):
+    assert reboot_reasons(True, "580.95.05", installed, "580.95.05\n", False) == []
+
+
+def test_a_new_driver_not_yet_loaded_needs_a_reboot():
+    assert reboot_reasons(True, "580.95.05", ["580.95.05-1"], "", False) == ["nvidia module not loaded, driver 580.95.05 installed"]
+    assert reboot_reasons(True, "580.95.05", ["580.95.05-1"], "570.172.08", False) == [
+        "nvidia module 570.172.08, driver 580.95.05 installed"]
+
+
+def test_nouveau_and_ofed_changes_need_a_reboot_and_cpu_nodes_only_for_ofed():
+    assert reboot_reasons(True, "580.95.05", [], "", True) == ["nouveau is loaded"]
+    assert reboot_reasons(False, "580.95.05", [], "", True, ["OFED 3.1.0 installed"]) == ["OFED 3.1.0 installed"]
+    # The driver is not installed (yet): nothing to load, nothing to reboot for.
+    assert reboot_reasons(True, "580.95.05", ["570.172.08-1"], "570.172.08", False) == []

@@ -73,6 +73,13 @@ def podsys_repositories(stack, os_key, names, options=None):
     return [r.as_dict() for r in repos]
 
 
+def podsys_why_reboot(earlier, has_gpu, driver, installed_versions, loaded_driver, nouveau_loaded):
+    """Why this node must reboot now ([] = it already runs what is planned)."""
+    stack_packages = _import_plan()
+    return stack_packages.reboot_reasons(bool(has_gpu), str(driver), [str(v) for v in _plain(installed_versions or [])],
+                                         str(loaded_driver or ""), bool(nouveau_loaded), [str(r) for r in _plain(earlier or [])])
+
+
 def podsys_driver_flavour(stack, hardware=None, requested="auto"):
     """{flavour, reason} for the host's GPU."""
     stack_packages = _import_plan()
@@ -90,5 +97,5 @@ def podsys_driver_flavour(stack, hardware=None, requested="auto"):
 class FilterModule:
     def filters(self):
         return {"podsys_package_plan": podsys_package_plan, "podsys_node_plan": podsys_node_plan,
-                "podsys_repositories": podsys_repositories,
+                "podsys_repositories": podsys_repositories, "podsys_why_reboot": podsys_why_reboot,
                 "podsys_driver_flavour": podsys_driver_flavour}
