@@ -122,3 +122,16 @@ def test_new_roles_have_the_required_parts():
         readme = (base / "README.md").read_text()
         for var in defaults:
             assert var in specs and f"`{var}`" in readme, (role, var)
+
+
+def test_kernel_headers_are_their_own_transaction_before_each_dkms_build():
+    # Finding 10: in one apt run dpkg may configure a DKMS package before the headers are unpacked.
+    for role, dkms_task in (("infiniband", "Install, pin and hold the InfiniBand stack ({{ infiniband_stack }})"),
+                            ("nvidia_driver", "Install, pin and hold the driver")):
+        path = ROLES / role / "tasks" / ("main.yml" if role == "infiniband" else "driver.yml")
+        tasks = yaml.safe_load(path.read_text())
+        names = [t["name"] for t in tasks]
+        headers = [n for n in names if n.startswith("Install the running kernel's headers")]
+        assert len(headers) == 1 and names.index(headers[0]) < names.index(dkms_task), role
+        (step,) = [t for t in tasks if t["name"] == headers[0]]
+        assert "kernel_headers" in step["vars"]["package_source_install_plan"]
