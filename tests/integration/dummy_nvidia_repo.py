@@ -59,11 +59,18 @@ def build_deb(work: Path, name: str, version: str, depends: str = "") -> Path:
                + (f"Depends: {depends}\n" if depends else "")
                + f"Description: dummy {name} (podsys dummy NVIDIA repository)\n")
     (root / "DEBIAN/control").write_text(control)
-    if name in UNITS:
-        unit = root / "lib/systemd/system" / UNITS[name]
+    unit_name = next((unit for prefix, unit in UNITS.items() if name == prefix or name.startswith(prefix + "-")
+                      and prefix == "nvidia-fabricmanager"), None)  # nvidia-fabricmanager-570 ships the same unit
+    if unit_name:
+        unit = root / "lib/systemd/system" / unit_name
         unit.parent.mkdir(parents=True, exist_ok=True)
-        unit.write_text(f"[Unit]\nDescription=dummy {UNITS[name]}\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+        unit.write_text(f"[Unit]\nDescription=dummy {unit_name}\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
                         "ExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n")
+        # What debhelper's dh_installsystemd puts in a real package's postinst.
+        postinst = root / "DEBIAN/postinst"
+        postinst.write_text("#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then\n"
+                            "\tsystemctl --system daemon-reload >/dev/null || true\nfi\n")
+        postinst.chmod(0o755)
     out = work / "repo/pool/main" / f"{name}_{version.replace(':', '%3a')}_amd64.deb"
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
