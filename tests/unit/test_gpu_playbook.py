@@ -135,3 +135,14 @@ def test_kernel_headers_are_their_own_transaction_before_each_dkms_build():
         assert len(headers) == 1 and names.index(headers[0]) < names.index(dkms_task), role
         (step,) = [t for t in tasks if t["name"] == headers[0]]
         assert "kernel_headers" in step["vars"]["package_source_install_plan"]
+
+
+def test_nvidias_pinning_package_is_installed_before_the_driver():
+    # Finding 8: NVIDIA asks for the pinning package before the driver; in one apt run dpkg may
+    # unpack it after the driver (seen in the dummy-repository lab test).
+    tasks = yaml.safe_load((ROLES / "nvidia_driver" / "tasks" / "driver.yml").read_text())
+    names = [t["name"] for t in tasks]
+    first, driver = names.index("Install NVIDIA's driver pinning package first (R580 on)"), names.index("Install, pin and hold the driver")
+    assert first < driver
+    assert "selectattr('name', 'match', '^nvidia-driver-pinning-')" in tasks[first]["vars"]["package_source_install_plan"]
+    assert "rejectattr('name', 'match', '^nvidia-driver-pinning-')" in tasks[driver]["vars"]["package_source_install_plan"]
