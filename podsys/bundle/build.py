@@ -124,6 +124,8 @@ def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, ins
         seen.add(key)
         for pkg in package_plan(stack, os_key, profile, {**options, "layers": list(node_layers), "is_head": is_head}):
             why = f"{pkg.component} on {name}"
+            if pkg.component == "kernel_headers":
+                continue  # the headers meta package above follows the kernel the bundle ships
             if pkg.origin == "distribution":
                 wanted.append(pkg.name)
             elif pkg.origin == "source":

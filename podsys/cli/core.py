@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +27,7 @@ def register(app: typer.Typer) -> None:
     compat.command("list")(compat_list)
     compat.command("show")(compat_show)
     compat.command("check")(compat_check)
+    compat.command("packages")(compat_packages)
     app.add_typer(compat, name="compat")
 
 
@@ -210,17 +212,21 @@ def compat_list(
             violations = check_combination(matrix, stack, os_name, profiles, layer_list)
         elif profiles:
             violations = [v for v in check_combination(matrix, stack, stack.os[0], profiles, layer_list) if v.rule != "stack_supports_os" and v.rule != "ofed_supports_os"]
+        eol = stack.past_end_of_life(date.today())
         rows.append({"id": stack.id, "branch": stack.branch, "driver": stack.driver, "cuda": stack.cuda, "nccl": stack.nccl,
-                     "os": list(stack.os), "valid": not violations, "refused_by": [str(v) for v in violations]})
+                     "os": list(stack.os), "end_of_life": stack.end_of_life.isoformat() if stack.end_of_life else None,
+                     "eol": eol, "valid": not violations, "refused_by": [str(v) for v in violations]})
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     table = Table(title="podsys compatibility matrix (newest first)", title_justify="left")
-    for col in ("stack", "branch", "driver", "CUDA", "NCCL", "OS", "fits"):
+    for col in ("stack", "branch", "driver", "CUDA", "NCCL", "OS", "support", "fits"):
         table.add_column(col)
     for row in rows:
         fits = "[green]yes[/green]" if row["valid"] else f"[red]no[/red]: {row['refused_by'][0]}"
-        table.add_row(row["id"], row["branch"], row["driver"], row["cuda"], row["nccl"], " ".join(row["os"]), fits)
+        # Past end of life: still selectable by name, never picked by `stack: auto`.
+        support = f"[red]EOL {row['end_of_life']}[/red] (not auto)" if row["eol"] else f"until {row['end_of_life']}"
+        table.add_row(row["id"], row["branch"], row["driver"], row["cuda"], row["nccl"], " ".join(row["os"]), support, fits)
     console.print(table)
 
 
@@ -298,3 +304,61 @@ def compat_check(
         console.print(f"[green]allowed[/green]: {stack_id} (driver {stack.driver}, CUDA {stack.cuda}) with {what} on {os_name}")
     if violations:
         raise typer.Exit(1)
+
+
+@guarded
+def compat_packages(
+    stack_id: str = typer.Argument(..., help="stack id, e.g. r580-cuda13.0"),
+    os_name: str = typer.Option(..., "--os", help="e.g. ubuntu-22.04, rocky-9, debian-12"),
+    hardware: str = typer.Option("hgx-h100-8gpu", help="hardware profile id (`podsys hardware` profiles)"),
+    infiniband: str = typer.Option("matrix", help="matrix (the stack's OFED) or inbox"),
+    release: Optional[str] = typer.Option(None, help="full OS release (9.6, 12.5): picks the OFED directory"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The exact plan a node gets, in install order: repositories (URL, suite, key, fingerprint),
+    module streams, packages with pinned versions, apt pins, kernel modules and services. The
+    roles run the same plan (podsys/cluster/stack_packages.py)."""
+    from podsys.cluster.stack_packages import node_plan
+
+    matrix = _matrix()
+    problems = _os_problems(os_name)
+    if stack_id not in matrix.stacks:
+        problems.append(Problem("", None, "STACK", f"unknown stack '{stack_id}' (known: {', '.join(matrix.stacks)})"))
+    if infiniband not in ("matrix", "inbox"):
+        problems.append(Problem("", None, "--infiniband", f"'{infiniband}' is not matrix or inbox"))
+    if problems:
+        raise InputError(problems)
+    (profile,) = _profiles_for(None, hardware)
+    options = {"layers": ["gpu", "infiniband", "container"], "infiniband": {"stack": infiniband}, "os_release": release}
+    plan = node_plan(matrix.stack(stack_id), os_name, profile, options, matrix)
+    if as_json:
+        print(json.dumps({**plan.as_dict(), "hardware": hardware}, indent=2))
+        return
+    console.print(f"[bold]{stack_id}[/bold] on {os_name} ({plan.family}), hardware {hardware}, infiniband {infiniband}")
+    repos = Table(title="1. repositories", title_justify="left")
+    for col in ("name", "URL", "suite", "key", "fingerprint", "for"):
+        repos.add_column(col)
+    for r in plan.repositories:
+        checks = "" if plan.family == "apt" else f" (gpgcheck={int(r.gpgcheck)} repo_gpgcheck={int(r.repo_gpgcheck)})"
+        repos.add_row(r.name, r.url, r.suite or "-", r.key_url + checks, r.fingerprint or "not recorded", ", ".join(r.for_components))
+    console.print(repos)
+    if plan.module_streams:
+        console.print("2. dnf module streams: " + ", ".join(plan.module_streams))
+    packages = Table(title="3. packages, in install order", title_justify="left")
+    for col in ("#", "component", "package", "version", "given to the package manager", "from"):
+        packages.add_column(col)
+    for i, p in enumerate(plan.packages, 1):
+        packages.add_row(str(i), p.component, p.name, p.version or "-", p.spec, p.origin)
+    console.print(packages)
+    for pin in plan.pins:
+        console.print(f"apt pin (priority 1001) {pin['version']}: {pin['packages']}", markup=False)
+    modules = Table(title="4. kernel modules, in load order", title_justify="left")
+    for col in ("module", "when", "why"):
+        modules.add_column(col)
+    for m in plan.kernel_modules:
+        modules.add_row(m["name"], m["when"], m["why"])
+    console.print(modules)
+    for svc in plan.services:
+        console.print(f"service {svc['name']}: {svc['why']}", markup=False)
+    for note in plan.notes:
+        console.print(f"note: {note}", markup=False)

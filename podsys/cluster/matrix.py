@@ -6,6 +6,7 @@ the machine. Every violation carries the rule's reason and its source."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from functools import lru_cache
 from importlib import resources
 from typing import Iterable
@@ -44,12 +45,14 @@ class Stack(_Frozen):
     id: str
     branch: str
     support: str = ""
+    end_of_life: date | None = None  # the driver branch's end of life; `stack: auto` skips it after
     driver: str
     fabric_manager: str | None = None
     nvlsm: str | None = None
     cuda: str
     cuda_full: str | None = None
     nccl: str
+    nccl_tests: str | None = None  # the NVIDIA/nccl-tests release that builds for this CUDA
     cudnn: str | None = None
     dcgm: str | None = None
     ofed: OFED | None = None
@@ -62,6 +65,9 @@ class Stack(_Frozen):
     @property
     def nccl_cuda(self) -> str | None:
         return self.nccl.split("+cuda", 1)[1] if "+cuda" in self.nccl else None
+
+    def past_end_of_life(self, today: date) -> bool:
+        return self.end_of_life is not None and today > self.end_of_life
 
     def as_vars(self) -> dict:
         data = self.model_dump(mode="json")
@@ -178,12 +184,19 @@ def pick_stack(
     profiles: Iterable[HardwareProfile],
     layers: Iterable[str],
     infiniband_stack: str = "matrix",
+    today: date | None = None,
 ) -> tuple[Stack | None, dict[str, list[Violation]]]:
-    """`stack: auto`: the newest stack the matrix accepts; else None and why each was refused."""
+    """`stack: auto`: the newest supported stack the matrix accepts; else None and why each was
+    refused. Stacks past their end of life are never picked (they stay selectable by name)."""
     profiles, layers = list(profiles), list(layers)
+    today = today or date.today()
     refused: dict[str, list[Violation]] = {}
     for stack in matrix.newest_first():
         violations = check_combination(matrix, stack, os_key, profiles, layers, infiniband_stack)
+        if stack.past_end_of_life(today):
+            violations.append(Violation(
+                "end_of_life", f"stack {stack.id} is past its end of life ({stack.end_of_life}); pin it by name to use it anyway",
+                matrix.rules["end_of_life"]["source"]))
         if not violations:
             return stack, refused
         refused[stack.id] = violations

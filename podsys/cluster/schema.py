@@ -268,6 +268,9 @@ class Monitoring(Strict):
 class GPUOptions(Strict):
     replace_driver: bool = False
     flavour: Literal["auto", "open", "proprietary"] = "auto"
+    reboot: Literal["auto", "never"] = Field(
+        default="auto", description="auto: deploy reboots nodes whose kernel modules changed (OFED, driver, nouveau); never: it only says so"
+    )
 
 
 class InfiniBandOptions(Strict):

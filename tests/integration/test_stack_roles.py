@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -33,7 +34,7 @@ from tests.conftest import REPO_ROOT as ROOT
 
 ROLES = ROOT / "playbooks" / "roles"
 STACK_ROLES = ["package_source", "nvidia_driver", "fabric_manager", "cuda", "nccl", "dcgm",
-               "nvidia_container_toolkit", "infiniband", "perftest", "nccl_tests"]
+               "nvidia_container_toolkit", "infiniband", "perftest", "nccl_tests", "gpudirect", "node_reboot"]
 MATRIX = load_matrix()
 PROFILES = builtin_profiles()
 OS_KEY = "debian-12"
@@ -83,7 +84,10 @@ def test_no_vendor_url_is_hard_coded_in_tasks():
 
 
 def _deb_version(spec: str) -> str:
-    """The Debian version our stand-in package carries for an apt spec (name=ver-* -> ver-1)."""
+    """The Debian version our stand-in package carries for an apt spec (name=ver-* -> ver-1);
+    a bare name (kernel headers, NVIDIA's pinning package) gets 1.0-1."""
+    if "=" not in spec:
+        return "1.0-1"
     version = spec.split("=", 1)[1]
     return version[:-1] + "1" if version.endswith("-*") else version
 
@@ -93,7 +97,7 @@ def _stand_in_plans() -> dict[tuple[str, str], list]:
     for sid, stack in MATRIX.stacks.items():
         for pid in ("hgx-h100-8gpu", "hgx-b200-8gpu"):
             try:
-                out[(sid, pid)] = package_plan(stack, OS_KEY, PROFILES[pid], {"layers": ["gpu", "container"]})
+                out[(sid, pid)] = package_plan(stack, OS_KEY, PROFILES[pid], {"layers": ["gpu", "container"], "kernel": platform.release()})
             except Exception:  # B200 needs nvlsm: older stacks have no plan for it
                 continue
     return out
@@ -124,7 +128,7 @@ def stand_in_repo(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("stand-in")
     for plan in _stand_in_plans().values():
         for pkg in plan:
-            if pkg.origin == "vendor":
+            if pkg.origin == "vendor" or pkg.component == "kernel_headers":
                 _build_deb(work, pkg.name, _deb_version(pkg.spec))
     # A different driver of the same branch, for the refusal test.
     _build_deb(work, "nvidia-driver", "535.216.01-1")
@@ -263,18 +267,29 @@ def _expected_from_matrix(stack_id: str, profile_id: str) -> set[tuple[str, str]
     branch = s.driver.split(".")[0]
     gpu = PROFILES[profile_id].gpu
     open_modules = gpu.architecture == "blackwell" or int(branch) >= 560
-    out = {("nvidia-driver", f"{s.driver}-1"), ("nvidia-persistenced", f"{s.driver}-1"),
+    # R580 on: fabric manager and NSCQ without the branch, NVIDIA's pinning package first.
+    fm, nscq = ("nvidia-fabricmanager", "libnvidia-nscq") if int(branch) >= 580 else (f"nvidia-fabricmanager-{branch}", f"libnvidia-nscq-{branch}")
+    out = {(f"linux-headers-{platform.release()}", "1.0-1"),
+           ("nvidia-driver", f"{s.driver}-1"), ("nvidia-persistenced", f"{s.driver}-1"),
            ("nvidia-kernel-open-dkms" if open_modules else "nvidia-kernel-dkms", f"{s.driver}-1"),
-           (f"nvidia-fabricmanager-{branch}", f"{s.fabric_manager}-1"), (f"libnvidia-nscq-{branch}", f"{s.fabric_manager}-1"),
+           (fm, f"{s.fabric_manager}-1"), (nscq, f"{s.fabric_manager}-1"),
            (f"cuda-toolkit-{s.cuda.replace('.', '-')}", f"{s.cuda_full}-1"),
            ("libnccl2", s.nccl), ("libnccl-dev", s.nccl)}
+    if int(branch) >= 580:
+        out.add((f"nvidia-driver-pinning-{s.driver}", "1.0-1"))
+    if s.cudnn.startswith("9."):
+        major = s.cuda.split(".")[0]
+        out |= {(f"libcudnn9-cuda-{major}", s.cudnn), (f"libcudnn9-dev-cuda-{major}", s.cudnn)}
+    else:
+        out |= {("libcudnn8", s.cudnn), ("libcudnn8-dev", s.cudnn)}
     if gpu.architecture == "blackwell":
         out.add(("nvlsm", f"{s.nvlsm}-1"))
     if s.dcgm.startswith("3."):
         out.add(("datacenter-gpu-manager", f"1:{s.dcgm}"))
     else:
         major = s.cuda.split(".")[0]
-        out |= {("datacenter-gpu-manager-4-core", f"1:{s.dcgm}-1"), (f"datacenter-gpu-manager-4-cuda{major}", f"1:{s.dcgm}-1")}
+        out |= {(n, f"1:{s.dcgm}-1") for n in ("datacenter-gpu-manager-4-core", f"datacenter-gpu-manager-4-cuda{major}",
+                                                 "datacenter-gpu-manager-4-proprietary", f"datacenter-gpu-manager-4-proprietary-cuda{major}")}
     ctk = s.container_toolkit
     out |= {(n, f"{ctk}-1") for n in ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
                                       "libnvidia-container-tools", "libnvidia-container1")}

@@ -1,3 +1,5 @@
+from datetime import date
+
 import pytest
 
 from podsys.cluster.matrix import check_combination, load_matrix, parse_matrix, pick_stack, version_at_least, version_key
@@ -70,11 +72,24 @@ def test_nvswitch_board_needs_fabric_manager():
 
 
 def test_ofed_must_support_os_unless_inbox():
-    stack = MATRIX.stack("r580-cuda13.0")
-    assert rules(check_combination(MATRIX, stack, "debian-12", [P["hgx-h100-8gpu"]], ALL_LAYERS)) == ["ofed_supports_os"]
-    assert check_combination(MATRIX, stack, "debian-12", [P["hgx-h100-8gpu"]], ALL_LAYERS, infiniband_stack="inbox") == []
+    stack = MATRIX.stack("r580-cuda13.0").model_copy(update={"os": ("ubuntu-22.04", "ubuntu-20.04")})
+    assert rules(check_combination(MATRIX, stack, "ubuntu-20.04", [P["hgx-h100-8gpu"]], ALL_LAYERS)) == ["ofed_supports_os"]
+    assert check_combination(MATRIX, stack, "ubuntu-20.04", [P["hgx-h100-8gpu"]], ALL_LAYERS, infiniband_stack="inbox") == []
     # without the infiniband layer OFED does not matter
-    assert check_combination(MATRIX, stack, "debian-12", [P["hgx-h100-8gpu"]], ["base", "gpu"]) == []
+    assert check_combination(MATRIX, stack, "ubuntu-20.04", [P["hgx-h100-8gpu"]], ["base", "gpu"]) == []
+
+
+def test_debian_12_keeps_the_stack_ofed():
+    # Finding 5: DOCA >= 2.5.2 publishes debian12.5; Debian nodes are not forced to inbox.
+    for sid in ("r570-cuda12.8", "r580-cuda13.0"):
+        assert check_combination(MATRIX, MATRIX.stack(sid), "debian-12", [P["hgx-h100-8gpu"]], ALL_LAYERS) == []
+
+
+def test_r535_is_not_pinned_for_debian_12():
+    # Finding 6: NVIDIA's debian12 CUDA repository starts at CUDA 12.3; CUDA 12.2 is not there.
+    stack = MATRIX.stack("r535-cuda12.2")
+    assert "debian-12" not in stack.os
+    assert rules(check_combination(MATRIX, stack, "debian-12", [], ["base"])) == ["stack_supports_os"]
 
 
 def test_auto_picks_newest_valid_stack():
@@ -87,10 +102,27 @@ def test_auto_skips_refused_stacks_and_reports_why():
     for sid in ("r535-cuda12.2", "r550-cuda12.4"):
         data["stacks"][sid] = MATRIX.stack(sid).model_dump(mode="json", exclude={"id"})
     small = parse_matrix(data)
-    stack, refused = pick_stack(small, "ubuntu-22.04", [P["hgx-h200-8gpu"]], ALL_LAYERS)
+    before_eol = date(2025, 1, 1)
+    stack, refused = pick_stack(small, "ubuntu-22.04", [P["hgx-h200-8gpu"]], ALL_LAYERS, today=before_eol)
     assert stack.id == "r550-cuda12.4"
-    stack, refused = pick_stack(small, "ubuntu-22.04", [P["hgx-b200-8gpu"]], ALL_LAYERS)
+    stack, refused = pick_stack(small, "ubuntu-22.04", [P["hgx-b200-8gpu"]], ALL_LAYERS, today=before_eol)
     assert stack is None and set(refused) == {"r535-cuda12.2", "r550-cuda12.4"}
+
+
+def test_auto_never_picks_a_stack_past_its_end_of_life():
+    # Finding 14: on 2026-11-28 only R580 is supported; R535/R550/R570 stay selectable by name.
+    today = date(2026, 11, 28)
+    assert [s.id for s in MATRIX.newest_first() if not s.past_end_of_life(today)] == ["r580-cuda13.0"]
+    data = {"stacks": {sid: MATRIX.stack(sid).model_dump(mode="json", exclude={"id"}) for sid in ("r535-cuda12.2", "r570-cuda12.8")},
+            "rules": MATRIX.rules}
+    stack, refused = pick_stack(parse_matrix(data), "ubuntu-22.04", [P["hgx-h100-8gpu"]], ALL_LAYERS, today=today)
+    assert stack is None
+    assert [v.rule for v in refused["r570-cuda12.8"]] == ["end_of_life"]
+    assert "past its end of life (2026-02-28)" in str(refused["r570-cuda12.8"][0])
+    # pinned by name, an EOL stack is still accepted by the matrix
+    assert check_combination(MATRIX, MATRIX.stack("r570-cuda12.8"), "ubuntu-22.04", [P["hgx-h100-8gpu"]], ALL_LAYERS) == []
+    stack, _ = pick_stack(MATRIX, "ubuntu-22.04", [P["hgx-h100-8gpu"]], ALL_LAYERS, today=date(2026, 1, 1))
+    assert stack.id == "r580-cuda13.0"
 
 
 def test_ubuntu_24_04_excludes_older_stacks():

@@ -32,6 +32,20 @@ def test_filter_returns_the_plan_as_dicts(filters):
     assert [d["name"] for d in got] == ["nvidia-driver-570-open", "nvidia-fabricmanager-570", "libnvidia-nscq-570", "nvlsm"]
 
 
+def test_node_plan_filter_returns_repositories_and_modules(filters):
+    from podsys.cluster.stack_packages import node_plan
+
+    _, f = filters
+    stack = load_matrix().stack("r580-cuda13.0")
+    hw = builtin_profiles()["hgx-b200-8gpu"]
+    options = {"layers": ["gpu", "container"], "kernel": "6.8.0-45-generic"}
+    got = f["podsys_node_plan"](stack.as_vars(), "ubuntu-24.04", hw.model_dump(mode="json"), options)
+    assert got == node_plan(stack, "ubuntu-24.04", hw, options).as_dict()
+    assert [r["name"] for r in got["repositories"]] == ["cuda", "container_toolkit"]
+    assert got["packages"][0]["name"] == "linux-headers-6.8.0-45-generic"
+    assert [d["name"] for d in got["packages"] if d["component"] == "fabric_manager"] == ["nvidia-fabricmanager", "libnvidia-nscq"]
+
+
 def test_filter_turns_plan_errors_into_filter_errors(filters):
     module, f = filters
     stack = load_matrix().stack("r535-cuda12.2").as_vars()
@@ -49,3 +63,10 @@ def test_driver_flavour_filter_reports_the_reason(filters):
     hw = builtin_profiles()["hgx-h100-8gpu"].model_dump(mode="json")
     assert f["podsys_driver_flavour"](stack, hw, "auto") == {
         "flavour": "proprietary", "reason": "proprietary modules are the default before R560 (stack R535)"}
+
+
+def test_why_reboot_filter_wraps_reboot_reasons(filters):
+    _, f = filters
+    assert f["podsys_why_reboot"]([], True, "580.95.05", ["1:580.95.05-1"], "580.95.05\n", False) == []
+    assert f["podsys_why_reboot"](["OFED 3.1.0 installed"], True, "580.95.05", ["580.95.05-1"], "", False) == [
+        "OFED 3.1.0 installed", "nvidia module not loaded, driver 580.95.05 installed"]

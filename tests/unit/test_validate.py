@@ -195,13 +195,12 @@ def test_stack_refused_for_os(tmp_path):
     assert_problem(problems, path, line_of(text, "stack: r535"), "stack", "not pinned for ubuntu-24.04", "rule stack_supports_os")
 
 
-def test_auto_stack_with_nothing_valid(tmp_path):
-    # MLNX/DOCA OFED supports no Debian release, so IB nodes on Debian need the inbox stack.
+def test_auto_stack_on_debian_keeps_the_matrix_ofed(tmp_path):
+    # DOCA >= 2.5.2 publishes debian12.5 repositories, so IB nodes on Debian 12 keep the
+    # stack's OFED instead of being forced onto the inbox stack (issue 13, finding 5).
     text = VALID.replace('{distro: ubuntu, version: "22.04"}', '{distro: debian, version: "12"}')
-    path, problems = problems_for(tmp_path, text)
-    assert_problem(problems, path, line_of(text, "stack: auto"), "stack", "no stack in the matrix is valid for debian-12", "infiniband.stack: inbox")
-    fixed = text + "infiniband: {stack: inbox}\n"
-    assert load_cluster(write_manifest(tmp_path, fixed)).stack.id == "r580-cuda13.0"
+    cluster = load_cluster(write_manifest(tmp_path, text))
+    assert cluster.stack.id == "r580-cuda13.0" and cluster.manifest.infiniband.stack == "matrix"
 
 
 def test_partition_names_unknown_group(tmp_path):

@@ -17,8 +17,9 @@ def _import_plan():
     try:
         from podsys.cluster import stack_packages
     except ImportError:
-        # Running from a source checkout without `pip install`: the package sits four levels up.
-        sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
+        # Running from a source checkout without `pip install`: the checkout holding the podsys
+        # package sits five levels up (podsys/playbooks/roles/package_source/filter_plugins/).
+        sys.path.insert(0, str(Path(__file__).resolve().parents[5]))
         try:
             from podsys.cluster import stack_packages
         except ImportError as exc:
@@ -52,6 +53,33 @@ def podsys_package_plan(stack, os_key, hardware=None, options=None):
     return [p.as_dict() for p in plan]
 
 
+def podsys_node_plan(stack, os_key, hardware=None, options=None):
+    """{repositories, module_streams, packages, pins, kernel_modules, services, notes} for one host."""
+    stack_packages = _import_plan()
+    try:
+        plan = stack_packages.node_plan(_plain(stack), str(os_key), _plain(hardware) or None, _plain(options or {}))
+    except stack_packages.PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+    return plan.as_dict()
+
+
+def podsys_repositories(stack, os_key, names, options=None):
+    """[{name, url, suite, key_url, fingerprint, gpgcheck, repo_gpgcheck, ...}] for the named repositories."""
+    stack_packages = _import_plan()
+    try:
+        repos = stack_packages.repositories_named(_plain(stack), str(os_key), _plain(names or []), _plain(options or {}))
+    except stack_packages.PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+    return [r.as_dict() for r in repos]
+
+
+def podsys_why_reboot(earlier, has_gpu, driver, installed_versions, loaded_driver, nouveau_loaded):
+    """Why this node must reboot now ([] = it already runs what is planned)."""
+    stack_packages = _import_plan()
+    return stack_packages.reboot_reasons(bool(has_gpu), str(driver), [str(v) for v in _plain(installed_versions or [])],
+                                         str(loaded_driver or ""), bool(nouveau_loaded), [str(r) for r in _plain(earlier or [])])
+
+
 def podsys_driver_flavour(stack, hardware=None, requested="auto"):
     """{flavour, reason} for the host's GPU."""
     stack_packages = _import_plan()
@@ -68,4 +96,6 @@ def podsys_driver_flavour(stack, hardware=None, requested="auto"):
 
 class FilterModule:
     def filters(self):
-        return {"podsys_package_plan": podsys_package_plan, "podsys_driver_flavour": podsys_driver_flavour}
+        return {"podsys_package_plan": podsys_package_plan, "podsys_node_plan": podsys_node_plan,
+                "podsys_repositories": podsys_repositories, "podsys_why_reboot": podsys_why_reboot,
+                "podsys_driver_flavour": podsys_driver_flavour}

@@ -1,0 +1,148 @@
+"""playbooks/gpu.yml and the GPU/IB roles: the play and role order issue 13 requires (OFED ->
+driver -> reboot -> GPUDirect -> fabric manager -> the rest), and the role-level fixes that are
+not in the package plan (peermem after the driver, proxy mode over CONNECT, ib_umad, the
+nccl-tests MPI headers on EL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from jinja2 import Environment
+
+PLAYBOOKS = Path(__file__).resolve().parents[2] / "podsys" / "playbooks"
+ROLES = PLAYBOOKS / "roles"
+
+
+def _plays():
+    return yaml.safe_load((PLAYBOOKS / "gpu.yml").read_text())
+
+
+def _role_names(play) -> list[str]:
+    return [r["role"] if isinstance(r, dict) else r for r in play.get("roles", [])]
+
+
+def test_gpu_playbook_pins_the_play_and_role_order():
+    got = [(play["name"], play["hosts"], _role_names(play)) for play in _plays()]
+    assert got == [
+        ("InfiniBand stack (OFED or inbox)", "layer_infiniband", ["infiniband", "perftest"]),
+        ("The subnet manager (opensm) on the head", "head", ["infiniband"]),
+        ("NVIDIA driver", "layer_gpu", ["nvidia_driver"]),
+        ("Reboot where OFED or the driver changed kernel modules", "layer_infiniband:layer_gpu", ["node_reboot"]),
+        ("GPUDirect RDMA, fabric manager and the GPU stack", "layer_gpu",
+         ["gpudirect", "fabric_manager", "cuda", "nccl", "dcgm", "nccl_tests"]),
+        ("Containers for Slurm jobs", "layer_container", ["nvidia_container_toolkit"]),
+    ]
+
+
+def _flat_order() -> list[str]:
+    return [role for play in _plays() for role in _role_names(play)]
+
+
+def test_peermem_is_loaded_only_after_the_driver_and_the_reboot():
+    # Finding 1: the InfiniBand play ran `modprobe nvidia_peermem` before the driver existed.
+    for task in (ROLES / "infiniband" / "tasks").glob("*.yml"):
+        steps = yaml.safe_load(task.read_text())
+        assert "modprobe nvidia_peermem" not in yaml.safe_dump(steps), task
+    order = _flat_order()
+    assert order.index("infiniband") < order.index("nvidia_driver") < order.index("node_reboot") < order.index("gpudirect")
+    assert order.index("gpudirect") < order.index("fabric_manager")
+    peermem = yaml.safe_load((ROLES / "gpudirect" / "tasks" / "peermem.yml").read_text())
+    names = [t["name"] for t in peermem]
+    assert names.index("Look for the nvidia_peermem module the driver built") < names.index("Load nvidia_peermem")
+    assert peermem[0]["ansible.builtin.command"] == "modinfo -F version nvidia_peermem"
+    assert "gpudirect_peermem_info.rc == 0" in peermem[names.index("Load nvidia_peermem")]["when"]
+
+
+def test_fabric_manager_loads_ib_umad_and_starts_no_nvlsm_unit():
+    # Finding 11: NVLink5's fabric manager starts NVLSM itself and needs ib_umad.
+    text = (ROLES / "fabric_manager" / "tasks" / "fabric_manager.yml").read_text()
+    tasks = yaml.safe_load(text)
+    started = [t["ansible.builtin.systemd_service"]["name"] for t in tasks if "ansible.builtin.systemd_service" in t]
+    assert started == ["nvidia-fabricmanager"]
+    names = [t["name"] for t in tasks]
+    assert names.index("Load ib_umad now (NVLink5)") < names.index("Run Fabric Manager")
+
+
+def test_nccl_tests_finds_the_el_openmpi_headers():
+    # Finding 12: EL's openmpi-devel puts mpi.h in /usr/include/openmpi-x86_64.
+    defaults = yaml.safe_load((ROLES / "nccl_tests" / "defaults" / "main.yml").read_text())
+    assert "/usr/include/openmpi-x86_64" in defaults["nccl_tests_mpi_include"]
+    assert defaults["nccl_tests_version"].startswith("{{ podsys_stack.nccl_tests")
+    build = yaml.safe_load((ROLES / "nccl_tests" / "tasks" / "build.yml").read_text())
+    (compile_task,) = [t for t in build if t["name"].startswith("Compile nccl-tests")]
+    assert compile_task["environment"] == {"CPATH": "{{ nccl_tests_mpi_include }}"}
+
+
+def test_proxy_mode_tunnels_https_vendor_repositories_through_the_head():
+    # Finding 9: apt-cacher-ng caches plain HTTP only; nodes use it as a CONNECT proxy for the
+    # https vendor repositories, and it lets exactly those hosts through (PassThroughPattern).
+    env = Environment(trim_blocks=True, lstrip_blocks=True)
+    env.filters["urlsplit"] = lambda url, part: __import__("urllib.parse").parse.urlsplit(url).hostname
+    env.filters["regex_escape"] = __import__("re").escape
+    node = env.from_string((ROLES / "package_source" / "templates" / "vendor-proxy.conf.j2").read_text()).render(
+        ansible_managed="test", package_source_https_proxy="http://10.0.0.1:3142",
+        package_source_repos=[{"url": "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64/"},
+                              {"url": "https://nvidia.github.io/libnvidia-container/stable/deb/amd64"}])
+    assert 'Acquire::https::Proxy::developer.download.nvidia.com "http://10.0.0.1:3142";' in node
+    assert 'Acquire::https::Proxy::nvidia.github.io "http://10.0.0.1:3142";' in node
+    defaults = yaml.safe_load((ROLES / "package_proxy" / "defaults" / "main.yml").read_text())
+    head = env.from_string((ROLES / "package_proxy" / "templates" / "zz-podsys.conf.j2").read_text()).render(
+        ansible_managed="test", package_proxy_address="10.0.0.1", package_proxy_port=3142, package_proxy_via="",
+        package_proxy_passthrough_hosts=defaults["package_proxy_passthrough_hosts"])
+    (line,) = [l for l in head.splitlines() if l.startswith("PassThroughPattern:")]
+    import re
+    pattern = re.compile(line.split(": ", 1)[1])
+    for host in ("developer.download.nvidia.com", "nvidia.github.io", "linux.mellanox.com", "github.com"):
+        assert pattern.match(f"{host}:443"), host
+    assert not pattern.match("evil.example.com:443") and not pattern.match("developer.download.nvidia.com.evil.com:443")
+    src = yaml.safe_load((ROLES / "package_source" / "defaults" / "main.yml").read_text())
+    assert "3142" in src["package_source_https_proxy"] and "proxy" in src["package_source_https_proxy"]
+    apt = yaml.safe_load((ROLES / "package_source" / "tasks" / "apt.yml").read_text())
+    (keys,) = [t for t in apt if t["name"] == "Fetch the signing keys of the repositories"]
+    assert keys["environment"] == {"https_proxy": "{{ package_source_https_proxy }}"}
+
+
+def test_dnf_repositories_take_gpgcheck_from_the_plan():
+    # Finding 2: the container toolkit's .repo is repo_gpgcheck=1, gpgcheck=0; podsys had the reverse.
+    dnf = yaml.safe_load((ROLES / "package_source" / "tasks" / "dnf.yml").read_text())
+    (repo,) = [t for t in dnf if "ansible.builtin.yum_repository" in t]
+    args = repo["ansible.builtin.yum_repository"]
+    assert args["gpgcheck"] == "{{ item.gpgcheck }}" and args["repo_gpgcheck"] == "{{ item.repo_gpgcheck }}"
+
+
+def test_new_roles_have_the_required_parts():
+    for role in ("gpudirect", "node_reboot"):
+        base = ROLES / role
+        for part in ("defaults/main.yml", "tasks/main.yml", "handlers/main.yml", "meta/main.yml",
+                     "meta/argument_specs.yml", "README.md"):
+            assert (base / part).is_file(), f"{role}: {part} missing"
+        defaults = yaml.safe_load((base / "defaults/main.yml").read_text())
+        specs = yaml.safe_load((base / "meta/argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+        readme = (base / "README.md").read_text()
+        for var in defaults:
+            assert var in specs and f"`{var}`" in readme, (role, var)
+
+
+def test_kernel_headers_are_their_own_transaction_before_each_dkms_build():
+    # Finding 10: in one apt run dpkg may configure a DKMS package before the headers are unpacked.
+    for role, dkms_task in (("infiniband", "Install, pin and hold the InfiniBand stack ({{ infiniband_stack }})"),
+                            ("nvidia_driver", "Install, pin and hold the driver")):
+        path = ROLES / role / "tasks" / ("main.yml" if role == "infiniband" else "driver.yml")
+        tasks = yaml.safe_load(path.read_text())
+        names = [t["name"] for t in tasks]
+        headers = [n for n in names if n.startswith("Install the running kernel's headers")]
+        assert len(headers) == 1 and names.index(headers[0]) < names.index(dkms_task), role
+        (step,) = [t for t in tasks if t["name"] == headers[0]]
+        assert "kernel_headers" in step["vars"]["package_source_install_plan"]
+
+
+def test_nvidias_pinning_package_is_installed_before_the_driver():
+    # Finding 8: NVIDIA asks for the pinning package before the driver; in one apt run dpkg may
+    # unpack it after the driver (seen in the dummy-repository lab test).
+    tasks = yaml.safe_load((ROLES / "nvidia_driver" / "tasks" / "driver.yml").read_text())
+    names = [t["name"] for t in tasks]
+    first, driver = names.index("Install NVIDIA's driver pinning package first (R580 on)"), names.index("Install, pin and hold the driver")
+    assert first < driver
+    assert "selectattr('name', 'match', '^nvidia-driver-pinning-')" in tasks[first]["vars"]["package_source_install_plan"]
+    assert "rejectattr('name', 'match', '^nvidia-driver-pinning-')" in tasks[driver]["vars"]["package_source_install_plan"]
