@@ -105,8 +105,8 @@ def render(
     diff: bool = typer.Option(False, "--diff", help="show a unified diff of what this render changes"),
     check: bool = typer.Option(False, "--check", help="change nothing; exit 1 if a render would change files"),
 ) -> None:
-    """Write the build directory: Ansible inventory and vars, /etc/hosts fragment, dnsmasq
-    reservations, slurm.conf node/partition lines, gres.conf, Prometheus targets.
+    """Write the build directory: the Ansible inventory and the variables the roles lay out
+    (nodes, Slurm gres and partitions, Prometheus targets), and the head's boot services.
 
     Rendering is deterministic: the same manifest gives byte-identical files, and only files
     whose content changed are rewritten. Addresses are recorded in <manifest>.addresses.yaml

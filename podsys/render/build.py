@@ -2,7 +2,10 @@
 bytes); writing is a separate edge step that only touches files whose content changed.
 
 Each area contributes a renderer `render_files(cluster) -> {relative path: content}`; this
-module owns the core set (inventory, vars, hosts, dnsmasq reservations, Slurm, Prometheus)."""
+module owns the core set: the Ansible inventory and its variables. Python decides every
+per-cluster fact (addresses, Slurm gres strings and partitions, Prometheus targets) and hands it
+to the roles as `podsys_*` variables; the roles only lay those facts out in their templates
+(slurm.conf also needs each node's CPUs and memory, which only Ansible's facts know)."""
 
 from __future__ import annotations
 
@@ -55,11 +58,6 @@ def json_line(data) -> str:
     return json.dumps(data, sort_keys=True, separators=(", ", ": "))
 
 
-def _gpu_count(cluster: Cluster, node: NodeSpec) -> int:
-    gpu = cluster.profile_of(node).gpu
-    return gpu.count if gpu else 0
-
-
 def _access_args(cluster: Cluster) -> tuple[dict, dict]:
     """SSH settings for every host, and the extra ones for nodes reached through the head."""
     m = cluster.manifest
@@ -107,6 +105,7 @@ def node_vars(cluster: Cluster, node: NodeSpec) -> dict:
         "layers": list(node.layers),
         "gpu_count": profile.gpu.count if profile.gpu else 0,
         "gpu_model": profile.gpu.model if profile.gpu else None,
+        **slurm_gres(cluster, node),
     }
 
 
@@ -124,37 +123,60 @@ def _network_vars(net) -> dict | None:
     }
 
 
-def slurm_lines(cluster: Cluster) -> tuple[list[str], list[str], list[str]]:
-    """NodeName, PartitionName and gres.conf lines; nodes with the same group share a line."""
-    node_lines, gres_lines, part_lines = [], [], []
-    for group in cluster.manifest.node_groups:
-        members = [n for n in cluster.group_nodes(group.name) if "slurm" in n.layers]
-        if not members:
-            continue
-        names = collapse_hosts([n.name for n in members])
-        gpus = _gpu_count(cluster, members[0])
-        gres = f" Gres=gpu:{gpus}" if gpus else ""
-        node_lines.append(f"NodeName={names}{gres} State=UNKNOWN")
-        if gpus:
-            files = f"/dev/nvidia[0-{gpus - 1}]" if gpus > 1 else "/dev/nvidia0"
-            gres_lines.append(f"NodeName={names} Name=gpu File={files}")
+# Slurm's partition when the manifest names none: every compute node, the default partition.
+DEFAULT_PARTITION = "batch"
+# Where the exporters listen on each host; Prometheus scrapes these (monitoring role).
+NODE_EXPORTER_PORT = 9100
+DCGM_EXPORTER_PORT = 9400
+
+
+def slurm_gres(cluster: Cluster, node: NodeSpec) -> dict:
+    """The node's GPUs as Slurm names them: `Gres=gpu:<type>:<count>` in slurm.conf and the
+    matching `/dev/nvidia*` File pattern in gres.conf (empty for a node without GPUs)."""
+    gpu = cluster.profile_of(node).gpu
+    if not gpu or not gpu.count:
+        return {"slurm_gres": None, "slurm_gres_type": None, "slurm_gres_file": None}
+    gres_type = gpu.model.lower()
+    files = f"/dev/nvidia[0-{gpu.count - 1}]" if gpu.count > 1 else "/dev/nvidia0"
+    return {"slurm_gres": f"gpu:{gres_type}:{gpu.count}", "slurm_gres_type": gres_type, "slurm_gres_file": files}
+
+
+def slurm_partitions(cluster: Cluster) -> list[dict]:
+    """Every partition slurm.conf gets, with its nodes as a hostlist: the manifest's (those
+    that hold at least one node with the slurm layer), or one default partition of every
+    compute node when the manifest names none."""
+    compute = cluster.nodes_with_layer("slurm")
+    if not cluster.manifest.slurm.partitions:
+        if not compute:
+            return []
+        return [{"name": DEFAULT_PARTITION, "nodes": collapse_hosts([n.name for n in compute]),
+                 "default": True, "max_time": "INFINITE"}]
+    parts = []
     for part in cluster.manifest.slurm.partitions:
-        members = [n.name for g in part.node_groups for n in cluster.group_nodes(g) if "slurm" in n.layers]
-        if not members:
-            continue
-        default = "YES" if part.default else "NO"
-        part_lines.append(
-            f"PartitionName={part.name} Nodes={collapse_hosts(members)} Default={default} MaxTime={part.max_time} State=UP"
-        )
-    return node_lines, part_lines, gres_lines
+        groups = set(part.node_groups)
+        members = [n.name for n in compute if n.group in groups]
+        if members:
+            parts.append({"name": part.name, "nodes": collapse_hosts(members), "default": part.default,
+                          "max_time": part.max_time})
+    return parts
 
 
-def prometheus_targets(cluster: Cluster, port: int, nodes: list[NodeSpec]) -> str:
-    entries = [
-        {"targets": [f"{n.provision_ip}:{port}"], "labels": {"node": n.name, "group": n.group, "hardware": n.hardware}}
-        for n in nodes
-    ]
-    return json.dumps(entries, indent=2, sort_keys=True) + "\n"
+def prometheus_targets(cluster: Cluster) -> dict[str, list[dict]]:
+    """Prometheus file_sd entries: node_exporter on the head and every monitored node,
+    dcgm-exporter on the monitored nodes that have GPUs."""
+    m = cluster.manifest
+
+    def entry(address: str, port: int, name: str, group: str, hardware: str) -> dict:
+        return {"targets": [f"{address}:{port}"], "labels": {"node": name, "group": group, "hardware": hardware}}
+
+    monitored = cluster.nodes_with_layer("monitoring")
+    head = m.head.hostname
+    return {
+        "node": [entry(str(m.head.address), NODE_EXPORTER_PORT, head, "head", "head")]
+        + [entry(n.provision_ip, NODE_EXPORTER_PORT, n.name, n.group, n.hardware) for n in monitored],
+        "dcgm": [entry(n.provision_ip, DCGM_EXPORTER_PORT, n.name, n.group, n.hardware)
+                 for n in monitored if cluster.profile_of(n).has_gpu],
+    }
 
 
 def inventory_text(cluster: Cluster, common: dict, head_host: dict, node_extra: dict) -> str:
@@ -192,19 +214,6 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
     head_host = {"ansible_host": str(m.head.ssh_address or m.head.address)}
     files["inventory/hosts.yml"] = inventory_text(cluster, common, head_host, node_extra)
 
-    node_lines, part_lines, gres_lines = slurm_lines(cluster)
-    context = {"cluster": {"name": cluster.name}, "head": m.head, "domain": m.metadata.domain, "nodes": cluster.nodes}
-    files["files/hosts"] = template("core/hosts.j2", **context)
-    files["files/dnsmasq-hosts.conf"] = template("core/dnsmasq-hosts.conf.j2", **context)
-    files["files/slurm-nodes.conf"] = template(
-        "core/slurm-nodes.conf.j2", node_lines=node_lines, partition_lines=part_lines, **context
-    )
-    files["files/gres.conf"] = template("core/gres.conf.j2", gres_lines=gres_lines, **context)
-    monitored = cluster.nodes_with_layer("monitoring")
-    files["files/prometheus-targets.json"] = prometheus_targets(cluster, 9100, monitored)
-    gpu_monitored = [n for n in monitored if cluster.profile_of(n).has_gpu]
-    files["files/prometheus-dcgm-targets.json"] = prometheus_targets(cluster, 9400, gpu_monitored)
-
     all_vars = {
         "podsys_cluster": {"name": cluster.name, "domain": m.metadata.domain},
         "podsys_head": {"hostname": head_name, "address": str(m.head.address), "interface": m.head.interface},
@@ -217,13 +226,14 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
         "podsys_layers": list(m.layers),
         "podsys_stack": cluster.stack.as_vars(),
         "podsys_users": [u.model_dump(mode="json") for u in m.users],
-        "podsys_slurm": {
-            **m.slurm.model_dump(mode="json"),
-            "nodes_conf": files["files/slurm-nodes.conf"],
-            "gres_conf": files["files/gres.conf"],
-        },
+        "podsys_slurm": {**m.slurm.model_dump(mode="json"), "partitions": slurm_partitions(cluster)},
         "podsys_packages": m.packages.model_dump(mode="json"),
-        "podsys_monitoring": m.monitoring.model_dump(mode="json"),
+        "podsys_monitoring": {
+            **m.monitoring.model_dump(mode="json"),
+            "node_exporter_port": NODE_EXPORTER_PORT,
+            "dcgm_exporter_port": DCGM_EXPORTER_PORT,
+            "targets": prometheus_targets(cluster),
+        },
         "podsys_gpu": m.gpu.model_dump(mode="json"),
         "podsys_infiniband": m.infiniband.model_dump(mode="json"),
         "podsys_provisioning": m.provisioning.model_dump(mode="json"),

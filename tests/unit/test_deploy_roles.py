@@ -54,15 +54,6 @@ def test_head_apt_proxy_read_from_apt_config_dump():
     assert f.package_proxy_apt_proxy(['Acquire::http::Proxy::deb.example "DIRECT";', ""]) == ""
 
 
-def test_prometheus_target_entry():
-    f = load_filters("monitoring", "targets")
-    node = {"name": "node01", "ip": "10.0.0.11", "group": "compute", "hardware": "cpu-only"}
-    assert f.monitoring_target(node, "9100") == {
-        "targets": ["10.0.0.11:9100"],
-        "labels": {"node": "node01", "group": "compute", "hardware": "cpu-only"},
-    }
-
-
 @pytest.mark.parametrize("role", DEPLOY_ROLES)
 def test_role_layout_and_documented_variables(role):
     base = PLAYBOOKS / "roles" / role
