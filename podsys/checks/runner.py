@@ -26,6 +26,7 @@ from podsys.checks.live import Context, Probe, ProbeResult
 from podsys.checks.registry import LIVE_AREAS, area_selected, probe_wanted, selected, unknown_selectors
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.cluster.model import Cluster
+from podsys.cluster.secret_files import refuse_open_permissions
 
 class Executor(Protocol):
     def run(self, probe: Probe) -> ProbeResult: ...
@@ -89,6 +90,8 @@ class SSHExecutor:
         self._guard = threading.Lock()
         if settings.private_key_file is not None and not settings.private_key_file.is_file():
             raise InputError(Problem(str(settings.private_key_file), None, "access.private_key_file", "file not found"))
+        if settings.private_key_file is not None:
+            refuse_open_permissions(settings.private_key_file, "access.private_key_file")
         if settings.known_hosts_file is not None and not settings.known_hosts_file.is_file():
             raise InputError(Problem(str(settings.known_hosts_file), None, "access.known_hosts_file", "file not found"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -119,7 +120,9 @@ def render(
     if diff or check:
         text, result = diff_render(cluster, build_dir)
         if diff:
-            console.print(text, markup=False, highlight=False, end="")
+            # Written as is: a console would wrap long lines at 80 columns when piped.
+            sys.stdout.write(text)
+            sys.stdout.flush()
         if check:
             console.print(f"{len(result.added)} added, {len(result.changed)} changed, {len(result.removed)} removed")
             raise typer.Exit(1 if result.touched else 0)

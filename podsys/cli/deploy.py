@@ -56,11 +56,14 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the per-host result as JSON on stdout"),
     ) -> None:
         from podsys.cluster.load import load_cluster
+        from podsys.cluster.secret_files import refuse_open_permissions
         from podsys.render.build import render_cluster
         from podsys.deploy.runner import DeployLock, DeployOptions, run_deploy, summary_table
 
         path = find_manifest(manifest)
         cluster = load_cluster(path)
+        if cluster.manifest.access.private_key_file:
+            refuse_open_permissions(cluster.base_dir / cluster.manifest.access.private_key_file, "access.private_key_file")
         build_dir = (output or cluster.default_build_dir).resolve()
         options = DeployOptions(limit=limit, tags=tags, check=check, forks=forks, resume=resume, verbosity=verbose)
         lock_path = cluster.base_dir / ".podsys" / f"deploy-{cluster.name}.lock"

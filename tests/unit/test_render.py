@@ -19,7 +19,7 @@ def test_render_is_deterministic_byte_for_byte(tmp_path):
     a = render_files(build(tmp_path / "a" if (tmp_path / "a").mkdir() is None else None))
     b = render_files(build(tmp_path / "b" if (tmp_path / "b").mkdir() is None else None))
     assert a == b
-    for rel in ("inventory/hosts.yml", "inventory/group_vars/all.yml", "provision/dnsmasq.conf"):
+    for rel in ("inventory/hosts.yml", "inventory/group_vars/all/main.yml", "provision/dnsmasq.conf"):
         assert a[rel] == b[rel]
 
 
@@ -44,7 +44,7 @@ def test_inventory_groups_and_vars(tmp_path):
     assert set(inv["group_gpu"]["hosts"]) == {"gpu001", "gpu002", "gpu003", "gpu004"}
     for layer in ("base", "gpu", "infiniband", "slurm", "monitoring"):
         assert set(inv[f"layer_{layer}"]["hosts"]) == {"gpu001", "gpu002", "gpu003", "gpu004"}
-    allv = yaml.safe_load(files["inventory/group_vars/all.yml"])
+    allv = yaml.safe_load(files["inventory/group_vars/all/main.yml"])
     assert allv["podsys_stack"]["driver"] == "580.95.05"
     assert allv["podsys_networks"]["provision"]["netmask"] == "255.255.0.0"
     assert [n["name"] for n in allv["podsys_nodes"]] == ["gpu001", "gpu002", "gpu003", "gpu004"]
@@ -68,7 +68,7 @@ def test_via_head_adds_proxy_command_for_nodes_only(tmp_path):
 
 
 def test_slurm_and_prometheus_facts_are_decided_in_the_rendered_vars(tmp_path):
-    allv = yaml.safe_load(render_files(build(tmp_path))["inventory/group_vars/all.yml"])
+    allv = yaml.safe_load(render_files(build(tmp_path))["inventory/group_vars/all/main.yml"])
     node = allv["podsys_nodes"][0]
     assert (node["slurm_gres"], node["slurm_gres_type"], node["slurm_gres_file"]) == ("gpu:h100:8", "h100", "/dev/nvidia[0-7]")
     assert allv["podsys_slurm"]["partitions"] == [
@@ -83,7 +83,7 @@ def test_slurm_and_prometheus_facts_are_decided_in_the_rendered_vars(tmp_path):
 def test_cpu_only_cluster_has_no_gres_or_dcgm(tmp_path):
     shutil.copy(REPO / "manifests/lab.yaml", tmp_path / "lab.yaml")
     files = render_files(load_cluster(tmp_path / "lab.yaml"))
-    allv = yaml.safe_load(files["inventory/group_vars/all.yml"])
+    allv = yaml.safe_load(files["inventory/group_vars/all/main.yml"])
     assert all(n["slurm_gres"] is None and n["slurm_gres_file"] is None for n in allv["podsys_nodes"])
     assert allv["podsys_monitoring"]["targets"]["dcgm"] == []
     assert not [rel for rel in files if rel.startswith("files/")]
@@ -110,13 +110,13 @@ def test_diff_shows_changes_without_writing(tmp_path):
     path = write_manifest(tmp_path)
     out = tmp_path / "build"
     render_cluster(load_cluster(path), out)
-    before = (out / "inventory/group_vars/all.yml").read_text()
+    before = (out / "inventory/group_vars/all/main.yml").read_text()
     write_manifest(tmp_path, VALID.replace("default: true}", "default: true, max_time: '2-00:00:00'}"))
     text, result = diff_render(load_cluster(path), out)
     assert "-    max_time: INFINITE" in text
     assert "+    max_time: 2-00:00:00" in text
-    assert "inventory/group_vars/all.yml" in result.changed
-    assert (out / "inventory/group_vars/all.yml").read_text() == before
+    assert "inventory/group_vars/all/main.yml" in result.changed
+    assert (out / "inventory/group_vars/all/main.yml").read_text() == before
 
 
 def test_removed_node_file_is_deleted(tmp_path):
