@@ -63,7 +63,8 @@ def register(app: typer.Typer) -> None:
         path = find_manifest(manifest)
         cluster = load_cluster(path)
         if cluster.manifest.access.private_key_file:
-            refuse_open_permissions(cluster.base_dir / cluster.manifest.access.private_key_file, "access.private_key_file")
+            key = Path(cluster.manifest.access.private_key_file).expanduser()
+            refuse_open_permissions(key if key.is_absolute() else cluster.base_dir / key, "access.private_key_file")
         build_dir = (output or cluster.default_build_dir).resolve()
         options = DeployOptions(limit=limit, tags=tags, check=check, forks=forks, resume=resume, verbosity=verbose)
         lock_path = cluster.base_dir / ".podsys" / f"deploy-{cluster.name}.lock"

@@ -125,6 +125,21 @@ def test_secrets_file_modes_are_refused_when_others_can_read_them(tmp_path):
     assert "id_ed25519: access.private_key_file: mode 0640 lets group or others read it" in res.output
 
 
+def test_check_refuses_a_private_key_others_can_read(tmp_path):
+    from podsys.checks.runner import AccessSettings, SSHExecutor
+    from podsys.errors import InputError
+
+    key = tmp_path / "id"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    os.chmod(key, 0o604)
+    settings = AccessSettings(user="root", port=22, private_key_file=key, known_hosts_file=None, via_head=False,
+                              head_name="head", head_address="10.0.0.1", addresses={})
+    with pytest.raises(InputError, match="mode 0604 lets group or others read it"):
+        SSHExecutor(settings)
+    os.chmod(key, 0o600)
+    SSHExecutor(settings)  # private: accepted
+
+
 @pytest.mark.parametrize("mode", [0o600, 0o400])
 def test_private_secret_files_are_accepted(tmp_path, mode):
     from podsys.cluster.secret_files import refuse_open_permissions
