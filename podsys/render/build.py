@@ -458,6 +458,8 @@ def render_cluster(cluster: Cluster, build_dir: Path | None = None) -> RenderRes
     temporary directory beside the build directory (hard links for what did not change) and
     swapped into place, so a failure at any point leaves the previous build whole."""
     build_dir = Path(build_dir or cluster.default_build_dir)
+    if build_dir.is_symlink():
+        build_dir = build_dir.resolve()  # swap the tree it points to, never the link itself
     _check_build_dir(build_dir)
     files, result = plan_render(cluster, build_dir)
     allocation = render_allocation({n.name: n.provision_ip for n in cluster.nodes})
@@ -488,6 +490,9 @@ def render_cluster(cluster: Cluster, build_dir: Path | None = None) -> RenderRes
 
 
 def _write_tree(build_dir: Path, files: dict[str, str], result: RenderResult, index: str) -> None:
+    if build_dir.is_dir() and os.path.ismount(build_dir):
+        _write_into_mount(build_dir, files, result, index)
+        return
     build_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=build_dir.parent, prefix=f".{build_dir.name}.new-"))
     try:
@@ -497,18 +502,41 @@ def _write_tree(build_dir: Path, files: dict[str, str], result: RenderResult, in
             _link_tree(build_dir, staging, rewritten | set(result.removed) | {INDEX_FILE})
         else:
             os.chmod(staging, 0o755)
-        made: set[Path] = set()
-        for rel in sorted(rewritten):
-            target = staging / rel
-            if target.parent not in made:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                made.add(target.parent)
-            _write(target, files[rel], file_mode(rel))
+        _write_files(staging, files, sorted(rewritten))
         _write(staging / INDEX_FILE, index, 0o644)
         _swap_into_place(staging, build_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _write_files(root: Path, files: dict[str, str], rels: list[str]) -> None:
+    made: set[Path] = set()
+    for rel in rels:
+        target = root / rel
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
+        _write(target, files[rel], file_mode(rel))
+
+
+def _write_into_mount(build_dir: Path, files: dict[str, str], result: RenderResult, index: str) -> None:
+    """A build directory that is a mount point (a container volume) cannot be swapped: every
+    new file is written in a staging directory inside it first (so a write error stops the
+    render before anything moves), then each is renamed into place, the index last."""
+    staging = Path(tempfile.mkdtemp(dir=build_dir, prefix=".render-new-"))
+    try:
+        rewritten = sorted(set(result.added) | set(result.changed))
+        _write_files(staging, files, rewritten)
+        for rel in rewritten:
+            (build_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, build_dir / rel)
+        for rel in result.removed:
+            (build_dir / rel).unlink(missing_ok=True)
+        _write(staging / INDEX_FILE, index, 0o644)
+        os.replace(staging / INDEX_FILE, build_dir / INDEX_FILE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 DIFF_HIDDEN = "contents not shown: the file holds secrets"

@@ -161,3 +161,36 @@ def test_address_file_is_0644_and_holds_only_addresses(tmp_path):
     addresses = allocation_path(path)
     assert addresses.stat().st_mode & 0o777 == 0o644
     assert "$6$" not in addresses.read_text() and "saltsalt" not in addresses.read_text()
+
+
+def test_a_build_directory_behind_a_symlink_stays_behind_it(tmp_path):
+    path = write_manifest(tmp_path)
+    real = tmp_path / "elsewhere" / "build"
+    real.mkdir(parents=True)
+    link = tmp_path / "build"
+    link.symlink_to(real)
+    render_cluster(load_cluster(path), link)
+    write_manifest(tmp_path, VALID.replace("default: true}", "default: true, max_time: '1:00:00'}"))
+    render_cluster(load_cluster(path), link)
+    assert link.is_symlink() and link.resolve() == real
+    assert "max_time: '1:00:00'" in (real / "inventory/group_vars/all/main.yml").read_text()
+
+
+def test_a_build_directory_that_is_a_mount_point_is_updated_in_place(tmp_path):
+    reason = _can_mount_read_only(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    path = write_manifest(tmp_path)
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(VALID.replace("default: true}", "default: true, max_time: '1:00:00'}"))
+    render = f"{sys.executable} -m podsys.cli.main render {path} --output {mount}"
+    script = (f"mount -t tmpfs tmpfs {mount} && {render} && cp {changed} {path} && {render} && "
+              f"grep -q \"max_time: '1:00:00'\" {mount}/inventory/group_vars/all/main.yml && "
+              f"test -z \"$(ls -A {mount} | grep render-new)\" && stat -c %a {mount}/inventory/group_vars/all/secrets.yml")
+    res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines()[-1] == "600"
+    assert "1 changed" in res.stdout
