@@ -553,6 +553,7 @@ def diff_render(cluster: Cluster, build_dir: Path | None = None) -> tuple[str, R
     """Unified diff of what `render_cluster` would change, without writing anything. A secret
     file shows only that it changed; any secret value elsewhere is masked."""
     build_dir = Path(build_dir or cluster.default_build_dir)
+    _check_build_dir(build_dir)
     files, result = plan_render(cluster, build_dir)
     chunks: list[str] = []
 

@@ -108,8 +108,8 @@ def test_output_places_that_cannot_hold_a_build(tmp_path):
         "a-file/under": "a parent of the build directory",
         "/proc/podsys-build": "cannot write the build directory here",
     }
-    for output, message in cases.items():
-        res = cli("render", str(path), "--output", output, cwd=tmp_path)
+    for (output, message), flags in zip(cases.items(), ([], ["--check"], ["--diff"], [])):
+        res = cli("render", str(path), "--output", output, *flags, cwd=tmp_path)
         assert res.returncode == 2, (output, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.stderr, (output, res.stderr)
