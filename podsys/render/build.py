@@ -391,7 +391,10 @@ def _link_tree(old: Path, new: Path, skip: set[str], prefix: str = "") -> None:
         elif entry.is_dir():
             os.mkdir(target)
             _link_tree(Path(entry.path), target, skip, rel + "/")
-            os.chmod(target, entry.stat().st_mode & 0o7777)
+            if not any(os.scandir(target)) and any(os.scandir(entry.path)):
+                os.rmdir(target)  # everything in it was removed by this render (a node's files)
+            else:
+                os.chmod(target, entry.stat().st_mode & 0o7777)
         elif entry.is_file():
             os.link(entry.path, target)
         # sockets and fifos (an SSH control socket) belong to a running process: not carried

@@ -134,6 +134,18 @@ def test_removed_node_file_is_deleted(tmp_path):
     assert not stale.exists()
 
 
+def test_a_removed_node_leaves_no_directory_behind(tmp_path):
+    path = write_manifest(tmp_path)
+    out = tmp_path / "build"
+    render_cluster(load_cluster(path), out)
+    assert (out / "provision/boot/nodes/gpu004").is_dir()
+    write_manifest(tmp_path, VALID.replace("hosts: gpu[001-004]", "hosts: gpu[001-003]"))
+    result = render_cluster(load_cluster(path), out)
+    assert any(rel.startswith("provision/boot/nodes/gpu004/") for rel in result.removed)
+    assert not (out / "provision/boot/nodes/gpu004").exists()
+    assert (out / "provision/boot/nodes/gpu003").is_dir()
+
+
 def test_example_manifests_validate(tmp_path):
     for name in ("lab.yaml", "hgx-h100-32.yaml", "large-4096.yaml"):
         for f in (REPO / "manifests").glob("*"):
