@@ -31,7 +31,7 @@ def _environment(cls):
 
 
 def role_vars(rendered: dict[str, str], role: str, **host) -> dict:
-    """group_vars/all.yml as Ansible reads it, then the role's defaults evaluated on top."""
+    """group_vars/all/main.yml as Ansible reads it, then the role's defaults evaluated on top."""
     variables = yaml.safe_load(rendered["inventory/group_vars/all/main.yml"])
     variables.update(ansible_managed="Ansible managed", inventory_dir="/build/inventory", **host)
     native = _environment(jinja2.nativetypes.NativeEnvironment)
