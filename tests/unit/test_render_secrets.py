@@ -157,3 +157,19 @@ def test_diff_is_not_wrapped_when_piped(tmp_path):
     long_lines = [line for line in res.stdout.splitlines() if len(line) > 80]
     assert long_lines, "the inventory has lines longer than 80 columns"
     assert any(line.startswith('+        "gpu001": {"ansible_host": "10.10.1.1", "podsys_node": {') for line in long_lines)
+
+
+def test_ansible_resolves_the_secret_references(tmp_path):
+    """What the roles get: Ansible itself reads group_vars/all/ and resolves the references."""
+    import shutil
+
+    if not shutil.which("ansible"):
+        pytest.skip("ansible not installed")
+    path = cluster_dir(tmp_path)
+    assert cli("render", str(path), "--output", str(tmp_path / "build"), cwd=tmp_path).returncode == 0
+    for var, expected in (("podsys_packages.proxy", f"http://{PROXY_USER}:{PROXY_PASSWORD}@proxy.example.com:3128"),
+                          ("podsys_provisioning.root_password_hash", HASH)):
+        res = subprocess.run(["ansible", "gpu001", "-i", str(tmp_path / "build/inventory/hosts.yml"), "-m", "debug",
+                              "-a", f"var={var}"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f'"{var}": "{expected}"' in res.stdout
