@@ -86,13 +86,15 @@ HEAD_PATHS = HeadPaths()
 
 # Ports podsys's services take on the head's provision address whatever the manifest says (the
 # roles' defaults: package_proxy_port, slurm.conf's SlurmctldPort/SlurmdPort,
-# monitoring_prometheus_port, monitoring_node_exporter_port).
+# monitoring_prometheus_port; the exporter ports reach the monitoring role through render's
+# podsys_monitoring variables).
 SSH_PORT = 22
 PACKAGE_CACHE_PORT = 3142  # apt-cacher-ng (packages.source: proxy)
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
 PROMETHEUS_PORT = 9090
 NODE_EXPORTER_PORT = 9100
+DCGM_EXPORTER_PORT = 9400  # on GPU nodes only, so not a head port
 
 FIXED_HEAD_PORTS = {SSH_PORT: "sshd", PACKAGE_CACHE_PORT: "the package cache (packages.source: proxy)",
                     SLURMCTLD_PORT: "slurmctld", SLURMD_PORT: "slurmd", PROMETHEUS_PORT: "Prometheus",

@@ -28,6 +28,7 @@ from podsys.errors import InputError, PodsysError, Problem
 from podsys.cluster.access import SSHAccess
 from podsys.cluster.model import Cluster
 from podsys.cluster.selection import select_nodes
+from podsys.cluster.secret_files import refuse_open_permissions
 
 class Executor(Protocol):
     def run(self, probe: Probe) -> ProbeResult: ...
@@ -75,6 +76,8 @@ class SSHExecutor:
         access = settings.access
         if access.private_key_file is not None and not access.private_key_file.is_file():
             raise InputError(Problem(str(access.private_key_file), None, "access.private_key_file", "file not found"))
+        if access.private_key_file is not None:
+            refuse_open_permissions(access.private_key_file, "access.private_key_file")
         if access.known_hosts_file is not None and not access.known_hosts_file.is_file():
             raise InputError(Problem(str(access.known_hosts_file), None, "access.known_hosts_file", "file not found"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Optional
@@ -108,8 +109,8 @@ def render(
     diff: bool = typer.Option(False, "--diff", help="show a unified diff of what this render changes"),
     check: bool = typer.Option(False, "--check", help="change nothing; exit 1 if a render would change files"),
 ) -> None:
-    """Write the build directory: Ansible inventory and vars, /etc/hosts fragment, dnsmasq
-    reservations, slurm.conf node/partition lines, gres.conf, Prometheus targets.
+    """Write the build directory: the Ansible inventory and the variables the roles lay out
+    (nodes, Slurm gres and partitions, Prometheus targets), and the head's boot services.
 
     Rendering is deterministic: the same manifest gives byte-identical files, and only files
     whose content changed are rewritten. Addresses are recorded in <manifest>.addresses.yaml
@@ -122,7 +123,9 @@ def render(
     if diff or check:
         text, result = diff_render(cluster, build_dir)
         if diff:
-            console.print(text, markup=False, highlight=False, end="")
+            # Written as is: a console would wrap long lines at 80 columns when piped.
+            sys.stdout.write(text)
+            sys.stdout.flush()
         if check:
             console.print(f"{len(result.added)} added, {len(result.changed)} changed, {len(result.removed)} removed")
             raise typer.Exit(1 if result.touched else 0)

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
     def deploy(
         manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
         limit: Optional[str] = typer.Option(None, "--limit", "-l", help="only these hosts, as a hostlist: 'head,node[01-04]'"),
-        tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these parts, comma-separated: packages,base,slurm,gpu,monitoring"),
+        tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these parts, comma-separated: packages,base,provision,slurm,gpu,monitoring"),
         check: bool = typer.Option(False, "--check", help="dry run: Ansible check mode with diffs; changes nothing"),
         forks: int = typer.Option(20, "--forks", "-f", min=1, max=1000, help="hosts configured in parallel"),
         resume: bool = typer.Option(False, "--resume", help="re-run only the hosts that failed or were unreachable last time"),
@@ -56,11 +56,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the per-host result as JSON on stdout"),
     ) -> None:
         from podsys.cluster.load import load_cluster
+        from podsys.cluster.secret_files import refuse_open_permissions
         from podsys.render.build import render_cluster
         from podsys.deploy.runner import DeployLock, DeployOptions, run_deploy, summary_table
 
         path = find_manifest(manifest)
         cluster = load_cluster(path)
+        if cluster.manifest.access.private_key_file:
+            key = Path(cluster.manifest.access.private_key_file).expanduser()
+            refuse_open_permissions(key if key.is_absolute() else cluster.base_dir / key, "access.private_key_file")
         build_dir = (output or cluster.default_build_dir).resolve()
         options = DeployOptions(limit=limit, tags=tags, check=check, forks=forks, resume=resume, verbosity=verbose)
         lock_path = cluster.workspace.deploy_lock(cluster.name)

@@ -252,6 +252,7 @@ def power(
     one result per node. The BMC password comes from bmc.password_file and is never shown.
     Exit 1 if any node failed."""
     from podsys.cluster.load import load_cluster
+    from podsys.cluster.secret_files import refuse_open_permissions
     from podsys.provision.power import ACTIONS, IPMI, BMCError, BMCTarget, Redfish, read_password, run_power
 
     if action not in ACTIONS:
@@ -266,6 +267,7 @@ def power(
         raise InputError(Problem(str(cluster.manifest_path), None, "networks.bmc",
                                  f"no BMC address for: {', '.join(no_bmc[:10])}"))
     password_file = cluster.base_dir / bmc.password_file
+    refuse_open_permissions(password_file, "bmc.password_file")
     try:
         password = read_password(password_file)
     except BMCError as exc:

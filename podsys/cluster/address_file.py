@@ -55,14 +55,31 @@ def render_allocation(addresses: dict[str, str]) -> str:
     return HEADER + body
 
 
+def stage_allocation(manifest_path: Path, text: str) -> str | None:
+    """Write `text` to a temporary file beside the allocation file, mode 0644 (it is meant to
+    be committed and holds no secret), and return its path for the caller to rename into
+    place; None when the file already holds exactly this."""
+    path = allocation_path(manifest_path)
+    try:
+        if path.read_text() == text:
+            return None
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".addresses.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
 def write_allocation(manifest_path: Path, addresses: dict[str, str]) -> bool:
     """Write atomically; return True if the content changed."""
-    path = allocation_path(manifest_path)
-    text = render_allocation(addresses)
-    if path.exists() and path.read_text() == text:
+    staged = stage_allocation(manifest_path, render_allocation(addresses))
+    if staged is None:
         return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".addresses.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    os.replace(staged, allocation_path(manifest_path))
     return True

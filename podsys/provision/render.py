@@ -302,6 +302,7 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
         "nginx-site.conf.j2", cluster_name=cluster.name, listen=f"{m.head.address}:{port}",
         cidr=str(net.cidr), paths=paths,
         repo_proxy=_repo_backend(cluster),
+        installer_nodes=[{"name": v.name, "ip": v.ip} for v in views if v.pxe],
     )
     files["provision/boot/ipxe/boot.ipxe"] = _render("boot.ipxe.j2", cluster_name=cluster.name, boot_url=urls.boot)
     media_url = f"{urls.boot}/media/{m.os.key}"

@@ -135,6 +135,9 @@ def test_boot_tree_install_then_local_after_the_callback(provisioned):
         pytest.fail(f"{script_url}: HTTP {code}\n{served.stdout}{served.stderr}")
     assert f"url=http://{head}/boot/nodes/{node}/preseed.cfg" in body
     assert http(lab, node, f"http://{head}/boot/nodes/{node}/preseed.cfg")[0] == 200
+    # Another node's installer config (root keys, password hash) is not served to this one.
+    other = next(n.name for n in provisioned["cluster"].nodes if n.name != node and n.pxe)
+    assert http(lab, node, f"http://{head}/boot/nodes/{other}/preseed.cfg")[0] == 403
     for path in ("/etc/passwd", "/", "/boot/../etc/shadow", "/var/lib/podsys/provision/nodes-state.json"):
         assert http(lab, node, f"http://{head}{path}")[0] in (400, 403, 404), path
     callback = f"http://{head}:8081/api/v1/callback"

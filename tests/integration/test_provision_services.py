@@ -284,8 +284,19 @@ def test_node_in_install_state_boots_the_installer(lab):
     assert f"kernel http://{HEAD}/boot/media/debian-12/vmlinuz" in body
     assert f"url=http://{HEAD}/boot/nodes/n2/preseed.cfg" in body
     assert "sanboot" not in body
+    # The installer config (root keys, hash) is served to its own node's address only.
     code, preseed = lab.curl(lab.c1, f"http://{HEAD}/boot/nodes/n2/preseed.cfg")
-    assert code == 200 and f"netcfg/get_ipaddress string {SUBNET}.12" in preseed
+    assert code == 403 and "netcfg" not in preseed
+
+
+def test_installer_config_is_served_to_its_own_node_only(lab):
+    code, preseed = lab.curl(lab.c1, f"http://{HEAD}/boot/nodes/n1/preseed.cfg")  # c1 is n1's address
+    assert code == 200 and f"netcfg/get_ipaddress string {SUBNET}.11" in preseed
+    for path in ("/boot/nodes/n1/preseed.cfg", "/boot/nodes/n3/preseed.cfg", "/boot/nodes/", "/boot/nodes/n1/"):
+        code, body = lab.curl(lab.c2, f"http://{HEAD}{path}")  # c2: on the network, not a node
+        assert code == 403 and "netcfg" not in body, (path, code)
+    code, _ = lab.curl(lab.c1, f"http://{HEAD}/boot/nodes/n3/preseed.cfg")
+    assert code == 403
 
 
 def test_node_in_local_state_boots_the_disk(lab):

@@ -49,7 +49,9 @@ def test_the_roles_fixed_ports_are_the_layouts():
     assert role_defaults("package_proxy")["package_proxy_port"] == layout.PACKAGE_CACHE_PORT
     monitoring = role_defaults("monitoring")
     assert monitoring["monitoring_prometheus_port"] == layout.PROMETHEUS_PORT
-    assert monitoring["monitoring_node_exporter_port"] == layout.NODE_EXPORTER_PORT
+    # The exporter ports are render's: the role reads them from podsys_monitoring.
+    assert monitoring["monitoring_node_exporter_port"] == "{{ podsys_monitoring.node_exporter_port }}"
+    assert monitoring["monitoring_dcgm_exporter_port"] == "{{ podsys_monitoring.dcgm_exporter_port }}"
     slurm_conf = (ROLES / "slurm" / "templates" / "slurm.conf.j2").read_text()
     assert re.search(r"^SlurmctldPort=(\d+)$", slurm_conf, re.M).group(1) == str(layout.SLURMCTLD_PORT)
     assert re.search(r"^SlurmdPort=(\d+)$", slurm_conf, re.M).group(1) == str(layout.SLURMD_PORT)

@@ -105,7 +105,8 @@ def test_nginx_serves_only_the_boot_tree_and_the_repo(tmp_path):
     conf = render_files(load_cluster(write_manifest(tmp_path, packages="online")),
                         HeadPaths(boot_root="/b", repo_root="/r"))["provision/nginx-site.conf"]
     locations = re.findall(r"location\s+(\S+)\s*\{", conf)
-    assert locations == ["/boot/", "/repo/", "/"]
+    nodes = [n.name for n in load_cluster(tmp_path / "cluster.yaml").nodes if n.pxe]
+    assert nodes and locations == ["/boot/", "/boot/nodes/", *[f"/boot/nodes/{n}/" for n in nodes], "/repo/", "/"]
     assert "alias /b/;" in conf and "alias /r/;" in conf
     catch_all = conf[conf.index("location / {"):]
     assert "return 404;" in catch_all and "alias" not in catch_all

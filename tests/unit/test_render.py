@@ -1,4 +1,3 @@
-import json
 import shutil
 
 import yaml
@@ -18,7 +17,7 @@ def test_render_is_deterministic_byte_for_byte(tmp_path):
     a = render_files(build(tmp_path / "a" if (tmp_path / "a").mkdir() is None else None))
     b = render_files(build(tmp_path / "b" if (tmp_path / "b").mkdir() is None else None))
     assert a == b
-    for rel in ("inventory/hosts.yml", "inventory/group_vars/all.yml", "files/slurm-nodes.conf"):
+    for rel in ("inventory/hosts.yml", "inventory/group_vars/all/main.yml", "provision/dnsmasq.conf"):
         assert a[rel] == b[rel]
 
 
@@ -43,7 +42,7 @@ def test_inventory_groups_and_vars(tmp_path):
     assert set(inv["group_gpu"]["hosts"]) == {"gpu001", "gpu002", "gpu003", "gpu004"}
     for layer in ("base", "gpu", "infiniband", "slurm", "monitoring"):
         assert set(inv[f"layer_{layer}"]["hosts"]) == {"gpu001", "gpu002", "gpu003", "gpu004"}
-    allv = yaml.safe_load(files["inventory/group_vars/all.yml"])
+    allv = yaml.safe_load(files["inventory/group_vars/all/main.yml"])
     assert allv["podsys_stack"]["driver"] == "580.95.05"
     assert allv["podsys_networks"]["provision"]["netmask"] == "255.255.0.0"
     assert [n["name"] for n in allv["podsys_nodes"]] == ["gpu001", "gpu002", "gpu003", "gpu004"]
@@ -66,26 +65,26 @@ def test_via_head_adds_proxy_command_for_nodes_only(tmp_path):
     assert inv["vars"]["ansible_ssh_private_key_file"] == str(tmp_path / "keys/id")
 
 
-def test_hosts_dnsmasq_slurm_gres_prometheus(tmp_path):
-    files = render_files(build(tmp_path))
-    assert "10.10.1.1\tgpu001.cluster.local gpu001" in files["files/hosts"]
-    assert "10.10.0.1\tmu01.cluster.local mu01" in files["files/hosts"]
-    assert "dhcp-host=b8:3f:d2:00:00:04,10.10.1.4,gpu004,infinite" in files["files/dnsmasq-hosts.conf"]
-    assert "NodeName=gpu[001-004] Gres=gpu:8 State=UNKNOWN" in files["files/slurm-nodes.conf"]
-    assert "PartitionName=gpu Nodes=gpu[001-004] Default=YES MaxTime=INFINITE State=UP" in files["files/slurm-nodes.conf"]
-    assert "NodeName=gpu[001-004] Name=gpu File=/dev/nvidia[0-7]" in files["files/gres.conf"]
-    targets = json.loads(files["files/prometheus-targets.json"])
-    assert [t["targets"][0] for t in targets] == [f"10.10.1.{i}:9100" for i in range(1, 5)]
-    dcgm = json.loads(files["files/prometheus-dcgm-targets.json"])
-    assert dcgm[0]["targets"] == ["10.10.1.1:9400"]
+def test_slurm_and_prometheus_facts_are_decided_in_the_rendered_vars(tmp_path):
+    allv = yaml.safe_load(render_files(build(tmp_path))["inventory/group_vars/all/main.yml"])
+    node = allv["podsys_nodes"][0]
+    assert (node["slurm_gres"], node["slurm_gres_type"], node["slurm_gres_file"]) == ("gpu:h100:8", "h100", "/dev/nvidia[0-7]")
+    assert allv["podsys_slurm"]["partitions"] == [
+        {"name": "gpu", "nodes": "gpu[001-004]", "default": True, "max_time": "INFINITE"}]
+    targets = allv["podsys_monitoring"]["targets"]
+    assert [t["targets"][0] for t in targets["node"]] == ["10.10.0.1:9100"] + [f"10.10.1.{i}:9100" for i in range(1, 5)]
+    assert targets["dcgm"][0] == {"targets": ["10.10.1.1:9400"],
+                                  "labels": {"node": "gpu001", "group": "gpu", "hardware": "hgx-h100-8gpu"}}
+    assert "nodes_conf" not in allv["podsys_slurm"] and "gres_conf" not in allv["podsys_slurm"]
 
 
 def test_cpu_only_cluster_has_no_gres_or_dcgm(tmp_path):
     shutil.copy(REPO / "manifests/lab.yaml", tmp_path / "lab.yaml")
     files = render_files(load_cluster(tmp_path / "lab.yaml"))
-    assert "no GPU nodes" in files["files/gres.conf"]
-    assert json.loads(files["files/prometheus-dcgm-targets.json"]) == []
-    assert "NodeName=node[1-3] State=UNKNOWN" in files["files/slurm-nodes.conf"]
+    allv = yaml.safe_load(files["inventory/group_vars/all/main.yml"])
+    assert all(n["slurm_gres"] is None and n["slurm_gres_file"] is None for n in allv["podsys_nodes"])
+    assert allv["podsys_monitoring"]["targets"]["dcgm"] == []
+    assert not [rel for rel in files if rel.startswith("files/")]
 
 
 def test_allocation_file_keeps_addresses_when_group_grows(tmp_path):
@@ -109,13 +108,13 @@ def test_diff_shows_changes_without_writing(tmp_path):
     path = write_manifest(tmp_path)
     out = tmp_path / "build"
     render_cluster(load_cluster(path), out)
-    before = (out / "files/slurm-nodes.conf").read_text()
+    before = (out / "inventory/group_vars/all/main.yml").read_text()
     write_manifest(tmp_path, VALID.replace("default: true}", "default: true, max_time: '2-00:00:00'}"))
     text, result = diff_render(load_cluster(path), out)
-    assert "-PartitionName=gpu Nodes=gpu[001-004] Default=YES MaxTime=INFINITE" in text
-    assert "+PartitionName=gpu Nodes=gpu[001-004] Default=YES MaxTime=2-00:00:00" in text
-    assert "files/slurm-nodes.conf" in result.changed
-    assert (out / "files/slurm-nodes.conf").read_text() == before
+    assert "-    max_time: INFINITE" in text
+    assert "+    max_time: 2-00:00:00" in text
+    assert "inventory/group_vars/all/main.yml" in result.changed
+    assert (out / "inventory/group_vars/all/main.yml").read_text() == before
 
 
 def test_removed_node_file_is_deleted(tmp_path):
@@ -131,6 +130,18 @@ def test_removed_node_file_is_deleted(tmp_path):
     result = render_cluster(load_cluster(path), out)
     assert result.removed == ["inventory/group_vars/group_extra.yml"]
     assert not stale.exists()
+
+
+def test_a_removed_node_leaves_no_directory_behind(tmp_path):
+    path = write_manifest(tmp_path)
+    out = tmp_path / "build"
+    render_cluster(load_cluster(path), out)
+    assert (out / "provision/boot/nodes/gpu004").is_dir()
+    write_manifest(tmp_path, VALID.replace("hosts: gpu[001-004]", "hosts: gpu[001-003]"))
+    result = render_cluster(load_cluster(path), out)
+    assert any(rel.startswith("provision/boot/nodes/gpu004/") for rel in result.removed)
+    assert not (out / "provision/boot/nodes/gpu004").exists()
+    assert (out / "provision/boot/nodes/gpu003").is_dir()
 
 
 def test_example_manifests_validate(tmp_path):
