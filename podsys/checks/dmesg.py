@@ -68,10 +68,10 @@ _UNSTAMPED = re.compile(rf"^{_RAW_LEVEL}{_FACILITY}(?P<message>.*)$")
 # what a kernel message looks like without a timestamp: "subsystem: ...", "driver 0000:18:00.0: ..."
 # or one of the boot banner lines
 _KERNEL_MESSAGE = re.compile(
-    r"^(?:[A-Za-z][\w.\-]*(?: [\w:.\-]+)?: |Linux version |Command line: |Kernel command line: |\s+\S)"
+    r"^(?:[A-Za-z][\w.\-]*(?: [\w:.\-]+)?: |Linux version |Command line: |Kernel command line: |\s+NVRM: )"
 )
 # what the tools print instead of a log: their own errors, an empty journal
-_NOT_A_LOG = re.compile(r"^(?:dmesg|journalctl|sudo): |^-- No entries --|^Hint: ")
+_NOT_A_LOG = re.compile(r"^(?:dmesg|journalctl|sudo|bash|sh|zsh|ssh): |^-- No entries --|^Hint: |: command not found$")
 # a message continued on the next lines, as printk prints multi-line messages (indented)
 _CONTINUATION = re.compile(r"^\s{4,}\S")
 
@@ -127,7 +127,7 @@ def _split(line: str) -> _Line:
         stamp = next((m.group(k) for k in ("seconds", "ctime", "iso", "full", "syslog") if m.group(k)), "")
         return _Line(m.group("message"), seconds, stamp, True)
     message = _UNSTAMPED.match(line).group("message")
-    return _Line(message, None, "", bool(_KERNEL_MESSAGE.match(message)) and not _NOT_A_LOG.match(message))
+    return _Line(message, None, "", bool(_KERNEL_MESSAGE.match(message)) and not _NOT_A_LOG.search(message))
 
 
 def pci_address(text: str) -> str | None:

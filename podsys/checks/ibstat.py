@@ -140,6 +140,21 @@ def parse_ib_counters(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def parse_ib_counter_file(text: str) -> dict[str, dict[str, int]]:
+    """A saved counter dump, strictly: every line a `grep -H` counter line (or grep's own
+    complaint about one file), at least one counter."""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "grep: ")):
+            continue
+        if not re.match(r"^/sys/class/infiniband/[^/]+/ports/\d+/(?:hw_)?counters/\w+:\d+$", stripped):
+            raise ValueError(f"line {number}: {stripped[:60]!r} is not a /sys/class/infiniband/<ca>/ports/<n>/counters/<name>:<value> line")
+    counters = parse_ib_counters(text)
+    if not counters:
+        raise ValueError("no port counter lines: expected `grep -H . /sys/class/infiniband/*/ports/*/counters/*` output")
+    return counters
+
+
 def judge_ib_counters(counters: dict[str, dict[str, int]], node: str, profile: HardwareProfile | None) -> Finding:
     check = "infiniband.errors"
     if profile is not None and profile.hca is None:

@@ -230,7 +230,7 @@ def parse_nvlink_status(text: str) -> dict[str, dict[int, str]]:
     out: dict[str, dict[int, str]] = {}
     current: str | None = None
     for line in text.splitlines():
-        gpu = re.match(r"^GPU (\d+):", line.strip())
+        gpu = re.match(r"^GPU (\d{1,3}): ", line.strip())  # "GPU 0: NVIDIA H100 ... (UUID: ...)", not -q's "GPU 00000000:18:00.0"
         if gpu:
             current = f"GPU {gpu.group(1)}"
             out[current] = {}
