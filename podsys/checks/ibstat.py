@@ -5,11 +5,15 @@ the same node are reported but not held to the IB rate."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 from dataclasses import dataclass, field
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
-from podsys.cluster.hardware import HardwareProfile
+
+if TYPE_CHECKING:  # annotations only: the node-side health runner has no pydantic
+    from podsys.cluster.hardware import HardwareProfile
 
 
 @dataclass(frozen=True)

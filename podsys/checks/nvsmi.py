@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import csv
 import io
 import re
 from dataclasses import dataclass
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
-from podsys.cluster.hardware import HardwareProfile
+
+if TYPE_CHECKING:  # annotations only: the node-side health runner has no pydantic
+    from podsys.cluster.hardware import HardwareProfile
 
 # The fields podsys asks for, in this order (nvidia-smi --help-query-gpu names).
 QUERY_FIELDS = (

@@ -9,11 +9,15 @@ the wild are read: "Clocks Event Reasons" (driver 535+) and "Clocks Throttle Rea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip
 from podsys.checks.nvsmi import judge_query_gpu
-from podsys.cluster.hardware import HardwareProfile
+
+if TYPE_CHECKING:  # annotations only: the node-side health runner has no pydantic
+    from podsys.cluster.hardware import HardwareProfile
 
 _GPU = re.compile(r"^GPU ([0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])\s*$")
 _ENTRY = re.compile(r"^(\s+)(\S.*?)\s*(?::\s*(.*?))?\s*$")

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from podsys.checks.catalog import fault_code, spec_for
 from podsys.checks.findings import AREAS, Finding, Verdict, sort_findings, worst
 
 COLOURS = {"PASS": "#2e8b57", "WARN": "#e0a100", "FAIL": "#c62828", "SKIP": "#9e9e9e"}
@@ -83,12 +84,23 @@ def report_data(findings: list[Finding], meta: dict | None = None) -> dict:
         **{k: v for k, v in (meta or {}).items() if k != "generated"},
         "summary": summary(findings),
         "exit_code": exit_code(findings),
-        "findings": [f.to_dict() for f in sort_findings(findings)],
+        "findings": [_with_catalog(f) for f in sort_findings(findings)],
     }
 
 
+def _with_catalog(f: Finding) -> dict:
+    """The finding plus its catalogue entry's tier and fault code (what `podsys health` drains
+    and alerts under), so the acceptance report and the health runs speak the same codes."""
+    data = f.to_dict()
+    spec = spec_for(f.check)
+    data["tier"] = spec.tier if spec else ""
+    data["fault"] = fault_code(f.check, f.value, f"{f.detail} {f.diagnosis}") if f.verdict is Verdict.FAIL else (spec.fault if spec else "")
+    return data
+
+
 def load_report(path: Path) -> list[Finding]:
-    return [Finding.from_dict(d) for d in json.loads(Path(path).read_text())["findings"]]
+    known = set(Finding.__dataclass_fields__)
+    return [Finding.from_dict({k: v for k, v in d.items() if k in known}) for d in json.loads(Path(path).read_text())["findings"]]
 
 
 # --- svg plots (pure) -------------------------------------------------------------------------

@@ -111,3 +111,25 @@ def test_heatmap_cell_skips_only_when_nothing_was_judged():
           finding("n2", "versions.driver", Verdict.SKIP, detail="cpu-only profile")]
     svg = heatmap_svg(fs)
     assert svg.count('data-verdict="PASS"') == 1 and svg.count('data-verdict="SKIP"') == 1
+
+
+def test_report_json_carries_the_catalogue_tier_and_fault_code():
+    from podsys.checks.findings import failed, passed
+    from podsys.checks.report import load_report, report_data
+
+    findings = [failed("gpu001", "infiniband.ports", value=200.0, detail="mlx5_0/1: Active but degraded, Rate 200 < 400 Gb/s", diagnosis="x"),
+                passed("gpu001", "gpu.count", detail="8 GPUs")]
+    data = {f["check"]: f for f in report_data(findings)["findings"]}
+    assert data["infiniband.ports"]["fault"] == "ib-rate-degraded" and data["infiniband.ports"]["tier"] == "passive"
+    assert data["gpu.count"]["fault"] == "gpu-missing"
+
+
+def test_report_with_catalogue_fields_loads_back(tmp_path):
+    import json
+
+    from podsys.checks.findings import passed
+    from podsys.checks.report import load_report, report_data
+
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report_data([passed("n", "gpu.count", detail="8 GPUs")])))
+    assert [f.check for f in load_report(path)] == ["gpu.count"]
