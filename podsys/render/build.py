@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from podsys.cluster.address_file import write_allocation
 from podsys.cluster.model import Cluster, NodeSpec
 from podsys.cluster.topology import collapse_hosts
+from podsys.checks import health_files
 from podsys.provision import render as provision_render
 
 try:
@@ -224,6 +225,7 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
         },
         "podsys_packages": m.packages.model_dump(mode="json"),
         "podsys_monitoring": m.monitoring.model_dump(mode="json"),
+        "podsys_health": m.health.model_dump(mode="json"),
         "podsys_gpu": m.gpu.model_dump(mode="json"),
         "podsys_infiniband": m.infiniband.model_dump(mode="json"),
         "podsys_provisioning": m.provisioning.model_dump(mode="json"),
@@ -241,7 +243,7 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
 
 
 # Every area's renderer: the core set here, the head's boot services and installer configs.
-RENDERERS: list[Callable[[Cluster], dict[str, str]]] = [render_core_files, provision_render.render_files]
+RENDERERS: list[Callable[[Cluster], dict[str, str]]] = [render_core_files, provision_render.render_files, health_files.render_files]
 
 
 def render_files(cluster: Cluster) -> dict[str, str]:
