@@ -149,8 +149,12 @@ def load_config(path: Path) -> HealthConfig:
 Run = Callable[[str], tuple[int, str]]  # shell command -> (exit status, stdout+stderr)
 
 
-def run_shell(command: str) -> tuple[int, str]:
-    env = dict(os.environ, LC_ALL="C", PATH=os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin")
+# Fixed, not inherited: slurmd runs HealthCheckProgram with a bare environment
+TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def run_shell(command: str, path: str = TOOL_PATH) -> tuple[int, str]:
+    env = dict(os.environ, LC_ALL="C", PATH=path)
     try:
         done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=COMMAND_TIMEOUT, env=env, errors="replace")
     except subprocess.TimeoutExpired:
