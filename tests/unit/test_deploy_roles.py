@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / "playbooks"
-DEPLOY_ROLES = ("base", "slurm", "monitoring", "package_proxy")
+DEPLOY_ROLES = ("base", "slurm", "monitoring", "package_proxy", "health")
 
 
 def load_filters(role: str, module: str):
