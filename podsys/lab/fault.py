@@ -101,7 +101,8 @@ exec /usr/bin/systemctl "$@"
     }
 
 
-def install_script(kind: str | None, profile: str = PROFILE, shim_dir: str = SHIM_DIR, data_dir: str = DATA_DIR) -> str:
+def install_script(kind: str | None, profile: str = PROFILE, shim_dir: str = SHIM_DIR, data_dir: str = DATA_DIR,
+                   device_placeholders: bool = False) -> str:
     """A POSIX sh script that writes the captures and shims on the node (idempotent)."""
     lines = ["set -eu", f"mkdir -p {shlex.quote(data_dir)} {shlex.quote(shim_dir)}",
              "up=$(cut -d' ' -f1 /proc/uptime 2>/dev/null || echo 1.0)"]
@@ -116,6 +117,10 @@ def install_script(kind: str | None, profile: str = PROFILE, shim_dir: str = SHI
         target = shlex.quote(f"{shim_dir}/{name}")
         lines.append(f"cat > {target} <<'PODSYS_EOF'\n{script}PODSYS_EOF")
         lines.append(f"chmod 0755 {target}")
+    # Slurm's gres.conf names /dev/nvidia[0-7] for a GPU profile and slurmd only stats them:
+    # placeholders let a lab container node register its GPUs (lab only; never on real nodes)
+    if device_placeholders:
+        lines.append("for i in 0 1 2 3 4 5 6 7; do [ -e /dev/nvidia$i ] || touch /dev/nvidia$i; done")
     lines.append(f"echo {shlex.quote(kind or 'healthy')} > {shlex.quote(data_dir)}/kind")
     return "\n".join(lines) + "\n"
 
@@ -137,7 +142,7 @@ def apply(directory, node: str, kind: str | None, clear: bool = False) -> str:
         raise InputError(Problem("command line", None, "KIND", "give either a fault KIND or --clear, not both"))
     if kind is not None and kind not in FAULT_KINDS:
         raise InputError(Problem("command line", None, "KIND", f"unknown fault kind {kind!r}; one of: {', '.join(FAULT_KINDS)}"))
-    script = clear_script() if clear else install_script(kind)
+    script = clear_script() if clear else install_script(kind, device_placeholders=True)
     # ssh hands the remote shell one string: quote the script as one argument of sh -c
     done = run_ssh(directory, node, ["sh", "-c", shlex.quote(script)], timeout=60)
     if done.returncode != 0:

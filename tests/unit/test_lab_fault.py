@@ -107,3 +107,9 @@ def test_cli_refuses_a_kind_with_clear_and_unknown_kinds(tmp_path):
     unknown = runner.invoke(build_app(), ["lab", "fault", "node01", "gpu-on-fire", "--dir", str(tmp_path)])
     for result, words in ((both, "not both"), (unknown, "unknown fault kind")):
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
+
+
+def test_device_placeholders_only_when_asked():
+    # the lab asks (slurmd stats gres.conf's /dev/nvidiaN); tests running the script here must not
+    assert "/dev/nvidia" not in fault.install_script("xid79")
+    assert "touch /dev/nvidia$i" in fault.install_script("xid79", device_placeholders=True)
