@@ -456,6 +456,13 @@ def apply_slurm(node: str, findings: list[Finding], run: Run = run_shell) -> Slu
     if decision.action == "drain":
         quoted = decision.reason.replace("'", "")
         run(f"scontrol update nodename={node} state=drain reason='{quoted}'")
+        # A drain lets running jobs finish, which on a faulty GPU means hang or crash: send the
+        # node's running jobs back to the queue (Slurm refuses the ones submitted --no-requeue),
+        # so they restart from their checkpoint on a healthy node.
+        rc, jobs = run(f"squeue -h -w {node} -t RUNNING,CONFIGURING -o %i")
+        ids = [j for j in jobs.split() if j.isdigit()]
+        if rc == 0 and ids:
+            run(f"scontrol requeue {','.join(ids)}")
     elif decision.action == "resume":
         run(f"scontrol update nodename={node} state=resume")
     return decision

@@ -169,12 +169,20 @@ def test_scontrol_show_node_state_and_reason():
     assert health.parse_scontrol_node(text) == ("IDLE+DRAIN", "podsys:xid79 gpu.xid: Xid 79 on 0000:5d:00")
 
 
-def test_apply_slurm_drains_with_the_fault_reason(tmp_path):
-    node = FakeNode(dmesg=(0, capture("dmesg.txt") + XID79))
+def test_apply_slurm_drains_with_the_fault_reason_and_requeues_running_jobs(tmp_path):
+    node = FakeNode(dmesg=(0, capture("dmesg.txt") + XID79), **{"squeue -h -w gpu001": (0, "4711\n4712\n")})
     findings = run_with(tmp_path, node)
     decision = health.apply_slurm("gpu001", findings, run=node)
     assert decision.action == "drain"
-    assert node.calls[-1].startswith("scontrol update nodename=gpu001 state=drain reason='podsys:xid79 gpu.xid: ")
+    assert node.calls[-3].startswith("scontrol update nodename=gpu001 state=drain reason='podsys:xid79 gpu.xid: ")
+    assert node.calls[-1] == "scontrol requeue 4711,4712"
+
+
+def test_apply_slurm_resume_requeues_nothing(tmp_path):
+    scontrol = "NodeName=gpu001\n   State=IDLE+DRAIN ThreadsPerCore=2\n   Reason=podsys:xid79 gpu.xid: old [root@2026-11-29T00:41:07]\n"
+    node = FakeNode(**{"scontrol show node": (0, scontrol)})
+    decision = health.apply_slurm("gpu001", run_with(tmp_path, node), run=node)
+    assert decision.action == "resume" and node.calls[-1] == "scontrol update nodename=gpu001 state=resume"
 
 
 # --- health.json, metrics, the catalogue ------------------------------------------------------
