@@ -106,6 +106,17 @@ def parse_nvbandwidth(text: str) -> NvbandwidthRun:
     return run
 
 
+def per_gpu(matrix: BandwidthMatrix) -> tuple[tuple[float, float], ...]:
+    """(GPU index, GB/s) for the report's per-GPU bars: a host<->device matrix has one row (the
+    CPU), each column a GPU; a GPU<->GPU matrix gives each GPU its slowest peer."""
+    by_gpu: dict[int, float] = {}
+    host = "CPU(row)" in matrix.title
+    for (row, column), value in matrix.cells.items():
+        gpu = column if host else row
+        by_gpu[gpu] = min(value, by_gpu.get(gpu, value))
+    return tuple((float(gpu), value) for gpu, value in sorted(by_gpu.items()))
+
+
 def judge_nvbandwidth(run: NvbandwidthRun, node: str, profile: HardwareProfile | None) -> list[Finding]:
     if profile is not None and profile.gpu is None:
         return [skip(node, "bandwidth.nvbandwidth", CPU_ONLY_REASON)]
@@ -140,5 +151,5 @@ def judge_nvbandwidth(run: NvbandwidthRun, node: str, profile: HardwareProfile |
             else "host<->device copy slow: check the GPU's PCIe link (nvidia-smi -q -d PCIE: gen/width), NUMA placement and IOMMU settings"
         )
         out.append(judge_metric(node, check, value, profile, key, diagnosis=diagnosis,
-                                detail=f"{what}, worst {where} of {len(matrix.cells)} measurements"))
+                                detail=f"{what}, worst {where} of {len(matrix.cells)} measurements", series=per_gpu(matrix)))
     return out
