@@ -143,7 +143,7 @@ def test_fault_drains_alerts_requeues_then_clears(health_lab, kind):
     others = [n for n in lab.nodes if n != GPU_NODE]
     # hold the other nodes so the job starts on node01, then let them take it after the drain
     lab.ssh(lab.head, f"scontrol update nodename={','.join(others)} state=drain reason='test hold'")
-    job = lab.ssh(lab.head, "su - alice -c \"sbatch --parsable --requeue -N1 --wrap 'sleep 3600'\"").stdout.strip()
+    job = lab.ssh(lab.head, "sbatch --parsable --requeue -N1 --wrap 'sleep 3600'").stdout.strip()
     try:
         wait_for("job running on node01", lambda: lab.ssh(lab.head, f"squeue -h -j {job} -o '%T %N'").stdout.strip() == f"RUNNING {GPU_NODE}")
         lab.ssh(lab.head, f"scontrol update nodename={','.join(others)} state=resume")
