@@ -103,7 +103,7 @@ def probes(ctx: Context) -> list[Probe]:
     query = urllib.parse.urlencode({"query": HEALTH_QUERY, "step": "300"})
     history = (
         f'end=$(date +%s); start=$((end - 86400)); for u in {" ".join(f"http://{h}:{PROMETHEUS_PORT}/api/v1/query_range" for h in ("127.0.0.1", address))}; do '
-        f'if out=$(curl -fsS --max-time 10 "$u?{query}&start=$start&end=$end" 2>/dev/null); then printf "%s\\n" "$out"; exit 0; fi; done; exit 1'
+        f'u="$u?{query}&start=$start&end=$end"; if out=$({fetch} 2>/dev/null); then printf "%s\\n" "$out"; exit 0; fi; done; exit 1'
     )
     return [Probe(host=ctx.head, name="prometheus-targets", command=script, timeout=60 + 5 * UNKNOWN_RETRIES),
             Probe(host=ctx.head, name="prometheus-health", command=history, timeout=30)]

@@ -55,7 +55,9 @@ def node_state(lab, node):
 
 
 def firing(lab, fault_code):
-    out = lab.ssh(lab.head, f"curl -s http://{lab.addresses[lab.head]}:9090/api/v1/alerts").stdout
+    # the head has no curl: python3's urllib
+    url = f"http://{lab.addresses[lab.head]}:9090/api/v1/alerts"
+    out = lab.ssh(lab.head, f"python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' {url}").stdout
     alerts = json.loads(out)["data"]["alerts"]
     return [a for a in alerts if a["labels"].get("fault") == fault_code and a["labels"].get("node") == GPU_NODE and a["state"] == "firing"]
 
@@ -101,7 +103,9 @@ def health_lab(fresh_lab_cluster):
                           "alert_receiver": {"webhook_url": f"http://{lab.addresses[lab.head]}:{WEBHOOK_PORT}/alerts"}}
     lab.manifest.write_text(yaml.safe_dump(manifest, sort_keys=False))
     # the test receiver, on the head where Alertmanager runs
-    lab.ssh(lab.head, f"nohup python3 -c {json.dumps(WEBHOOK_SERVER)} >/dev/null 2>&1 &")
+    lab.ssh(lab.head, f"cat > /tmp/podsys-webhook.py <<'PODSYS_EOF'\n{WEBHOOK_SERVER}\nPODSYS_EOF")
+    lab.ssh(lab.head, "setsid nohup python3 /tmp/podsys-webhook.py >/tmp/podsys-webhook.log 2>&1 < /dev/null &")
+    wait_for("test webhook receiver listening", lambda: f":{WEBHOOK_PORT}" in lab.ssh(lab.head, "ss -ltn").stdout, timeout=30, step=1)
     # healthy GPU shims (and /dev/nvidia placeholders for gres.conf) before slurmd starts
     done = podsys("lab", "fault", GPU_NODE, "--dir", str(lab.directory))
     assert done.returncode == 0, done.stderr
@@ -151,13 +155,19 @@ def test_fault_drains_alerts_requeues_then_clears(health_lab, kind):
         done = podsys("lab", "fault", GPU_NODE, kind, "--dir", str(lab.directory))
         assert done.returncode == 0, done.stderr
 
-        state, reason = wait_for("drain with the fault's reason",
-                                 lambda: (s := node_state(lab, GPU_NODE)) if "DRAIN" in s[0] and s[1].startswith(f"podsys:{code}") else None)
+        def drained():
+            state, reason = node_state(lab, GPU_NODE)
+            return (state, reason) if "DRAIN" in state and reason.startswith(f"podsys:{code}") else None
+
+        def requeued():
+            status = lab.ssh(lab.head, f"squeue -h -j {job} -o '%T %N'").stdout.split()
+            return status if len(status) == 2 and status[0] == "RUNNING" and status[1] in others else None
+
+        state, reason = wait_for("drain with the fault's reason", drained)
         drained_after = time.monotonic() - started
         wait_for("alert firing in Prometheus", lambda: firing(lab, code))
         wait_for("alert at the webhook receiver", lambda: webhook_saw(lab, code, "firing"))
-        moved = wait_for("job requeued onto a healthy node",
-                         lambda: (o := lab.ssh(lab.head, f"squeue -h -j {job} -o '%T %N'").stdout.split()) if len(o) == 2 and o[0] == "RUNNING" and o[1] in others else None)
+        moved = wait_for("job requeued onto a healthy node", requeued, timeout=2 * WAIT)
         print(f"\n{kind}: drained after {drained_after:.0f} s ({reason}); job {job} now on {moved[1]}")
 
         done = podsys("lab", "fault", GPU_NODE, "--dir", str(lab.directory))  # the repair: healthy shims again
