@@ -26,4 +26,4 @@ test-integration:
 # The status service's code the build carries for the head is left out: it is podsys's own source.
 inventories:
 	for m in lab hgx-h100-32; do podsys render manifests/$$m.yaml --output inventories/$$m; done
-	rm -rf inventories/*/provision/service inventories/*/.rendered.json  # copies of podsys/provision code
+	rm -rf inventories/*/provision/service inventories/*/health/runner inventories/*/.rendered.json  # copies of podsys code

@@ -25,8 +25,11 @@ SAMPLE = [
 
 
 def sample_findings():
+    from podsys.checks.monitoring import judge_health_timeline, parse_health_range
+
     h100 = builtin_profiles()["hgx-h100-8gpu"]
     out = []
     for kind, name, node in SAMPLE:
         out += PARSE_KINDS[kind][1]((FIXTURES / name).read_text(), node, h100, name)
+    out += judge_health_timeline(parse_health_range((FIXTURES / "prometheus_health_range.json").read_text()))
     return out

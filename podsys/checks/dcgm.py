@@ -20,6 +20,12 @@ class DiagTest:
     result: str  # Pass | Fail | Warn | Skip | other text
     messages: list[str] = field(default_factory=list)
 
+    @property
+    def squeezed(self) -> str:
+        """The messages with all whitespace removed: DCGM 3.x wraps them at the column edge,
+        mid-word ("'system not yet i" / "nitialized'"), so a phrase is only findable this way."""
+        return re.sub(r"\s+", "", "".join(self.messages))
+
 
 @dataclass
 class DiagRun:
@@ -47,7 +53,7 @@ def parse_dcgmi_diag(text: str) -> DiagRun:
         if not m:
             continue
         name, value = m.groups()
-        if name in ("Diagnostic",) or set(name) <= {"=", "-"}:
+        if name in ("Diagnostic",) or (name and set(name) <= {"=", "-"}):
             continue
         if section == "Metadata" and name:
             metadata[name] = value
@@ -65,6 +71,8 @@ def parse_dcgmi_diag(text: str) -> DiagRun:
             # continuation: "GPU0: Fail", "Warning: GPU 0 ...", or a wrapped message
             per_gpu = re.match(r"^GPU(\d+):\s*(\w+)", value)
             if per_gpu and per_gpu.group(2).lower() == "fail":
+                current.result = "Fail"
+            elif value.lower().startswith("fail - gpu"):  # DCGM 3.x: "Pass - GPU: 1" then "Fail - GPU: 0"
                 current.result = "Fail"
             current.messages.append(value)
     if not tests and error is None:
@@ -86,6 +94,14 @@ def judge_dcgmi_diag(run: DiagRun, node: str, profile: HardwareProfile | None) -
     failures = [t for t in run.tests if t.result == "Fail"]
     warnings = [t for t in run.tests if t.result == "Warn"]
     ran = [t for t in run.tests if t.result != "Skip"]
+    not_ready = [t for t in failures if "systemnotyetinitialized" in t.squeezed.lower() or _CUDA_802.search(" ".join(t.messages))]
+    if not_ready:
+        return [failed(
+            node, check, value=len(failures),
+            detail=f"{', '.join(t.name for t in not_ready)}: CUDA 'system not yet initialized' (error 802)",
+            diagnosis="fabric manager is not running: the GPUs never finished registering with the NVLink fabric, so CUDA cannot start; "
+            "systemctl enable --now nvidia-fabricmanager (its version must equal the driver's), then rerun dcgmi diag",
+        )]
     if failures:
         detail = "; ".join(
             f"{t.name}: " + (next((m for m in t.messages if not re.match(r'^GPU\d+:', m)), "") or "Fail") for t in failures

@@ -31,14 +31,49 @@ HARDWARE_XIDS = {
     120: "GSP error",
 }
 
-_XID = re.compile(r"NVRM: Xid \(PCI:([0-9a-fA-F:.]+)\): (\d+),\s*(.*)$")
-_OFF_BUS = re.compile(r"NVRM: GPU at PCI:([0-9a-fA-F:.]+)[^\n]*fallen off the bus", re.I)
-_OFF_BUS_PLAIN = re.compile(r"fallen off the bus", re.I)
+_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9a-fA-F:.]+)\): (\d+),\s*(.*)$")
+_OFF_BUS = re.compile(r"fallen off the bus", re.I)
+# a PCI address as NVRM prints it: "PCI:0000:91:00", "0000:b3:00.0", "GPU at 0000:01:00.0"
+_PCI = re.compile(r"(?:PCI:)?\b((?:[0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2})(?:\.[0-7])?\b")
 # pcie_print_link_status(): "<dev>: 63.008 Gb/s available PCIe bandwidth, limited by 8.0 GT/s PCIe x8 link at ..."
 _LIMITED = re.compile(
     r"mlx5_core (\S+?):? .*?([\d.]+ Gb/s) available PCIe bandwidth, limited by ([\d.]+ GT/s PCIe x(\d+)) link at (\S+)"
     r"(?: \(capable of ([\d.]+ Gb/s) with ([\d.]+ GT/s PCIe x\d+) link\))?"
 )
+
+# The prefixes the kernel log carries, depending on who printed it (util-linux dmesg and
+# systemd journalctl man pages):
+#   dmesg -r               "<4>[ 12.345678] msg"
+#   dmesg -x               "kern  :warn  : [ 12.345678] msg"
+#   dmesg                  "[ 12.345678] msg"            (seconds since boot)
+#   dmesg -T               "[Tue Mar  5 23:33:35 2024] msg"
+#   dmesg --time-format iso, journalctl -k -o short-iso(-precise)
+#                          "2024-03-05T23:33:35,123456+00:00 msg" / "2024-03-05T23:33:35+0000 host kernel: msg"
+#   journalctl -k          "Mar 05 23:33:35 host kernel: msg" (-o short-precise: "23:33:35.123456")
+#   journalctl -o short-full "Tue 2024-03-05 23:33:35 UTC host kernel: msg"
+#   journalctl -o short-monotonic  "[ 1234.567890] host kernel: msg"
+#   dmesg -t               "msg"                          (no timestamp at all)
+_RAW_LEVEL = r"(?:<\d{1,3}>)?"
+_FACILITY = r"(?:[a-z]+\s*:[a-z]+\s*: )?"
+_SECONDS = r"\[\s*(?P<seconds>\d+\.\d+)\]"
+_CTIME = r"\[(?P<ctime>\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4})\]"
+_ISO = r"(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:[.,]\d+)?(?:[+-]\d\d:?\d\d|Z)?)"
+_SYSLOG = r"(?P<syslog>\w{3} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?)"
+_FULL = r"(?P<full>\w{3} \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \w+)"
+_STAMPED = re.compile(
+    rf"^{_RAW_LEVEL}{_FACILITY}(?:{_SECONDS}|{_CTIME}|{_ISO}|{_FULL}|{_SYSLOG})"
+    r"(?:\s+\S+ kernel:)?(?:\s*\[\s*\d+\.\d+\])?\s?(?P<message>.*)$"
+)
+_UNSTAMPED = re.compile(rf"^{_RAW_LEVEL}{_FACILITY}(?P<message>.*)$")
+# what a kernel message looks like without a timestamp: "subsystem: ...", "driver 0000:18:00.0: ..."
+# or one of the boot banner lines
+_KERNEL_MESSAGE = re.compile(
+    r"^(?:[A-Za-z][\w.\-]*(?: [\w:.\-]+)?: |Linux version |Command line: |Kernel command line: |\s+NVRM: )"
+)
+# what the tools print instead of a log: their own errors, an empty journal
+_NOT_A_LOG = re.compile(r"^(?:dmesg|journalctl|sudo|bash|sh|zsh|ssh): |^-- No entries --|^Hint: |: command not found$")
+# a message continued on the next lines, as printk prints multi-line messages (indented)
+_CONTINUATION = re.compile(r"^\s{4,}\S")
 
 
 @dataclass(frozen=True)
@@ -46,6 +81,8 @@ class XidEvent:
     pci: str
     xid: int
     message: str
+    timestamp: float | None = None  # seconds since boot ([s] format), or None when the line carries another clock
+    stamp: str = ""  # the line's time as printed
 
     @property
     def hardware(self) -> bool:
@@ -64,33 +101,84 @@ class DowntrainedNIC:
 @dataclass
 class KernelLog:
     xids: list[XidEvent]
-    off_bus: list[str]  # PCI addresses (or "?" when the line names none)
+    off_bus: list[str]  # PCI addresses (or "?" when no line near it names one)
     nics: list[DowntrainedNIC]
-    lines: int = 0  # kernel log lines seen; 0 means the log was empty or unreadable
+    lines: int = 0  # lines that read as kernel log lines; 0 means the log was empty or unreadable
+    other: int = 0  # non-blank lines that do not
 
-_LOG_LINE = re.compile(r"^\s*(\[\s*\d+\.\d+\]|\w{3} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT)")
+    @property
+    def recognised(self) -> bool:
+        """Whether this reads as a kernel log at all: most lines look like kernel messages."""
+        return self.lines > 0 and self.lines >= self.other
+
+
+@dataclass(frozen=True)
+class _Line:
+    message: str
+    seconds: float | None
+    stamp: str
+    kernel: bool
+
+
+def _split(line: str) -> _Line:
+    m = _STAMPED.match(line)
+    if m:
+        seconds = float(m.group("seconds")) if m.group("seconds") else None
+        stamp = next((m.group(k) for k in ("seconds", "ctime", "iso", "full", "syslog") if m.group(k)), "")
+        return _Line(m.group("message"), seconds, stamp, True)
+    message = _UNSTAMPED.match(line).group("message")
+    return _Line(message, None, "", bool(_KERNEL_MESSAGE.match(message)) and not _NOT_A_LOG.search(message))
+
+
+def pci_address(text: str) -> str | None:
+    """'PCI:0000:91:00' / '0000:91:00.0' / '91:00.0' -> '0000:91:00' (the form Xid lines use)."""
+    m = _PCI.search(text)
+    if not m:
+        return None
+    address = m.group(1).lower()
+    return address if address.count(":") == 2 else f"0000:{address}"
 
 
 def parse_dmesg(text: str) -> KernelLog:
     xids, off_bus, nics = [], [], []
-    seen = 0
-    for line in text.splitlines():
-        if _LOG_LINE.match(line):
-            seen += 1
-        m = _XID.search(line)
+    lines = [_split(raw) for raw in text.splitlines() if raw.strip()]
+    log = KernelLog(xids=xids, off_bus=off_bus, nics=nics)
+    for i, line in enumerate(lines):
+        if line.kernel:
+            log.lines += 1
+        else:
+            log.other += 1
+        message = line.message
+        m = _XID.search(message)
         if m:
-            xids.append(XidEvent(pci=m.group(1), xid=int(m.group(2)), message=m.group(3).strip()))
+            xids.append(XidEvent(pci=pci_address(m.group(1)) or m.group(1), xid=int(m.group(2)), message=m.group(3).strip(),
+                                 timestamp=line.seconds, stamp=line.stamp))
             continue
-        m = _OFF_BUS.search(line)
-        if m:
-            off_bus.append(m.group(1))
-        elif _OFF_BUS_PLAIN.search(line) and "NVRM" in line:
-            off_bus.append("?")
-        m = _LIMITED.search(line)
+        if _OFF_BUS.search(message) and ("NVRM" in message or "GPU" in message):
+            off_bus.append(_off_bus_device(lines, i))
+        m = _LIMITED.search(message)
         if m:
             nics.append(DowntrainedNIC(device=m.group(1), available=m.group(2), limited_by=m.group(3),
                                        width=int(m.group(4)), capable=f"{m.group(6)} at {m.group(7)}" if m.group(6) else None))
-    return KernelLog(xids=xids, off_bus=off_bus, nics=nics, lines=seen)
+    return log
+
+
+def _off_bus_device(lines: list[_Line], i: int) -> str:
+    """The GPU a 'fallen off the bus' message is about. NVRM splits the message over several
+    lines ("NVRM: The NVIDIA GPU 0000:b3:00.0" / "NVRM: (PCI ID: 10de:26b5) installed ..." /
+    "NVRM: fallen off the bus ..."), so look at the line itself, then the NVRM lines just before
+    it and just after it."""
+    own = pci_address(lines[i].message.split("(PCI ID")[0])
+    if own:
+        return own
+    for j in list(range(i - 1, max(i - 4, -1), -1)) + list(range(i + 1, min(i + 3, len(lines)))):
+        text = lines[j].message
+        if "NVRM" not in text and not _CONTINUATION.match(text):
+            continue
+        address = pci_address(text.split("(PCI ID")[0])
+        if address:
+            return address
+    return "?"
 
 
 def judge_dmesg(log: KernelLog, node: str, has_gpu: bool = True, has_hca: bool = True) -> list[Finding]:
@@ -100,7 +188,10 @@ def judge_dmesg(log: KernelLog, node: str, has_gpu: bool = True, has_hca: bool =
     out: list[Finding] = []
     hardware = [x for x in log.xids if x.hardware]
     other = [x for x in log.xids if not x.hardware]
-    fell_off = sorted(set(log.off_bus) | {x.pci for x in log.xids if x.xid == 79})
+    fell_off = set(log.off_bus) | {x.pci for x in log.xids if x.xid == 79}
+    if len(fell_off) > 1:
+        fell_off.discard("?")  # the unnamed message is about a GPU another line names
+    fell_off = sorted(fell_off)
     if hardware or fell_off:
         parts = [f"Xid {x.xid} on {x.pci} ({HARDWARE_XIDS[x.xid]})" for x in _unique(hardware)]
         if fell_off and not any(x.xid == 79 for x in hardware):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Iterable
+from typing import Iterable, TYPE_CHECKING
 
-from podsys.cluster.hardware import HardwareProfile, Threshold
+if TYPE_CHECKING:  # annotations only: the node-side health runner has no pydantic
+    from podsys.cluster.hardware import HardwareProfile, Threshold
+
 
 AREAS = ("versions", "gpu", "bandwidth", "infiniband", "nccl", "slurm", "monitoring", "network")
 

@@ -5,11 +5,15 @@ the same node are reported but not held to the IB rate."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 from dataclasses import dataclass, field
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
-from podsys.cluster.hardware import HardwareProfile
+
+if TYPE_CHECKING:  # annotations only: the node-side health runner has no pydantic
+    from podsys.cluster.hardware import HardwareProfile
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,21 @@ def parse_ib_counters(text: str) -> dict[str, dict[str, int]]:
         if m:
             out.setdefault(f"{m.group(1)}/{m.group(2)}", {})[m.group(3)] = int(m.group(4))
     return out
+
+
+def parse_ib_counter_file(text: str) -> dict[str, dict[str, int]]:
+    """A saved counter dump, strictly: every line a `grep -H` counter line (or grep's own
+    complaint about one file), at least one counter."""
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "grep: ")):
+            continue
+        if not re.match(r"^/sys/class/infiniband/[^/]+/ports/\d+/(?:hw_)?counters/\w+:\d+$", stripped):
+            raise ValueError(f"line {number}: {stripped[:60]!r} is not a /sys/class/infiniband/<ca>/ports/<n>/counters/<name>:<value> line")
+    counters = parse_ib_counters(text)
+    if not counters:
+        raise ValueError("no port counter lines: expected `grep -H . /sys/class/infiniband/*/ports/*/counters/*` output")
+    return counters
 
 
 def judge_ib_counters(counters: dict[str, dict[str, int]], node: str, profile: HardwareProfile | None) -> Finding:

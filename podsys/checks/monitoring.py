@@ -6,6 +6,7 @@ works whatever address Prometheus is bound to on the provision network."""
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections import defaultdict
 
 from podsys.checks.findings import Finding, failed, passed, skip, warned
@@ -97,7 +98,14 @@ def probes(ctx: Context) -> list[Probe]:
         """printf '%s' "$out" | grep -q -e '"health":"unknown"' -e '"activeTargets":\\[\\]' || break; sleep 5; """
         'done; printf "%s\\n" "$out"'
     )
-    return [Probe(host=ctx.head, name="prometheus-targets", command=script, timeout=60 + 5 * UNKNOWN_RETRIES)]
+    # the last day of podsys health results, for the report's timeline (empty before health runs)
+    query = urllib.parse.urlencode({"query": HEALTH_QUERY, "step": "300"})
+    history = (
+        f'end=$(date +%s); start=$((end - 86400)); for u in {" ".join(f"http://{h}:{PROMETHEUS_PORT}/api/v1/query_range" for h in ("127.0.0.1", address))}; do '
+        f'u="$u?{query}&start=$start&end=$end"; if out=$({fetch} 2>/dev/null); then printf "%s\\n" "$out"; exit 0; fi; done; exit 1'
+    )
+    return [Probe(host=ctx.head, name="prometheus-targets", command=script, timeout=60 + 5 * UNKNOWN_RETRIES),
+            Probe(host=ctx.head, name="prometheus-health", command=history, timeout=30)]
 
 
 def judge(ctx: Context, results: Results) -> list[Finding]:
@@ -117,4 +125,51 @@ def judge(ctx: Context, results: Results) -> list[Finding]:
     aliases = {n.name: [n.name, n.fqdn, n.provision_ip] for n in nodes}
     head = ctx.cluster.manifest.head
     optional = {head.hostname: [head.hostname, str(head.address), "localhost", "127.0.0.1"]}
-    return out + judge_targets(targets, aliases, optional)
+    out += judge_targets(targets, aliases, optional)
+    history = results.get((ctx.head, "prometheus-health"))
+    if history is not None and history.ran and history.rc == 0:
+        try:
+            out += judge_health_timeline(parse_health_range(history.stdout))
+        except ValueError:
+            pass  # the timeline is a picture for the report; the targets above are the verdict
+    return out
+
+
+# --- the health timeline (podsys health metrics over time) ------------------------------------
+
+HEALTH_QUERY = "min by (node) (podsys_health_check_ok)"
+
+
+def parse_health_range(text: str) -> dict[str, list[tuple[float, float]]]:
+    """A /api/v1/query_range answer for HEALTH_QUERY -> {node: [(unix time, 1 healthy / 0 failing)]}."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not a Prometheus API answer (invalid JSON: {exc})") from None
+    if not isinstance(data, dict) or data.get("status") != "success" or data.get("data", {}).get("resultType") != "matrix":
+        raise ValueError("not a Prometheus query_range (matrix) answer")
+    out: dict[str, list[tuple[float, float]]] = {}
+    for series in data["data"]["result"]:
+        node = series.get("metric", {}).get("node") or series.get("metric", {}).get("instance", "?")
+        out[node] = [(float(t), float(v)) for t, v in series.get("values", [])]
+    return out
+
+
+def judge_health_timeline(timeline: dict[str, list[tuple[float, float]]]) -> list[Finding]:
+    """One finding per node carrying its health over time (the report draws the timeline); FAIL
+    when the node's latest run failed, WARN when it failed at some point in the window."""
+    out = []
+    for node, points in sorted(timeline.items()):
+        if not points:
+            continue
+        bad = sum(1 for _, ok in points if ok < 1)
+        series = tuple(points)
+        if points[-1][1] < 1:
+            out.append(failed(node, "monitoring.health", value=bad, detail=f"podsys health failing now ({bad} of {len(points)} samples)",
+                              diagnosis="see `podsys-health` on the node and its Slurm drain reason (podsys:<fault>)", series=series))
+        elif bad:
+            out.append(warned(node, "monitoring.health", value=bad, detail=f"healthy now; failing in {bad} of {len(points)} samples",
+                              diagnosis="the node had a health fault in this window: see the alert history", series=series))
+        else:
+            out.append(passed(node, "monitoring.health", value=0, detail=f"healthy in all {len(points)} samples", series=series))
+    return out

@@ -24,7 +24,13 @@ _CONCLUDED = re.compile(r"Collective test concluded:\s*(\w+?)_perf")
 _BINARY = re.compile(r"\b(all_reduce|all_gather|reduce_scatter|alltoall)_perf\b")
 _OUT_OF_BOUNDS = re.compile(r"Out of bounds values\s*:\s*(\d+)\s+(\w+)")
 _AVG = re.compile(r"Avg bus bandwidth\s*:\s*([\d.]+)")
-_CHANNEL = re.compile(r"NCCL INFO Channel \S+ : .* via (\S+)")
+_CHANNEL = re.compile(r"NCCL INFO (?:Channel|Ring) \S+ : .* via (\S+)")
+# "gpu001:12345:12399 [3] NCCL INFO ..." (host:pid:tid [cudaDev]); NCCL's debug prefix
+# (the [cudaDev] is gone by then: the mpirun tag pattern strips it along with "[1,0]<stdout>:")
+_INFO_PREFIX = re.compile(r"^(\S+?):\d+:\d+\s+(?:\[\d+\]\s+)?NCCL (?:INFO|WARN)")
+# "comm 0x55.. rank 36 nranks 64 cudaDev 4 ..." (Init START/COMPLETE; NCCL 2.4-2.2x spell nRanks too)
+_INIT_RANK = re.compile(r"\brank (\d+) nranks (\d+)", re.I)
+_NNODES = re.compile(r"\bnNodes (\d+)")
 _CUDA_802 = re.compile(r"system not yet initialized|cudaErrorSystemNotReady|\berror 802\b|CUDA error 802", re.I)
 
 
@@ -79,14 +85,19 @@ class NcclRun:
     socket_network: bool = False
     cuda_not_ready: bool = False
     nccl_version: str | None = None
+    info_nranks: int | None = None  # "nranks N" of the INFO Init lines
+    info_nodes: int | None = None  # "nNodes N" where NCCL prints it
+    info_hosts: set[str] = field(default_factory=set)  # every host that printed an INFO line
+    socket_hosts: set[str] = field(default_factory=set)  # hosts whose channels or network are NET/Socket
+    ib_hosts: set[str] = field(default_factory=set)  # hosts whose inter-node channels are NET/IB
 
     @property
     def nranks(self) -> int:
-        return len(self.hosts)
+        return max(len(self.hosts), self.info_nranks or 0)
 
     @property
     def multinode(self) -> bool:
-        return len(set(self.hosts)) > 1
+        return len(set(self.hosts) | self.info_hosts) > 1 or (self.info_nodes or 0) > 1
 
     @property
     def largest(self) -> NcclRow | None:
@@ -98,19 +109,36 @@ def parse_nccl_tests(text: str, collective_hint: str | None = None) -> NcclRun:
     text holds no result row at all."""
     rows: list[NcclRow] = []
     run = NcclRun(collective=None, rows=rows)
+    rank_hosts: dict[int, str] = {}
     for raw in text.splitlines():
         line = _TAG.sub(" ", raw).strip()
         if not line:
             continue
         if "NCCL INFO" in line or "NCCL WARN" in line:
             run.debug_info = run.debug_info or "NCCL INFO" in line
+            prefix = _INFO_PREFIX.match(line)
+            host = prefix.group(1) if prefix else None
+            if host:
+                run.info_hosts.add(host)
             channel = _CHANNEL.search(line)
             if channel:
                 run.channels.append(channel.group(1))
+                if host and channel.group(1).startswith("NET/Socket"):
+                    run.socket_hosts.add(host)
+                elif host and channel.group(1).startswith("NET/IB"):
+                    run.ib_hosts.add(host)
             if "NET/IB : No device found" in line:
                 run.no_ib_device = True
             if "Using network Socket" in line:
                 run.socket_network = True
+                if host:
+                    run.socket_hosts.add(host)
+            if (init := _INIT_RANK.search(line)) is not None:
+                run.info_nranks = int(init.group(2))
+                if host:
+                    rank_hosts[int(init.group(1))] = host
+            if (nodes := _NNODES.search(line)) is not None:
+                run.info_nodes = max(run.info_nodes or 0, int(nodes.group(1)))
             version = re.search(r"NCCL version (\S+)", line)
             if version:
                 run.nccl_version = version.group(1)
@@ -138,8 +166,10 @@ def parse_nccl_tests(text: str, collective_hint: str | None = None) -> NcclRun:
             rows.append(row)
         elif run.collective is None and (m := _BINARY.search(line)) is not None:
             run.collective = m.group(1)
-    if not rows and not run.cuda_not_ready:
-        raise ValueError("no nccl-tests result rows found (expected lines of size, count, type, ... busbw)")
+    if not run.hosts and rank_hosts:  # no "# Rank ..." header: the ranks as NCCL's Init lines name them
+        run.hosts = [rank_hosts[r] for r in sorted(rank_hosts)]
+    if not rows and not run.cuda_not_ready and not run.info_hosts:
+        raise ValueError("no nccl-tests result rows and no NCCL_DEBUG=INFO lines found: not nccl-tests or NCCL output")
     if run.collective is None and collective_hint:
         m = _BINARY.search(collective_hint) or re.search(r"(all_reduce|all_gather|reduce_scatter|alltoall)", collective_hint)
         run.collective = m.group(1) if m else None
@@ -191,8 +221,13 @@ def judge_nccl(run: NcclRun, node: str, profile: HardwareProfile | None) -> list
         return [skip(node, check, CPU_ONLY_REASON)]
     out: list[Finding] = []
     largest = run.largest
-    if largest is None:  # the test died before its first size: CUDA could not start
+    if largest is None and run.cuda_not_ready:  # the test died before its first size: CUDA could not start
         return [replace(_judge_transport(run, node, profile, scope), check=check)]
+    if largest is None:  # an NCCL_DEBUG=INFO log without a result table (a training job's log): judged by its transport
+        ranks = f"{run.nranks} ranks" if run.nranks else "ranks unknown"
+        busbw = check if run.collective else f"{scope}.busbw"
+        return [skip(node, busbw, f"no result table in the output ({ranks}): bus bandwidth not measured"),
+                _judge_transport(run, node, profile, scope)]
     key = f"nccl_multinode_{collective}_busbw" if run.multinode else f"nccl_{collective}_busbw"
     where = f"{len(set(run.hosts))} nodes, {run.nranks} ranks" if run.multinode else f"{run.nranks or '?'} GPUs"
     detail = f"busbw at {_human_size(largest.size)} ({where}); sweep average {run.avg_busbw if run.avg_busbw is not None else 'n/a'}"
@@ -232,10 +267,14 @@ def _judge_transport(run: NcclRun, node: str, profile: HardwareProfile | None, s
         )
     has_ib = profile.has_ib if profile is not None else None
     net = [c for c in run.channels if c.startswith("NET/")]
-    if run.socket_network or any(c.startswith("NET/Socket") for c in net) or (run.multinode and run.no_ib_device):
+    socket = run.socket_network or any(c.startswith("NET/Socket") for c in net)
+    if socket and has_ib is False:
+        return passed(node, check, detail="inter-node traffic via NET/Socket (TCP): the profile has no InfiniBand")
+    if socket or (run.multinode and run.no_ib_device):
         evidence = "NET/IB : No device found" if run.no_ib_device else "channels via NET/Socket"
+        where = f" on {', '.join(sorted(run.socket_hosts)[:8])}" if run.socket_hosts else ""
         return failed(
-            node, check, detail=f"NCCL fell back to TCP sockets ({evidence})",
+            node, check, detail=f"NCCL fell back to TCP sockets{where} ({evidence})",
             diagnosis="NCCL cannot use InfiniBand: check ibstat (ports Active), that rdma-core/OFED and libibverbs are installed, "
             "and that NCCL_IB_HCA / NCCL_IB_DISABLE are not excluding the HCAs",
         )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import csv
 import io
 import re
 from dataclasses import dataclass
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
-from podsys.cluster.hardware import HardwareProfile
+
+if TYPE_CHECKING:  # annotations only: the node-side health runner has no pydantic
+    from podsys.cluster.hardware import HardwareProfile
 
 # The fields podsys asks for, in this order (nvidia-smi --help-query-gpu names).
 QUERY_FIELDS = (
@@ -230,7 +234,7 @@ def parse_nvlink_status(text: str) -> dict[str, dict[int, str]]:
     out: dict[str, dict[int, str]] = {}
     current: str | None = None
     for line in text.splitlines():
-        gpu = re.match(r"^GPU (\d+):", line.strip())
+        gpu = re.match(r"^GPU (\d{1,3}): ", line.strip())  # "GPU 0: NVIDIA H100 ... (UUID: ...)", not -q's "GPU 00000000:18:00.0"
         if gpu:
             current = f"GPU {gpu.group(1)}"
             out[current] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from podsys.checks import accelerators, dcgm, dmesg, ibstat, monitoring, nccl, network, nvbandwidth, nvsmi, pcie, perftest, slurm, versions
+from podsys.checks import accelerators, dcgm, dmesg, ibstat, monitoring, nccl, network, nvbandwidth, nvsmi, nvsmi_q, pcie, perftest, slurm, versions
 from podsys.checks.findings import AREAS, CPU_ONLY_REASON, Finding, failed, passed, skip
 from podsys.checks.live import Context, Probe, Results
 from podsys.cluster.hardware import HardwareProfile
@@ -83,16 +83,21 @@ def _nccl(text, node, profile, hint):
 def _dmesg(text, node, profile, hint):
     has_gpu = profile is None or profile.gpu is not None
     has_hca = profile is None or profile.hca is not None
-    return dmesg.judge_dmesg(dmesg.parse_dmesg(text), node, has_gpu=has_gpu, has_hca=has_hca)
+    log = dmesg.parse_dmesg(text)
+    if not log.recognised:
+        raise ValueError(f"{log.other} of {log.lines + log.other} lines are not kernel log lines: not dmesg or journalctl -k output")
+    return dmesg.judge_dmesg(log, node, has_gpu=has_gpu, has_hca=has_hca)
 
 
 PARSE_KINDS: dict[str, tuple[str, Parser]] = {
     "nccl": ("nccl-tests output (all_reduce_perf, all_gather_perf, reduce_scatter_perf, alltoall_perf)", _nccl),
     "perftest": ("ib_write_bw / ib_read_bw / ib_send_bw client output", lambda t, n, p, h: perftest.judge_perftest(perftest.parse_perftest(t), n, p)),
     "ibstat": ("ibstat", lambda t, n, p, h: ibstat.judge_ibstat(ibstat.parse_ibstat(t), n, p)),
-    "ib-counters": ("grep -H . /sys/class/infiniband/*/ports/*/counters/*", lambda t, n, p, h: [ibstat.judge_ib_counters(ibstat.parse_ib_counters(t), n, p)]),
+    "ib-counters": ("grep -H . /sys/class/infiniband/*/ports/*/counters/*", lambda t, n, p, h: [ibstat.judge_ib_counters(ibstat.parse_ib_counter_file(t), n, p)]),
     "nvidia-smi-topo": ("nvidia-smi topo -m", lambda t, n, p, h: nvsmi.judge_topo(nvsmi.parse_topo(t), n, p)),
     "nvidia-smi-query": ("nvidia-smi --query-gpu=" + ",".join(nvsmi.QUERY_FIELDS) + " --format=csv", lambda t, n, p, h: nvsmi.judge_query_gpu(nvsmi.parse_query_gpu(t), n, p)),
+    "nvidia-smi-q": ("nvidia-smi -q (ECC, row remaps, clocks, PCIe link width, NVLink fabric state)",
+                     lambda t, n, p, h: nvsmi_q.judge_nvsmi_q(nvsmi_q.parse_nvsmi_q(t), n, p)),
     "nvidia-smi-nvlink": ("nvidia-smi nvlink -s", lambda t, n, p, h: nvsmi.judge_nvlink_status(nvsmi.parse_nvlink_status(t), n, p)),
     "dcgmi-diag": ("dcgmi diag -r N", lambda t, n, p, h: dcgm.judge_dcgmi_diag(dcgm.parse_dcgmi_diag(t), n, p)),
     "nvbandwidth": ("nvbandwidth", lambda t, n, p, h: nvbandwidth.judge_nvbandwidth(nvbandwidth.parse_nvbandwidth(t), n, p)),
@@ -104,9 +109,9 @@ PARSE_KINDS: dict[str, tuple[str, Parser]] = {
 
 
 def _modules(text: str, node: str, profile: HardwareProfile | None) -> list[Finding]:
+    loaded = versions.parse_module_list(text)  # junk is bad input, with or without a profile
     if profile is None:
         return [skip(node, "versions.modules", "give --profile: which modules are needed depends on the hardware")]
-    loaded = versions.parse_modules(text)
     need = (["nvidia"] if profile.gpu else []) + (["nvidia_peermem"] if profile.gpu and profile.has_ib else [])
     if not need:
         return [skip(node, "versions.modules", CPU_ONLY_REASON)]

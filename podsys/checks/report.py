@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from podsys.checks.catalog import fault_code, spec_for
 from podsys.checks.findings import AREAS, Finding, Verdict, sort_findings, worst
 
 COLOURS = {"PASS": "#2e8b57", "WARN": "#e0a100", "FAIL": "#c62828", "SKIP": "#9e9e9e"}
@@ -83,12 +84,23 @@ def report_data(findings: list[Finding], meta: dict | None = None) -> dict:
         **{k: v for k, v in (meta or {}).items() if k != "generated"},
         "summary": summary(findings),
         "exit_code": exit_code(findings),
-        "findings": [f.to_dict() for f in sort_findings(findings)],
+        "findings": [_with_catalog(f) for f in sort_findings(findings)],
     }
 
 
+def _with_catalog(f: Finding) -> dict:
+    """The finding plus its catalogue entry's tier and fault code (what `podsys health` drains
+    and alerts under), so the acceptance report and the health runs speak the same codes."""
+    data = f.to_dict()
+    spec = spec_for(f.check)
+    data["tier"] = spec.tier if spec else ""
+    data["fault"] = fault_code(f.check, f.value, f"{f.detail} {f.diagnosis}") if f.verdict is Verdict.FAIL else (spec.fault if spec else "")
+    return data
+
+
 def load_report(path: Path) -> list[Finding]:
-    return [Finding.from_dict(d) for d in json.loads(Path(path).read_text())["findings"]]
+    known = set(Finding.__dataclass_fields__)
+    return [Finding.from_dict({k: v for k, v in d.items() if k in known}) for d in json.loads(Path(path).read_text())["findings"]]
 
 
 # --- svg plots (pure) -------------------------------------------------------------------------
@@ -220,6 +232,70 @@ def bars_svg(title: str, bars: list[Finding], unit: str) -> str:
     return "".join(parts)
 
 
+def gpu_bars_svg(title: str, f: Finding) -> str:
+    """One bar per GPU (nvbandwidth per-GPU values), red below the threshold, with its line."""
+    bars = [(int(gpu), value) for gpu, value in f.series]
+    bar_w, left, top, bottom = 56, 60, 30, 50
+    width = left + bar_w * len(bars) + 120
+    height = 260
+    ph = height - top - bottom
+    vmax = _nice_max(max([v for _, v in bars] + [f.limit or 0, f.threshold or 0]))
+
+    def sy(v):
+        return top + ph - v / vmax * ph
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot gpubars" width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{left}" y="18" class="title">{_esc(title)}</text>']
+    for k in range(5):
+        y = vmax * k / 4
+        parts.append(f'<line x1="{left}" x2="{left + bar_w * len(bars)}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" class="grid"/>'
+                     f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" class="axis">{y:g}</text>')
+    for i, (gpu, value) in enumerate(bars):
+        x = left + i * bar_w
+        verdict = "FAIL" if f.threshold is not None and value < f.threshold else "PASS"
+        parts.append(f'<rect x="{x + 6}" y="{sy(value):.1f}" width="{bar_w - 12}" height="{top + ph - sy(value):.1f}" fill="{COLOURS[verdict]}" '
+                     f'data-verdict="{verdict}"><title>GPU {gpu}: {value:g} {_esc(f.unit)} ({verdict})</title></rect>'
+                     f'<text x="{x + bar_w / 2}" y="{top + ph + 16}" text-anchor="middle" class="axis">GPU {gpu}</text>')
+    if f.threshold is not None:
+        parts.append(f'<line x1="{left}" x2="{left + bar_w * len(bars)}" y1="{sy(f.threshold):.1f}" y2="{sy(f.threshold):.1f}" class="threshold" '
+                     f'data-threshold="{f.threshold:g}"/><text x="{left + bar_w * len(bars) + 4}" y="{sy(f.threshold) + 4:.1f}" '
+                     f'class="threshold-label">threshold {f.threshold:g}</text>')
+    parts.append(f'<text x="14" y="{top + ph / 2}" transform="rotate(-90 14 {top + ph / 2})" text-anchor="middle" class="axis">{_esc(f.unit)}</text></svg>')
+    return "".join(parts)
+
+
+def timeline_svg(title: str, rows: list[Finding]) -> str:
+    """Each node's podsys health over time (monitoring.health series of (unix time, 1 ok / 0 failing)):
+    one row per node, green while healthy, red while failing."""
+    times = [t for f in rows for t, _ in f.series]
+    t0, t1 = min(times), max(max(times), min(times) + 1)
+    row_h, left, right, top = 20, max(90, 7 * max(len(f.node) for f in rows) + 12), 20, 30
+    width, height = 900, top + row_h * len(rows) + 40
+    pw = width - left - right
+
+    def sx(t):
+        return left + (t - t0) / (t1 - t0) * pw
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot timeline" width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{left}" y="18" class="title">{_esc(title)}</text>']
+    for i, f in enumerate(rows):
+        y = top + i * row_h
+        parts.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end" class="axis">{_esc(f.node)}</text>')
+        points = sorted(f.series)
+        for (t, ok), (t_next, _) in zip(points, points[1:] + [(t1, 0)]):
+            verdict = "PASS" if ok >= 1 else "FAIL"
+            stamp = datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M")
+            parts.append(f'<rect x="{sx(t):.1f}" y="{y + 2}" width="{max(sx(t_next) - sx(t), 1):.1f}" height="{row_h - 4}" fill="{COLOURS[verdict]}" '
+                         f'data-verdict="{verdict}"><title>{_esc(f.node)} {stamp} UTC: {verdict}</title></rect>')
+    base = top + row_h * len(rows)
+    for k in range(5):
+        t = t0 + (t1 - t0) * k / 4
+        parts.append(f'<text x="{sx(t):.1f}" y="{base + 16}" text-anchor="middle" class="axis">'
+                     f'{datetime.fromtimestamp(t, timezone.utc).strftime("%m-%d %H:%M")}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle" class="axis">time (UTC)</text></svg>')
+    return "".join(parts)
+
+
 def plots(findings: list[Finding]) -> list[tuple[str, str]]:
     """(title, svg) for every plot the findings can feed."""
     out = []
@@ -233,6 +309,12 @@ def plots(findings: list[Finding]) -> list[tuple[str, str]]:
     ib = [f for f in findings if f.check == "infiniband.ib_write_bw" and isinstance(f.value, (int, float))]
     if ib:
         out.append(("ib_write_bw per node pair", bars_svg("ib_write_bw per node pair", sorted(ib, key=lambda f: f.node), ib[0].unit or "Gb/s")))
+    for f in sorted((f for f in findings if f.area == "bandwidth" and f.series), key=lambda f: (f.node, f.check)):
+        title = f"{f.node} {f.check.split('.', 1)[1]}: per GPU"
+        out.append((title, gpu_bars_svg(title, f)))
+    health = [f for f in findings if f.check == "monitoring.health" and f.series]
+    if health:
+        out.append(("podsys health per node", timeline_svg("podsys health per node (Prometheus)", sorted(health, key=lambda f: f.node))))
     return out
 
 

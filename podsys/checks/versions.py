@@ -82,6 +82,27 @@ def parse_modules(text: str) -> set[str]:
     return names
 
 
+# /proc/modules: "nvidia_peermem 16384 0 - Live 0xffffffffc0a1b000 (POE)"; lsmod: "nvidia_peermem  16384  0"
+# (lsmod prints a "Module  Size  Used by" header first)
+_PROC_MODULES_LINE = re.compile(r"^[\w-]+ \d+ \d+ \S+ (?:Live|Loading|Unloading)\b")
+_LSMOD_LINE = re.compile(r"^[\w-]+\s+\d+\s+\d+(?:\s+\S+)?\s*$")
+
+
+def parse_module_list(text: str) -> set[str]:
+    """A saved /proc/modules or lsmod, strictly: a line that is neither is an error naming the
+    line (a hand-saved file may be anything; a live read uses parse_modules)."""
+    seen = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#") or re.match(r"^Module\s+Size\s+Used by", line):
+            continue
+        if not (_PROC_MODULES_LINE.match(line) or _LSMOD_LINE.match(line)):
+            raise ValueError(f"line {number}: {line.strip()[:60]!r} is not a /proc/modules or lsmod line")
+        seen += 1
+    if not seen:
+        raise ValueError("no module lines: not /proc/modules or lsmod output")
+    return parse_modules(text)
+
+
 def _version(text: str, pattern: str = r"(\d+\.\d+(?:\.\d+)*)") -> str | None:
     m = re.search(pattern, text or "")
     return m.group(1) if m else None

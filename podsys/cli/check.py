@@ -27,8 +27,9 @@ bandwidth, infiniband, nccl, slurm, monitoring, network.
 `podsys check parse KIND FILE` judges one saved tool output (FILE - reads stdin), for example:
 podsys check parse nccl all_reduce.log --profile hgx-h100-8gpu
 
-Kinds: nccl, perftest, ibstat, ib-counters, nvidia-smi-topo, nvidia-smi-query,
+Kinds: nccl, perftest, ibstat, ib-counters, nvidia-smi-topo, nvidia-smi-query, nvidia-smi-q,
 nvidia-smi-nvlink, dcgmi-diag, nvbandwidth, dmesg, lspci, modules, prometheus-targets.
+Input that is not that kind's output (empty, binary, another tool's, over 16 MiB) is exit 2.
 
 Exit code: 0 nothing FAILs, 1 something FAILs, 2 bad input."""
 
@@ -119,16 +120,27 @@ def _parse(kind: str, path: Path, profile_id: Optional[str], node: Optional[str]
         raise InputError(Problem("--profile", None, "", f"unknown hardware profile {profile_id!r}; one of: {', '.join(profiles)}"))
     if collective is not None and collective not in ("all_reduce", "all_gather", "reduce_scatter", "alltoall"):
         raise InputError(Problem("--collective", None, "", f"unknown collective {collective!r}"))
-    if str(path) == "-":  # piped: `ssh gpu001 ibstat | podsys check parse ibstat -`
-        text, path = sys.stdin.read(), Path("stdin")
-    else:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError as exc:
-            raise InputError(Problem(str(path), None, "", f"cannot read: {exc.strerror or exc}")) from None
+    from podsys.checks.saved_output import file_size, read_saved_output
+
+    try:
+        if str(path) == "-":  # piped: `ssh gpu001 ibstat | podsys check parse ibstat -`
+            path = Path("stdin")
+            text = read_saved_output(sys.stdin.buffer, file_size(sys.stdin.buffer))
+        else:
+            with path.open("rb") as stream:
+                text = read_saved_output(stream, file_size(stream))
+    except OSError as exc:
+        raise InputError(Problem(str(path), None, "", f"cannot read: {exc.strerror or exc}")) from None
+    except ValueError as exc:
+        raise InputError(Problem(str(path), None, kind, str(exc))) from None
     _, judge = PARSE_KINDS[kind]
     try:
         findings = judge(text, node or path.stem, profiles.get(profile_id) if profile_id else None, collective or path.name)
     except ValueError as exc:
-        raise InputError(Problem(str(path), None, kind, str(exc))) from None
+        message = str(exc)
+        line = None
+        if message.startswith("line ") and ":" in message:  # "line N: ..." from the line-oriented parsers
+            number, message = message[5:].split(":", 1)
+            line, message = (int(number), message.strip()) if number.isdigit() else (None, str(exc))
+        raise InputError(Problem(str(path), line, kind, message)) from None
     _finish(findings, as_json, {"source": str(path), "kind": kind, "profile": profile_id}, None)

@@ -1,4 +1,4 @@
-"""`podsys lab up|down|status|ssh|stop|start`: a local lab cluster of container nodes."""
+"""`podsys lab up|down|status|ssh|stop|start|fault`: a local lab cluster of container nodes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -153,6 +154,21 @@ def start_cmd(node: str = typer.Argument(..., help="Node hostname."), directory:
     lab.ssh_argv(directory, node)
     lab.start_node(directory, node, progress=_Progress())
     console.print(f"{node} started")
+
+
+@lab_app.command("fault")
+@guarded
+def fault_cmd(
+    node: str = typer.Argument(..., help="Compute node hostname."),
+    kind: Optional[str] = typer.Argument(None, help="xid79, gpu-missing, ib-port-down, ib-rate-degraded, nvlink-inactive, "
+                                         "fm-stopped, peermem-missing, row-remap-pending; none: a healthy GPU node"),
+    clear: bool = typer.Option(False, "--clear", help="remove the shims"),
+    directory: Path = DirOption,
+) -> None:
+    """Make NODE look like a GPU node (replayed nvidia-smi, dcgmi, ibstat, dmesg, lsmod) with one fault."""
+    from podsys.lab.fault import apply
+
+    console.print(apply(directory, node, kind, clear), markup=False, highlight=False)
 
 
 def _print_status(info: dict) -> None:

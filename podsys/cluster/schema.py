@@ -265,6 +265,27 @@ class Monitoring(Strict):
     scrape_interval: str = Field(default="15s", pattern=PROM_DURATION_RE)
 
 
+class AlertReceiver(Strict):
+    """Where Alertmanager sends health alerts: a webhook URL, or an email address (with the
+    smarthost that relays it)."""
+
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
+    email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    smarthost: str | None = Field(default=None, pattern=r"^[\w.\-]+:\d{1,5}$", description="host:port for email")
+
+
+class Health(Strict):
+    """podsys health on every node: Slurm's HealthCheckProgram every `interval` seconds; a FAIL
+    drains the node with reason podsys:<fault>, a podsys drain is resumed when healthy."""
+
+    enabled: bool = True
+    interval: int = Field(default=300, ge=30, le=86400, description="seconds between runs (HealthCheckInterval)")
+    prolog_gate: bool = Field(default=False, description="also run the checks as the Slurm prolog; a FAIL keeps the job off the node")
+    disk_min_free_percent: float = Field(default=5.0, ge=0, le=100)
+    memory_min_available_percent: float = Field(default=5.0, ge=0, le=100)
+    alert_receiver: AlertReceiver | None = None
+
+
 class GPUOptions(Strict):
     replace_driver: bool = False
     flavour: Literal["auto", "open", "proprietary"] = "auto"
@@ -342,6 +363,7 @@ class Manifest(Strict):
     users: list[User] = Field(default_factory=list)
     packages: Packages = Field(default_factory=Packages)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    health: Health = Field(default_factory=Health)
     gpu: GPUOptions = Field(default_factory=GPUOptions)
     infiniband: InfiniBandOptions = Field(default_factory=InfiniBandOptions)
     provisioning: Provisioning = Field(default_factory=Provisioning)

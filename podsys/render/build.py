@@ -27,6 +27,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from podsys.cluster.address_file import allocation_path, render_allocation, stage_allocation
 from podsys.cluster.model import Cluster, NodeSpec
 from podsys.cluster.topology import collapse_hosts
+from podsys.checks import health_files
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.provision import render as provision_render
 from podsys.layout import DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT
@@ -153,7 +154,7 @@ def slurm_partitions(cluster: Cluster) -> list[dict]:
 
 def prometheus_targets(cluster: Cluster) -> dict[str, list[dict]]:
     """Prometheus file_sd entries: node_exporter on the head and every monitored node,
-    dcgm-exporter on the monitored nodes that have GPUs."""
+    dcgm-exporter on the monitored nodes that have GPUs and the gpu layer (which installs DCGM)."""
     m = cluster.manifest
 
     def entry(address: str, port: int, name: str, group: str, hardware: str) -> dict:
@@ -165,7 +166,7 @@ def prometheus_targets(cluster: Cluster) -> dict[str, list[dict]]:
         "node": [entry(str(m.head.address), NODE_EXPORTER_PORT, head, "head", "head")]
         + [entry(n.provision_ip, NODE_EXPORTER_PORT, n.name, n.group, n.hardware) for n in monitored],
         "dcgm": [entry(n.provision_ip, DCGM_EXPORTER_PORT, n.name, n.group, n.hardware)
-                 for n in monitored if cluster.profile_of(n).has_gpu],
+                 for n in monitored if cluster.profile_of(n).has_gpu and "gpu" in n.layers],
     }
 
 
@@ -269,6 +270,7 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
             "dcgm_exporter_port": DCGM_EXPORTER_PORT,
             "targets": prometheus_targets(cluster),
         },
+        "podsys_health": m.health.model_dump(mode="json"),
         "podsys_gpu": m.gpu.model_dump(mode="json"),
         "podsys_infiniband": m.infiniband.model_dump(mode="json"),
         "podsys_provisioning": m.provisioning.model_dump(mode="json"),
@@ -288,7 +290,7 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
 
 
 # Every area's renderer: the core set here, the head's boot services and installer configs.
-RENDERERS: list[Callable[[Cluster], dict[str, str]]] = [render_core_files, provision_render.render_files]
+RENDERERS: list[Callable[[Cluster], dict[str, str]]] = [render_core_files, provision_render.render_files, health_files.render_files]
 
 
 def render_files(cluster: Cluster) -> dict[str, str]:

@@ -67,6 +67,9 @@ def lab_answer(cluster, *, stopped=None, target_down=None, mtu=None):
             targets = [{"labels": {"instance": f"{ip}:9100", "job": "node"}, "health": "down" if n == target_down else "up",
                         "lastError": "connection refused" if n == target_down else ""} for n, ip in ips.items()]
             return json.dumps({"status": "success", "data": {"activeTargets": targets}})
+        if name == "prometheus-health":  # podsys health results over the last day (query_range)
+            result = [{"metric": {"node": n}, "values": [[1764370800, "1"], [1764371100, "1"]]} for n in ips if n != "head"]
+            return json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}})
         if name == "network":
             me = ips[host]
             addr = f"2: eth0    inet {me}/24 brd 10.77.0.255 scope global eth0\\       valid_lft forever preferred_lft forever"
@@ -95,7 +98,7 @@ def test_lab_healthy_cluster_passes_and_gpu_ib_nccl_skip_with_profile_reason(lab
         skipped = [f for f in findings if f.check == check]
         assert len(skipped) == len(names) and all(f.verdict is Verdict.SKIP and f.detail == "cpu-only profile" for f in skipped)
     # no GPU/IB probe was ever sent to a cpu-only node
-    assert {name for _, name in executor.ran} == {"versions", "slurm", "prometheus-targets", "network"}
+    assert {name for _, name in executor.ran} == {"versions", "slurm", "prometheus-targets", "prometheus-health", "network"}
     assert not any(f.verdict is Verdict.FAIL for f in findings)
     index = json.loads((tmp_path / "raw" / "index.json").read_text())
     assert {(e["host"], e["probe"]) for e in index} == set(executor.ran)

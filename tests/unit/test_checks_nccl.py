@@ -125,3 +125,55 @@ def test_without_profile_values_are_reported_but_not_judged():
 def test_text_without_rows_is_rejected():
     with pytest.raises(ValueError, match="no nccl-tests result rows"):
         parse_nccl_tests("# just a comment\nNCCL INFO something\n")
+
+
+# --- NCCL_DEBUG=INFO logs without a result table (a training job's log) --------------------
+
+def test_info_log_socket_fallback_on_ib_cluster_fails_naming_the_host():
+    run = parse_nccl_tests(fixture("nccl_info_only_socket_on_ib_cluster.log"))
+    assert run.rows == [] and run.nranks == 4 and run.hosts == ["gpu001", "gpu001", "gpu002", "gpu002"] and run.multinode
+    findings = judge_nccl(run, "job-1234", profile("hgx-h100-8gpu"))
+    transport = one(findings, "nccl.multinode.transport")
+    assert transport.verdict is Verdict.FAIL and "gpu002" in transport.detail and "gpu001" not in transport.detail
+    assert one(findings, "nccl.multinode.busbw").verdict is Verdict.SKIP
+
+
+def test_info_log_ib_with_gdrdma_is_healthy():
+    run = parse_nccl_tests(fixture("nccl_info_only_ib_gdrdma.log"))
+    assert run.rows == [] and run.nranks == 4 and run.multinode
+    transport = one(judge_nccl(run, "job-1235", profile("hgx-h100-8gpu")), "nccl.multinode.transport")
+    assert transport.verdict is Verdict.PASS and "GDRDMA" in transport.detail
+
+
+def test_info_log_ib_without_gdrdma_fails():
+    text = fixture("nccl_info_only_ib_gdrdma.log").replace("/GDRDMA", "")
+    transport = one(judge_nccl(parse_nccl_tests(text), "job", profile("hgx-h100-8gpu")), "nccl.multinode.transport")
+    assert transport.verdict is Verdict.FAIL and "nvidia_peermem" in transport.diagnosis
+
+
+def test_rank_count_comes_from_init_lines_when_the_header_is_missing():
+    text = fixture("nccl_all_reduce_2x8xh100_multinode.txt")
+    headerless = "\n".join(line for line in text.splitlines() if "#  Rank" not in line and "# Rank" not in line)
+    lines = [f"gpu00{1 + r // 8}:{900 + r}:{950 + r} [{r % 8}] NCCL INFO comm 0x55 rank {r} nranks 16 cudaDev {r % 8} nvmlDev {r % 8} "
+             "busId 18000 commId 0x1 - Init COMPLETE" for r in range(16)]
+    run = parse_nccl_tests("\n".join(lines) + "\n" + headerless)
+    assert run.nranks == 16 and run.multinode and len(set(run.hosts)) == 2
+
+
+def test_old_ring_lines_count_as_channels():
+    text = ("ip-172-31-0-119:45328:45333 [0] NCCL INFO Ring 00 : 35 -> 34 [send] via NET/Socket/0\n"
+            "ip-172-31-7-247:45553:45558 [0] NCCL INFO comm 0x7efe60002250 rank 15 nranks 64 cudaDev 0 nvmlDev 0 - Init COMPLETE\n")
+    run = parse_nccl_tests(text)
+    assert run.channels == ["NET/Socket/0"] and run.nranks == 64
+    transport = one(judge_nccl(run, "job", None), "nccl.multinode.transport")
+    assert transport.verdict is Verdict.FAIL and "ip-172-31-0-119" in transport.detail
+
+
+def test_socket_on_a_profile_without_infiniband_is_expected():
+    text = fixture("nccl_info_only_socket_on_ib_cluster.log")
+    spec = profile("hgx-h100-8gpu")
+    no_ib = spec.model_copy(update={"hca": None}) if hasattr(spec, "model_copy") else spec
+    if no_ib.has_ib:
+        pytest.skip("profile model cannot drop its HCA here")
+    transport = one(judge_nccl(parse_nccl_tests(text), "job", no_ib), "nccl.multinode.transport")
+    assert transport.verdict is Verdict.PASS

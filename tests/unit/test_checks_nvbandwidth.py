@@ -28,3 +28,31 @@ def test_p2p_off_and_slow_h2d_fail_naming_the_gpu():
 def test_cuda_802_is_fabric_manager():
     (finding,) = judge_nvbandwidth(parse_nvbandwidth(fixture("nvbandwidth_cuda_802.txt")), "gpu001", H100)
     assert finding.verdict is Verdict.FAIL and "fabric" in finding.diagnosis
+
+
+def test_aborted_testcase_fails_that_testcase():
+    run = parse_nvbandwidth(fixture("nvbandwidth_aborted_read_ce.txt"))
+    assert list(run.aborted) == ["device_to_device_memcpy_read_ce"] and len(run.matrices) == 1
+    findings = judge_nvbandwidth(run, "gpu001", profile("hgx-h100-8gpu"))
+    aborted = one(findings, "bandwidth.device_to_device_memcpy_read_ce")
+    assert aborted.verdict is Verdict.FAIL and "Invalid value when checking the pattern" in aborted.detail
+    assert one(findings, "bandwidth.device_to_device_memcpy_write_ce").verdict is Verdict.PASS
+
+
+def test_cuda_error_after_running_fails_that_testcase():
+    text = ("Running device_to_host_memcpy_ce.\n"
+            "[CUDA_ERROR_INVALID_CONTEXT] invalid device context in expression cuMemHostAlloc(...) in NodeHelperSingle() : memcpy.cpp:312\n")
+    aborted = one(judge_nvbandwidth(parse_nvbandwidth(text), "gpu001", profile("hgx-h100-8gpu")), "bandwidth.device_to_host_memcpy_ce")
+    assert aborted.verdict is Verdict.FAIL and "CUDA_ERROR_INVALID_CONTEXT" in aborted.detail
+
+
+def test_output_cut_off_after_running_fails_that_testcase():
+    text = fixture("nvbandwidth_aborted_read_ce.txt").split("Running device_to_device_memcpy_read_ce.")[0] + "Running host_to_device_memcpy_ce.\n"
+    aborted = one(judge_nvbandwidth(parse_nvbandwidth(text), "gpu001", None), "bandwidth.host_to_device_memcpy_ce")
+    assert aborted.verdict is Verdict.FAIL and "output ends" in aborted.detail
+
+
+def test_waived_testcase_skips_with_reason():
+    text = "Device 0: NVIDIA GeForce RTX 2080 Ti\n\nWaiving device_to_device_memcpy_write_ce.\n"
+    waived = one(judge_nvbandwidth(parse_nvbandwidth(text), "n", None), "bandwidth.device_to_device_memcpy_write_ce")
+    assert waived.verdict is Verdict.SKIP and "peer-to-peer" in waived.detail

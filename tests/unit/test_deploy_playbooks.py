@@ -24,6 +24,7 @@ SITE_ORDER = [
     ("Slurm", "slurm"),
     ("GPU, InfiniBand and container stack", "gpu.yml"),
     ("Monitoring exporters", "monitoring"),
+    ("Passive health checks on every node (podsys health)", "health"),
     ("Monitoring server", "monitoring:server"),
 ]
 
@@ -34,6 +35,7 @@ BY_TAG = {
     "slurm": ["slurm"],
     "gpu": ["gpu.yml"],
     "monitoring": ["monitoring", "monitoring:server"],
+    "health": ["health"],
 }
 
 # Layer -> (what runs, the hosts it runs on, the condition that skips it when the layer is off).

@@ -25,7 +25,7 @@ def test_terminal_tables_per_area_with_failures_first():
     print_report(sample_findings(), Console(file=out, width=220, color_system=None))
     text = out.getvalue()
     titles = re.findall(r"^(\w+) \(", text, flags=re.M)
-    assert titles[0] in ("gpu", "infiniband", "nccl") and set(titles) == {"gpu", "infiniband", "nccl", "bandwidth"}
+    assert titles[0] in ("gpu", "infiniband", "nccl") and set(titles) == {"gpu", "infiniband", "nccl", "bandwidth", "monitoring"}
     assert titles[-1] == "bandwidth"  # the only area without a failure comes last
     gpu_rows = [l for l in text.splitlines() if "│ gpu0" in l and ("FAIL" in l or "PASS" in l)]
     first_pass = next(i for i, l in enumerate(gpu_rows) if "PASS" in l)
@@ -80,7 +80,9 @@ def test_bars_and_plot_selection():
     fs = sample_findings()
     titles = [t for t, _ in plots(fs)]
     assert titles == ["nccl.all_gather: busbw vs message size", "nccl.all_reduce: busbw vs message size",
-                      "nccl.multinode.all_reduce: busbw vs message size", "ib_write_bw per node pair"]
+                      "nccl.multinode.all_reduce: busbw vs message size", "ib_write_bw per node pair",
+                      "gpu001 device_to_device_memcpy_write_ce: per GPU", "gpu001 device_to_host_memcpy_ce: per GPU",
+                      "gpu001 host_to_device_memcpy_ce: per GPU", "podsys health per node"]
     ib = [f for f in fs if f.check == "infiniband.ib_write_bw"]
     svg = bars_svg("ib", ib, "Gb/s")
     assert svg.count("<rect") == len(ib) and 'data-verdict="FAIL"' in svg
@@ -111,3 +113,58 @@ def test_heatmap_cell_skips_only_when_nothing_was_judged():
           finding("n2", "versions.driver", Verdict.SKIP, detail="cpu-only profile")]
     svg = heatmap_svg(fs)
     assert svg.count('data-verdict="PASS"') == 1 and svg.count('data-verdict="SKIP"') == 1
+
+
+def test_report_json_carries_the_catalogue_tier_and_fault_code():
+    from podsys.checks.findings import failed, passed
+    from podsys.checks.report import load_report, report_data
+
+    findings = [failed("gpu001", "infiniband.ports", value=200.0, detail="mlx5_0/1: Active but degraded, Rate 200 < 400 Gb/s", diagnosis="x"),
+                passed("gpu001", "gpu.count", detail="8 GPUs")]
+    data = {f["check"]: f for f in report_data(findings)["findings"]}
+    assert data["infiniband.ports"]["fault"] == "ib-rate-degraded" and data["infiniband.ports"]["tier"] == "passive"
+    assert data["gpu.count"]["fault"] == "gpu-missing"
+
+
+def test_report_with_catalogue_fields_loads_back(tmp_path):
+    import json
+
+    from podsys.checks.findings import passed
+    from podsys.checks.report import load_report, report_data
+
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report_data([passed("n", "gpu.count", detail="8 GPUs")])))
+    assert [f.check for f in load_report(path)] == ["gpu.count"]
+
+
+def test_per_gpu_bars_and_health_timeline_are_drawn():
+    import re
+
+    from podsys.checks.report import plots
+    from tests.report_samples import sample_findings
+
+    drawn = dict(plots(sample_findings()))
+    gpu = drawn["gpu001 host_to_device_memcpy_ce: per GPU"]
+    assert gpu.count('class="axis">GPU ') == 8 and 'class="threshold"' in gpu
+    timeline = drawn["podsys health per node"]
+    assert [n for n in ("gpu001", "gpu002", "gpu003") if f">{n}</text>" in timeline] == ["gpu001", "gpu002", "gpu003"]
+    # gpu001 failed for two samples and recovered; gpu002 never failed
+    gpu001 = re.findall(r'<rect[^>]*data-verdict="(\w+)"><title>gpu001', timeline)
+    gpu002 = re.findall(r'<rect[^>]*data-verdict="(\w+)"><title>gpu002', timeline)
+    assert gpu001 == ["PASS", "PASS", "FAIL", "FAIL", "PASS", "PASS"] and set(gpu002) == {"PASS"}
+
+
+def test_health_timeline_verdicts():
+    from podsys.checks.monitoring import judge_health_timeline, parse_health_range
+    from tests.unit.checks_helpers import fixture
+
+    verdicts = {f.node: f.verdict.value for f in judge_health_timeline(parse_health_range(fixture("prometheus_health_range.json")))}
+    assert verdicts == {"gpu001": "WARN", "gpu002": "PASS", "gpu003": "FAIL"}
+
+
+def test_per_gpu_values_of_a_p2p_matrix_are_each_gpus_slowest_peer():
+    from podsys.checks.nvbandwidth import BandwidthMatrix, per_gpu
+
+    matrix = BandwidthMatrix("device_to_device_memcpy_write_ce", "memcpy CE GPU(row) <- GPU(column) bandwidth (GB/s)",
+                             {(0, 1): 390.0, (0, 2): 120.0, (1, 0): 389.0, (1, 2): 388.0}, None)
+    assert per_gpu(matrix) == ((0.0, 120.0), (1.0, 388.0))

@@ -1,0 +1,36 @@
+"""What deploy installs for `podsys health`: the runner (these stdlib-only modules, as a tiny
+`podsys` package, since nodes carry no podsys install) and each node's health.json, rendered
+from the resolved cluster into the build directory; roles/health copies them out."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+# podsys.checks modules the node-side runner imports (test_health_files runs them alone)
+RUNNER_MODULES = ("__init__.py", "catalog.py", "findings.py", "dmesg.py", "ibstat.py", "nvsmi.py", "nvsmi_q.py",
+                  "health.py", "health_main.py")
+
+
+def runner_files() -> dict[str, str]:
+    package = resources.files("podsys.checks")
+    files = {"health/runner/podsys/__init__.py": '"""podsys runtime on a node: the health runner only."""\n'}
+    for module in RUNNER_MODULES:
+        files[f"health/runner/podsys/checks/{module}"] = package.joinpath(module).read_text()
+    return files
+
+
+def node_configs(cluster) -> dict[str, str]:
+    from podsys.checks.health import config_data
+
+    settings = cluster.manifest.health
+    return {
+        f"health/nodes/{node.name}.json": json.dumps(
+            config_data(node.name, cluster.profile_of(node), settings.disk_min_free_percent, settings.memory_min_available_percent),
+            indent=2, sort_keys=True) + "\n"
+        for node in cluster.nodes
+    }
+
+
+def render_files(cluster) -> dict[str, str]:
+    return {**runner_files(), **node_configs(cluster)}
