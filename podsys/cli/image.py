@@ -63,11 +63,13 @@ def build(
     plan: bool = typer.Option(False, "--plan", help="print each image's key, nodes and build commands; build nothing"),
     apt_option: Optional[List[str]] = typer.Option(
         None, "--apt-option", help="extra apt option for the build, e.g. 'Acquire::Check-Valid-Until \"false\"'"),
+    ramdisk: bool = typer.Option(True, "--ramdisk/--no-ramdisk", help="also build the deploy ramdisk (kernel + initrd)"),
 ) -> None:
     """Build every image the manifest's PXE nodes with `provisioning.method: image` need."""
     from podsys.cluster.load import load_cluster
     from podsys.provision.image import cluster_images, dnf_commands, mmdebstrap_command
     from podsys.provision.image_build import build_image
+    from podsys.provision.ramdisk import build_ramdisk
 
     cluster = load_cluster(manifest)
     images = cluster_images(cluster)
@@ -92,6 +94,11 @@ def build(
         state = f"built in {record['build_seconds']} s" if built else "up to date"
         console.print(f"{record['name']}: {state}, {record['archive_bytes'] >> 20} MiB, sha256 {record['sha256'][:16]}, "
                       f"{record['packages']} packages, kernel {record['kernel']}", markup=False, highlight=False)
+    if ramdisk and not plan:
+        rd = build_ramdisk(target.root, source, lambda line: err_console.print(line, markup=False),
+                           apt_options=tuple(apt_option or ()), force=force)
+        console.print(f"deploy ramdisk: kernel {rd['kernel']}, initrd {rd['initrd_bytes'] >> 20} MiB "
+                      f"({target.root / ('ramdisk-' + rd['key'][:16])})", markup=False, highlight=False)
 
 
 @guarded

@@ -138,11 +138,10 @@ def image_packages(cluster: Cluster, node: NodeSpec) -> tuple[tuple[str, ...], t
 
 
 def image_method(cluster: Cluster, node: NodeSpec) -> str:
-    """The node group's provisioning.method ("image" unless the group asks for its installer)."""
+    """The node group's provisioning.method: image (default) or installer."""
     for group in cluster.manifest.node_groups:
         if group.name == node.group:
-            provisioning = getattr(group, "provisioning", None)
-            return getattr(provisioning, "method", "image") if provisioning is not None else "image"
+            return group.provisioning.method
     return "image"
 
 
@@ -160,10 +159,17 @@ def cluster_images(cluster: Cluster) -> list[NodeImage]:
     """The distinct images the cluster's PXE nodes with `method: image` need, each with the
     nodes it goes to, in manifest order."""
     by_key: dict[str, tuple[ImageSpec, list[str]]] = {}
+    methods = {g.name: g.provisioning.method for g in cluster.manifest.node_groups}
+    # A spec depends on the node only through its hardware profile and layers: one per pair,
+    # not one package plan per node (thousands of nodes render in well under a second).
+    specs: dict[tuple[str, tuple[str, ...]], ImageSpec] = {}
     for node in cluster.nodes:
-        if not node.pxe or image_method(cluster, node) != "image":
+        if not node.pxe or methods.get(node.group, "image") != "image":
             continue
-        spec = spec_for(cluster, node)
+        pair = (node.hardware, tuple(node.layers))
+        if pair not in specs:
+            specs[pair] = spec_for(cluster, node)
+        spec = specs[pair]
         by_key.setdefault(spec.key, (spec, []))[1].append(node.name)
     return [NodeImage(spec, tuple(nodes)) for spec, nodes in by_key.values()]
 
@@ -184,6 +190,14 @@ def secret_removal_script(root: str = '"$1"') -> str:
             f" && : > {root}/etc/machine-id")
 
 
+def distribution_packages(spec: ImageSpec) -> tuple[str, ...]:
+    """What the image build installs: everything but the vendor packages. Those (driver, CUDA,
+    DCGM, OFED ...) need NVIDIA's and Mellanox's repositories, which the build does not have
+    yet; the GPU/InfiniBand roles install them after the node's first boot, as before."""
+    vendor = set(spec.vendor_packages)
+    return tuple(p for p in spec.packages if p not in vendor)
+
+
 def mmdebstrap_command(spec: ImageSpec, mirror: str, root_dir: str, packages_file: str,
                        apt_options: tuple[str, ...] = ()) -> list[str]:
     """The mmdebstrap invocation that builds `spec` into the directory root_dir from `mirror`
@@ -194,7 +208,7 @@ def mmdebstrap_command(spec: ImageSpec, mirror: str, root_dir: str, packages_fil
     components = "main" if spec.distro == "debian" else "main,universe"
     cmd = [
         "mmdebstrap", "--mode=root", "--variant=minbase", f"--components={components}",
-        f"--include={','.join(spec.packages)}",
+        f"--include={','.join(distribution_packages(spec))}",
         # No recommends: exactly the listed closure, the same on every build.
         "--aptopt=APT::Install-Recommends \"false\"",
     ]

@@ -144,9 +144,6 @@ def refuse_unbuildable(spec: ImageSpec) -> None:
     if spec.family != "apt":
         raise ImageError(f"{spec.name}: {spec.os_key} images are planned (`podsys image build --plan` prints the "
                          "dnf --installroot commands) but this head only builds Debian/Ubuntu images")
-    if spec.vendor_packages:
-        raise ImageError(f"{spec.name}: images with vendor packages ({', '.join(spec.vendor_packages[:3])}...) need the "
-                         "vendor repositories inside the build; not supported yet (deploy installs them with the GPU roles)")
 
 
 def build_image(image: NodeImage, store: ImageStore, mirror: str, progress: Progress,
@@ -208,6 +205,8 @@ def _build_into(spec: ImageSpec, nodes: tuple[str, ...], scratch: Path, mirror: 
         "key": spec.key, "name": spec.name, "spec": spec.as_dict(), "nodes": list(nodes),
         "sha256": digest, "archive_bytes": (scratch / ARCHIVE).stat().st_size, "unpacked_bytes": unpacked,
         "kernel": kernels[-1], "packages": len(versions), "mirror": mirror,
+        # Installed by the GPU/InfiniBand roles after first boot (see image.distribution_packages).
+        "deferred_vendor_packages": list(spec.vendor_packages),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "build_seconds": round(time.monotonic() - started, 1),
     }

@@ -122,6 +122,18 @@ def parse_ldd(text: str) -> list[str]:
     return paths
 
 
+MERGED_USR = ("bin", "sbin", "lib", "lib64")
+
+
+def merged_usr_path(path: str) -> str:
+    """/lib/x -> usr/lib/x: in the archive only usr/ holds files; /bin, /sbin, /lib, /lib64 are
+    symlinks to it (as on Debian 12), and the kernel's unpacker cannot create a file under a
+    symlink whose target directory comes later in the archive."""
+    path = path.lstrip("/")
+    first = path.split("/", 1)[0]
+    return f"usr/{path}" if first in MERGED_USR and "/" in path else path
+
+
 class _Tree:
     """Entries under construction, each path once, parent directories added as needed."""
 
@@ -135,12 +147,12 @@ class _Tree:
             self.entries.setdefault(d, Entry(d, stat.S_IFDIR | 0o755))
 
     def file(self, path: str, data: bytes, perm: int = 0o644) -> None:
-        path = path.lstrip("/")
+        path = merged_usr_path(path)
         self._dirs(path)
         self.entries[path] = Entry(path, stat.S_IFREG | perm, data)
 
     def link(self, path: str, target: str) -> None:
-        path = path.lstrip("/")
+        path = merged_usr_path(path)
         self._dirs(path)
         self.entries[path] = Entry(path, stat.S_IFLNK | 0o777, target.encode())
 
@@ -181,9 +193,9 @@ def assemble(root: Path, kernel_version: str) -> bytes:
     tree.file("usr/bin/busybox", busybox.read_bytes(), 0o755)
     applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout.split()
     for applet in applets:
-        # Debian's binaries win where both exist (sfdisk, tar, blkid: busybox's lack options).
-        path = "usr/" + applet if not applet.startswith("usr/") else applet
-        tree.link(path, "/usr/bin/busybox")
+        # Debian's binaries, copied below, replace these where both exist (sfdisk, tar, blkid:
+        # busybox's lack options the scripts use).
+        tree.link(applet, "/usr/bin/busybox")
     for tool in TOOLS:
         _copy_from_root(tree, root, tool)
         for lib in _libraries(root, tool):

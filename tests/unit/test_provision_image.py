@@ -134,6 +134,8 @@ def test_gpu_image_carries_the_matrix_pins_and_a_pin_change_changes_the_key(tmp_
     stack = cluster.stack
     assert f"libnccl2={stack.nccl}" in image.spec.pins
     assert image.spec.vendor_packages, "the driver and CUDA come from NVIDIA's repositories"
+    include = next(c for c in mmdebstrap_command(image.spec, "http://m", "/r", "/p") if c.startswith("--include="))
+    assert "openmpi-bin" in include and "nvidia-driver" not in include, "vendor packages wait for the GPU roles"
     bumped = dataclasses.replace(cluster, stack=stack.model_copy(update={"nccl": stack.nccl + ".1"}))
     (rebuilt,) = cluster_images(bumped)
     assert rebuilt.spec.key != image.spec.key
