@@ -229,13 +229,17 @@ def build_ramdisk(store_root: Path, mirror: str, progress: Progress, apt_options
     if record_path.is_file() and not force:
         return json.loads(record_path.read_text())
     started = time.monotonic()
-    scratch = store_root / f".build-ramdisk-{os.getpid()}"
+    scratch = store_root / f".ramdisk-build-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
         root = scratch / "root"
         cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--components=main",
                f"--include={','.join(PACKAGES)}", "--aptopt=APT::Install-Recommends \"false\"",
+               # The builder root's own initrd is never used: keep it minimal (MODULES=list) so the
+               # kernel's postinst does not spend minutes packing every module.
+               "--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools/conf.d && "
+               "echo MODULES=list > \"$1\"/etc/initramfs-tools/conf.d/podsys-ramdisk-builder",
                *[f"--aptopt={o}" for o in apt_options], SUITE, str(root), mirror]
         progress(f"ramdisk: mmdebstrap {SUITE} from {mirror}")
         proc = subprocess.run(cmd, capture_output=True, text=True)
