@@ -8,7 +8,8 @@ libraries they link, the kernel modules for NICs, disk controllers and file syst
 scripts. The boot loader is not in the ramdisk: it is installed from inside the written image
 (chroot), so it always matches the image's own GRUB packages.
 
-Store layout: <image store>/ramdisk-<key>/{vmlinuz, initrd.img, ramdisk.json}."""
+Store layout: <image store>/ramdisk-<key>/{vmlinuz, initrd.img, ramdisk.json}, and the builder
+root it was packed from (ramdisk-root-<key>/, kept so that a script edit only re-packs)."""
 
 from __future__ import annotations
 
@@ -33,12 +34,14 @@ RECIPE_VERSION = 1
 SUITE = "bookworm"
 # Debian 12 packages (packages.debian.org/bookworm): the kernel, a static busybox for the shell
 # and tools, sfdisk (fdisk), mke2fs (e2fsprogs), mkfs.fat (dosfstools), zstd, GNU tar (keeps
-# xattrs, which busybox tar drops), blkid (util-linux, essential).
-PACKAGES = ("linux-image-amd64", "busybox-static", "fdisk", "e2fsprogs", "dosfstools", "zstd", "tar")
+# xattrs, which busybox tar drops), blkid (util-linux, essential), and GNU wget: busybox-static's
+# wget crashes in its address lookup (glibc's resolver in a static binary), even for an IP URL.
+PACKAGES = ("linux-image-amd64", "busybox-static", "fdisk", "e2fsprogs", "dosfstools", "zstd", "tar", "wget")
 # Dynamically linked tools copied in with their libraries (paths inside the builder root).
 TOOLS = ("/usr/sbin/sfdisk", "/usr/sbin/mke2fs", "/usr/sbin/mkfs.fat", "/usr/bin/zstd", "/usr/bin/tar",
-         "/usr/sbin/blkid")
-TOOL_LINKS = {"/usr/sbin/mkfs.ext4": "mke2fs", "/usr/sbin/mkfs.vfat": "mkfs.fat"}
+         "/usr/sbin/blkid", "/usr/bin/wget", "/usr/bin/kmod")
+# kmod's modprobe resolves modaliases (busybox's does not); kmod comes with the kernel package.
+TOOL_LINKS = {"/usr/sbin/mkfs.ext4": "mke2fs", "/usr/sbin/mkfs.vfat": "mkfs.fat", "/usr/sbin/modprobe": "../bin/kmod"}
 # Kernel module trees (under /lib/modules/<version>/kernel) a node may need to reach the head
 # and write its disk: Ethernet and virtio NICs, SATA/SAS/NVMe/virtio disks, ext4 and FAT.
 MODULE_TREES = (
@@ -60,6 +63,7 @@ class RamdiskError(PodsysError):
 def ramdisk_key(mirror_independent_inputs: dict | None = None) -> str:
     """Hash of the recipe, the package list and the scripts' bytes: edit a script, new ramdisk."""
     inputs = {"recipe": RECIPE_VERSION, "suite": SUITE, "packages": PACKAGES, "modules": MODULE_TREES,
+              "tools": TOOLS, "links": TOOL_LINKS,
               "scripts": {name: hashlib.sha256(script_text(src)).hexdigest() for name, (src, _) in SCRIPTS.items()}}
     inputs.update(mirror_independent_inputs or {})
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
@@ -193,6 +197,8 @@ def assemble(root: Path, kernel_version: str) -> bytes:
     tree.file("usr/bin/busybox", busybox.read_bytes(), 0o755)
     applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout.split()
     for applet in applets:
+        if applet.rsplit("/", 1)[-1] == "busybox":
+            continue  # the binary itself, listed among its applets
         # Debian's binaries, copied below, replace these where both exist (sfdisk, tar, blkid:
         # busybox's lack options the scripts use).
         tree.link(applet, "/usr/bin/busybox")
@@ -221,6 +227,37 @@ def ramdisk_dir(store_root: Path) -> Path:
     return store_root / f"ramdisk-{ramdisk_key()[:16]}"
 
 
+def builder_root_dir(store_root: Path) -> Path:
+    """The ramdisk's builder root, kept so that a script edit only re-packs the initramfs."""
+    inputs = {"recipe": RECIPE_VERSION, "suite": SUITE, "packages": PACKAGES}
+    return store_root / f"ramdisk-root-{hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def _builder_root(store_root: Path, mirror: str, progress: Progress, apt_options: tuple[str, ...]) -> Path:
+    root = builder_root_dir(store_root)
+    if (root / ".podsys-ready").is_file():
+        return root
+    scratch = store_root / f".ramdisk-root-build-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--components=main",
+           f"--include={','.join(PACKAGES)}", "--aptopt=APT::Install-Recommends \"false\"",
+           # The builder root's own initrd is never used: keep it minimal (MODULES=list) so the
+           # kernel's postinst does not spend minutes packing every module.
+           "--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools/conf.d && "
+           "echo MODULES=list > \"$1\"/etc/initramfs-tools/conf.d/podsys-ramdisk-builder",
+           *[f"--aptopt={o}" for o in apt_options], SUITE, str(scratch), mirror]
+    progress(f"ramdisk: mmdebstrap {SUITE} from {mirror}")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+        tail = "; ".join(proc.stderr.strip().splitlines()[-3:])
+        raise RamdiskError(f"ramdisk root build failed: {tail}")
+    (scratch / ".podsys-ready").write_text(mirror + "\n")
+    shutil.rmtree(root, ignore_errors=True)
+    scratch.rename(root)
+    return root
+
+
 def build_ramdisk(store_root: Path, mirror: str, progress: Progress, apt_options: tuple[str, ...] = (),
                   force: bool = False) -> dict:
     """Build (unless built) the kernel + initrd into the store; returns its record."""
@@ -229,23 +266,14 @@ def build_ramdisk(store_root: Path, mirror: str, progress: Progress, apt_options
     if record_path.is_file() and not force:
         return json.loads(record_path.read_text())
     started = time.monotonic()
+    store_root.mkdir(parents=True, exist_ok=True)
+    if force:
+        shutil.rmtree(builder_root_dir(store_root), ignore_errors=True)
+    root = _builder_root(store_root, mirror, progress, apt_options)
     scratch = store_root / f".ramdisk-build-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        root = scratch / "root"
-        cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", "--components=main",
-               f"--include={','.join(PACKAGES)}", "--aptopt=APT::Install-Recommends \"false\"",
-               # The builder root's own initrd is never used: keep it minimal (MODULES=list) so the
-               # kernel's postinst does not spend minutes packing every module.
-               "--essential-hook=mkdir -p \"$1\"/etc/initramfs-tools/conf.d && "
-               "echo MODULES=list > \"$1\"/etc/initramfs-tools/conf.d/podsys-ramdisk-builder",
-               *[f"--aptopt={o}" for o in apt_options], SUITE, str(root), mirror]
-        progress(f"ramdisk: mmdebstrap {SUITE} from {mirror}")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = "; ".join(proc.stderr.strip().splitlines()[-3:])
-            raise RamdiskError(f"ramdisk root build failed: {tail}")
         kernels = sorted(p.name[len("vmlinuz-"):] for p in (root / "boot").glob("vmlinuz-*"))
         if not kernels:
             raise RamdiskError("no kernel in the ramdisk builder root")
@@ -254,7 +282,6 @@ def build_ramdisk(store_root: Path, mirror: str, progress: Progress, apt_options
         initrd = assemble(root, version)
         shutil.copyfile(root / "boot" / f"vmlinuz-{version}", scratch / "vmlinuz")
         (scratch / "initrd.img").write_bytes(initrd)
-        shutil.rmtree(root)
         record = {"key": ramdisk_key(), "kernel": version, "initrd_bytes": len(initrd),
                   "initrd_sha256": hashlib.sha256(initrd).hexdigest(), "mirror": mirror,
                   "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from podsys.cluster.load import load_cluster
 from podsys.lab.plan import host_debian_mirror
-from podsys.provision.image_build import ImageStore
+from podsys.provision.image import cluster_images
 from podsys.provision.ramdisk import ramdisk_dir
 from podsys.provision.state import NodeInfo, StateStore
 from podsys.provision.status import StatusServer
@@ -91,8 +92,9 @@ def built(tmp_path_factory):
     proc = podsys("image", "build", manifest, "--store", STORE, "--mirror", host_debian_mirror(),
                   "--apt-option", 'Acquire::Check-Valid-Until "false"', timeout=3600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    (image,) = cluster_images(load_cluster(manifest))
     listed = json.loads(podsys("image", "list", "--store", STORE, "--json", check=True).stdout)
-    (record,) = [r for r in listed if NODE in r["nodes"]]
+    (record,) = [r for r in listed if r["key"] == image.spec.key]
     print(f"image build: {time.monotonic() - started:.0f} s ({proc.stdout.strip()})")
     key = work / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)

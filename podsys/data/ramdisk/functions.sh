@@ -5,6 +5,17 @@
 # non-zero with FAIL_REASON set; /init turns that into a `fail` callback and stops.
 
 FAIL_REASON=""
+# Debian's tools by full path: busybox's shell runs its own applets first (Debian builds it with
+# prefer-applets), and those lack what the steps need (wget crashes, tar drops xattrs, modprobe
+# does not resolve modaliases, blkid has no -o).
+WGET=/usr/bin/wget
+TAR=/usr/bin/tar
+ZSTD=/usr/bin/zstd
+SFDISK=/usr/sbin/sfdisk
+MKFS_EXT4=/usr/sbin/mkfs.ext4
+MKFS_VFAT=/usr/sbin/mkfs.vfat
+BLKID=/usr/sbin/blkid
+MODPROBE=/usr/sbin/modprobe
 IMAGE_FILE=/run/image.tar.zst
 TARGET=/target
 
@@ -12,7 +23,7 @@ log() {
     echo "podsys: $*" > /dev/console
 }
 
-# %-encode what would end or split a query value (busybox wget has no --data-urlencode).
+# %-encode what would end or split a query value (no curl --data-urlencode here).
 urlencode() {
     printf '%s' "$1" | sed 's/%/%25/g; s/ /%20/g; s/&/%26/g; s/#/%23/g; s/+/%2B/g; s/?/%3F/g; s/=/%3D/g; s/;/%3B/g'
 }
@@ -21,7 +32,7 @@ urlencode() {
 # missed report must not stop an install that is otherwise fine.
 report() {
     url="$STATUS_URL?event=$1&stage=$(urlencode "$2")&message=$(urlencode "$3")"
-    wget -q -T 10 -O /dev/null "$url" 2> /dev/null || log "status callback failed: $1 $2"
+    "$WGET" -q -T 10 --tries=1 -O /dev/null "$url" 2> /dev/null || log "status callback failed: $1 $2"
 }
 
 stage() {
@@ -66,14 +77,19 @@ parse_cmdline() {
 }
 
 load_modules() {
-    # Drivers for what this machine has (NIC, disk controller), by their modalias; then the
-    # file systems the install writes.
-    for alias in /sys/bus/*/devices/*/modalias; do
-        [ -r "$alias" ] && modprobe -q "$(cat "$alias")" 2> /dev/null
+    # Drivers for what this machine has (NIC, disk controller), by their modalias, in two
+    # passes: devices behind a bus driver (virtio behind virtio_pci, disks behind a SCSI or
+    # SATA host) appear only once the first pass has loaded that driver.
+    for pass in 1 2; do
+        aliases=$(cat /sys/bus/*/devices/*/modalias 2> /dev/null | sort -u)
+        # One modprobe for all of them; word splitting wanted (no alias contains a space).
+        # shellcheck disable=SC2086
+        "$MODPROBE" -a -q $aliases 2> /dev/null
+        log "modules: pass $pass, $(echo "$aliases" | wc -l) device aliases"
+        sleep 1
     done
-    for module in ext4 vfat nls_cp437 nls_ascii sd_mod virtio_blk nvme ahci; do
-        modprobe -q "$module" 2> /dev/null
-    done
+    # The file systems the install writes.
+    "$MODPROBE" -a -q ext4 vfat nls_cp437 nls_ascii 2> /dev/null
     # Disks appear asynchronously once their driver binds.
     sleep 2
 }
@@ -99,7 +115,7 @@ setup_network() {
     # Links take a moment to come up (STP on a bridge, autonegotiation on a switch).
     tries=0
     while [ "$tries" -lt 30 ]; do
-        wget -q -T 3 -O /dev/null "$IMAGE_URL/image.sha256" 2> /dev/null && return 0
+        "$WGET" -q -T 3 --tries=1 -O /dev/null "$IMAGE_URL/image.sha256" 2> /dev/null && return 0
         tries=$((tries + 1))
         sleep 1
     done
@@ -112,12 +128,12 @@ bytes_of() {
 }
 
 fetch_image() {
-    wget -q -T 30 -O /run/image.sha256 "$IMAGE_URL/image.sha256" || { FAIL_REASON="cannot fetch $IMAGE_URL/image.sha256"; return 1; }
-    wget -q -T 30 -O /run/partitions.sfdisk "$IMAGE_URL/partitions-$FIRMWARE.sfdisk" \
+    "$WGET" -q -T 30 --tries=3 -O /run/image.sha256 "$IMAGE_URL/image.sha256" || { FAIL_REASON="cannot fetch $IMAGE_URL/image.sha256"; return 1; }
+    "$WGET" -q -T 30 --tries=3 -O /run/partitions.sfdisk "$IMAGE_URL/partitions-$FIRMWARE.sfdisk" \
         || { FAIL_REASON="cannot fetch $IMAGE_URL/partitions-$FIRMWARE.sfdisk"; return 1; }
-    wget -q -T 30 -O /run/min-bytes "$IMAGE_URL/partitions-$FIRMWARE.min-bytes" \
+    "$WGET" -q -T 30 --tries=3 -O /run/min-bytes "$IMAGE_URL/partitions-$FIRMWARE.min-bytes" \
         || { FAIL_REASON="cannot fetch $IMAGE_URL/partitions-$FIRMWARE.min-bytes"; return 1; }
-    wget -q -T 60 -O "$IMAGE_FILE" "$IMAGE_URL/image.tar.zst" &
+    "$WGET" -q -T 60 --tries=3 -O "$IMAGE_FILE" "$IMAGE_URL/image.tar.zst" &
     pid=$!
     # Bytes so far, every 5 s, while the download runs.
     while kill -0 "$pid" 2> /dev/null; do
@@ -158,23 +174,23 @@ partition_disk() {
         FAIL_REASON="disk $DISK has $((size / 1048576)) MiB, the image needs $((need / 1048576)) MiB"
         return 1
     fi
-    sfdisk --quiet --wipe always --wipe-partitions always "$DISK" < /run/partitions.sfdisk \
+    "$SFDISK" --quiet --wipe always --wipe-partitions always "$DISK" < /run/partitions.sfdisk \
         || { FAIL_REASON="sfdisk on $DISK failed"; return 1; }
     ROOT_DEV=$(part_dev "$DISK" 2)
     ESP_DEV=$(part_dev "$DISK" 1)
     tries=0
     while [ ! -b "$ROOT_DEV" ] && [ "$tries" -lt 20 ]; do tries=$((tries + 1)); sleep 0.5; done
     [ -b "$ROOT_DEV" ] || { FAIL_REASON="$ROOT_DEV did not appear after partitioning"; return 1; }
-    mkfs.ext4 -q -F -L root "$ROOT_DEV" || { FAIL_REASON="mkfs.ext4 $ROOT_DEV failed"; return 1; }
+    "$MKFS_EXT4" -q -F -L root "$ROOT_DEV" || { FAIL_REASON="mkfs.ext4 $ROOT_DEV failed"; return 1; }
     if [ "$FIRMWARE" = uefi ]; then
-        mkfs.vfat -F 32 -n ESP "$ESP_DEV" > /dev/null || { FAIL_REASON="mkfs.vfat $ESP_DEV failed"; return 1; }
+        "$MKFS_VFAT" -F 32 -n ESP "$ESP_DEV" > /dev/null || { FAIL_REASON="mkfs.vfat $ESP_DEV failed"; return 1; }
     fi
     return 0
 }
 
 write_image() {
     mount -t ext4 "$ROOT_DEV" "$TARGET" || { FAIL_REASON="cannot mount $ROOT_DEV"; return 1; }
-    zstd -dcq "$IMAGE_FILE" | tar --numeric-owner --xattrs --xattrs-include='*' -xpf - -C "$TARGET" \
+    "$ZSTD" -dcq "$IMAGE_FILE" | "$TAR" --numeric-owner --xattrs --xattrs-include='*' -xpf - -C "$TARGET" \
         || { FAIL_REASON="unpacking the image onto $ROOT_DEV failed"; return 1; }
     rm -f "$IMAGE_FILE"
     written=$(df -k "$TARGET" | awk 'NR == 2 { print $3 * 1024 }')
@@ -187,7 +203,7 @@ write_image() {
 }
 
 uuid_of() {
-    blkid -s UUID -o value "$1"
+    "$BLKID" -s UUID -o value "$1"
 }
 
 install_bootloader() {
@@ -241,7 +257,7 @@ write_identity() {
     } > "$TARGET/etc/systemd/network/10-provision.network"
     mkdir -p "$TARGET/root/.ssh"
     chmod 0700 "$TARGET/root/.ssh"
-    wget -q -T 30 -O "$TARGET/root/.ssh/authorized_keys" "$KEYS_URL" \
+    "$WGET" -q -T 30 --tries=3 -O "$TARGET/root/.ssh/authorized_keys" "$KEYS_URL" \
         || { FAIL_REASON="cannot fetch the head's keys from $KEYS_URL"; return 1; }
     chmod 0600 "$TARGET/root/.ssh/authorized_keys"
     [ -s "$TARGET/root/.ssh/authorized_keys" ] || { FAIL_REASON="$KEYS_URL is empty: nobody could log in"; return 1; }
