@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 from podsys.cluster.model import Cluster, NodeSpec
 from podsys.cluster.stack_packages import PlanOptions, os_family, package_plan
@@ -87,11 +88,12 @@ class ImageSpec:
     def family(self) -> str:
         return os_family(self.os_key)
 
-    @property
+    @cached_property
     def key(self) -> str:
+        # Cached: a render asks once per node (thousands), and the spec never changes.
         return image_key(self)
 
-    @property
+    @cached_property
     def name(self) -> str:
         """Readable and unique: what `podsys image list` shows and the store's folder name."""
         return f"{self.os_key}-{self.hardware}-{self.key[:12]}"

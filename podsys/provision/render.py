@@ -350,6 +350,7 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
     files["provision/boot/ipxe/boot.ipxe"] = _render("boot.ipxe.j2", cluster_name=cluster.name, boot_url=urls.boot)
     media_url = f"{urls.boot}/media/{m.os.key}"
     image_of = image_boot.image_nodes(cluster)  # provisioning.method: image -> the deploy ramdisk
+    ramdisk_url = image_boot.ramdisk_url(urls.boot) if image_of else ""
     if image_of:
         files[f"provision/boot/{image_boot.KEYS_FILE}"] = image_boot.keys_file(keys)
     for view in views:
@@ -359,7 +360,7 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
         if view.name in image_of:
             key, name = image_of[view.name]
             files[f"provision/boot/ipxe/install/{view.mac_file}.ipxe"] = _render(
-                "node-image.ipxe.j2", node=view, image_name=name, ramdisk_url=image_boot.ramdisk_url(urls.boot),
+                "node-image.ipxe.j2", node=view, image_name=name, ramdisk_url=ramdisk_url,
                 kernel_args=image_boot.ramdisk_args(cluster, view, key, urls.boot))
             continue
         files[f"provision/boot/ipxe/install/{view.mac_file}.ipxe"] = _render(

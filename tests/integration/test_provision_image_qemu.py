@@ -225,7 +225,7 @@ def test_ramdisk_installs_the_image_and_the_node_boots_its_disk(built, firmware)
         install_s = time.monotonic() - started
         rec = node_record(head)
         assert rec["state"] == "installed" and rec["boot"] == "local", (rec, serial.read_text()[-2000:])
-        stages = [stage for event, stage, _ in head.events if event == "stage"]
+        stages = [stage for event, stage, _ in head.events if event in ("start", "stage")]
         for expected in ("network", "fetch", "verify", "partition", "write", "bootloader", "identity"):
             assert expected in stages, f"stage {expected} never reported: {stages}"
         fetched = [int(m.split("=")[1]) for e, s, m in head.events if s == "fetch" and m.startswith("bytes=")]
