@@ -122,7 +122,8 @@ class NodeGroup(Strict):
     nodes: dict[str, NodeEntry] = Field(default_factory=dict)
     pxe: bool = Field(default=True, description="nodes PXE-install (and so need a MAC)")
     layers: list[str] | None = Field(default=None, description="override the cluster's layers for this group")
-    provisioning: GroupProvisioning = Field(default_factory=lambda: GroupProvisioning())
+    provisioning: GroupProvisioning = Field(
+        default_factory=GroupProvisioning, description="how the group's nodes are installed: method image | installer")
 
 
 class Partition(Strict):

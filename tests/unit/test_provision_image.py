@@ -173,3 +173,21 @@ def test_pack_keeps_owners_and_xattrs():
 def test_package_list_parsing():
     text = "bash\t5.2.15-2+b7\nslurmd\t22.05.8-4+deb12u3\n\n"
     assert parse_package_list(text) == {"bash": "5.2.15-2+b7", "slurmd": "22.05.8-4+deb12u3"}
+
+
+def test_a_bad_method_is_an_input_error_naming_its_line_and_field(tmp_path):
+    from podsys.errors import InputError
+
+    path = manifest(tmp_path, groups="""\
+  - name: cpu
+    hosts: cpu01
+    hardware: cpu-only
+    start_address: 10.40.1.1
+    provisioning: {method: kickstart}
+    nodes: {cpu01: {mac: "52:54:00:00:00:01"}}
+""")
+    with pytest.raises(InputError) as err:
+        load_cluster(path)
+    text = str(err.value.problems[0])
+    line = path.read_text().splitlines().index("    provisioning: {method: kickstart}") + 1
+    assert f"cluster.yaml:{line}" in text and "node_groups[0].provisioning.method" in text, text
