@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from podsys.errors import PodsysError
+from podsys.errors import InputError, PodsysError, Problem
 from podsys.provision.partition import plan_files
 from podsys.provision.image import (
     SECRET_PATHS,
@@ -76,14 +76,16 @@ class ImageStore:
         return sorted((r for r in found if r), key=lambda r: r["name"])
 
     def resolve(self, ref: str) -> dict:
-        """An image by key, key prefix or name; ImageError naming the choices otherwise."""
+        """An image by key, key prefix or name; an input error naming the choices otherwise."""
         matches = [r for r in self.records() if r["key"].startswith(ref) or r["name"] == ref]
         if len(matches) == 1:
             return matches[0]
         known = ", ".join(r["name"] for r in self.records()) or "none"
         if not matches:
-            raise ImageError(f"no image {ref!r} in {self.root} (images: {known})")
-        raise ImageError(f"{ref!r} matches {len(matches)} images; give more of the key (images: {known})")
+            message = f"no image {ref!r} in {self.root} (images: {known})"
+        else:
+            message = f"{ref!r} matches {len(matches)} images; give more of the key (images: {known})"
+        raise InputError(Problem("command line", None, "IMAGE", message))
 
     def is_current(self, key: str) -> bool:
         """Built and intact: the archive's sha256 is the recorded one."""
