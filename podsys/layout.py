@@ -7,6 +7,7 @@ Workspace (`.podsys/` next to the manifest, git-ignored):
     secrets/                secrets podsys keeps (the munge key), 0600, never printed
     deploy-state.json       last result per host (`deploy --resume`)
   check/<UTC time>/         one `podsys check` run: report and raw probe outputs
+  images/<key>/             node images (`podsys image build`)
   lab/                      `podsys lab` state, key pair, logs, node roots
   deploy-<cluster>.lock     held while a deploy of that cluster runs
 """
@@ -48,6 +49,11 @@ class Workspace:
         return self.check_dir / when.strftime("%Y%m%d-%H%M%S")
 
     @property
+    def images_dir(self) -> Path:
+        """Node images built here (`podsys image build`), one folder per image key."""
+        return self.root / "images"
+
+    @property
     def lab_dir(self) -> Path:
         return self.root / "lab"
 
@@ -80,6 +86,7 @@ class HeadPaths:
     leases_file: str = "/var/lib/misc/podsys-dnsmasq.leases"
     access_log: str = "/var/log/nginx/podsys-access.log"
     state_dir: str = "/var/lib/podsys/provision"  # install/boot state of the status service
+    image_root: str = "/srv/podsys/boot/images"  # node images, served by nginx under /boot/images/
 
 
 HEAD_PATHS = HeadPaths()

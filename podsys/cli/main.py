@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import typer
 
-from podsys.cli import bundle, check, core, deploy, health, lab, provision
+from podsys.cli import bundle, check, core, deploy, health, image, lab, provision
 
 # One module per verb group, in the order `podsys --help` lists them.
 COMMAND_GROUPS = (
     core,  # init, validate, render, compat
     provision,  # status, reinstall, discover, power, provision media add
+    image,  # image build|list|show|rm
     lab,  # lab up|down|status|ssh|stop|start
     deploy,  # deploy
     bundle,  # bundle build|verify|iso|serve

@@ -168,6 +168,12 @@ class NodeEntry(Strict):
         return mac_field(v)
 
 
+class GroupProvisioning(Strict):
+    # image: the deploy ramdisk writes the group's node image (podsys image build);
+    # installer: the distribution's unattended installer (autoinstall, kickstart, preseed).
+    method: Literal["image", "installer"] = "image"
+
+
 class NodeGroup(Strict):
     name: str = Field(pattern=DNS_LABEL)
     hosts: str = Field(description="Slurm-style hostlist, e.g. gpu[001-032]")
@@ -178,6 +184,8 @@ class NodeGroup(Strict):
     nodes: dict[str, NodeEntry] = Field(default_factory=dict)
     pxe: bool = Field(default=True, description="nodes PXE-install (and so need a MAC)")
     layers: list[Layer] | None = Field(default=None, description="override the cluster's layers for this group")
+    provisioning: GroupProvisioning = Field(
+        default_factory=GroupProvisioning, description="how the group's nodes are installed: method image | installer")
 
 
 class Partition(Strict):

@@ -27,6 +27,7 @@ import jinja2
 
 from podsys.cluster.model import Cluster, NodeSpec
 from podsys.layout import HEAD_PATHS, PACKAGE_CACHE_PORT, HeadPaths
+from podsys.provision import image_boot
 
 DEBIAN_SUITES = {"12": "bookworm"}
 CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8"
@@ -306,10 +307,20 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
     )
     files["provision/boot/ipxe/boot.ipxe"] = _render("boot.ipxe.j2", cluster_name=cluster.name, boot_url=urls.boot)
     media_url = f"{urls.boot}/media/{m.os.key}"
+    image_of = image_boot.image_nodes(cluster)  # provisioning.method: image -> the deploy ramdisk
+    ramdisk_url = image_boot.ramdisk_url(urls.boot) if image_of else ""
+    if image_of:
+        files[f"provision/boot/{image_boot.KEYS_FILE}"] = image_boot.keys_file(keys)
     for view in views:
         if not view.pxe:
             continue
         files[f"provision/boot/ipxe/local/{view.mac_file}.ipxe"] = _render("node-local.ipxe.j2", node=view)
+        if view.name in image_of:
+            key, name = image_of[view.name]
+            files[f"provision/boot/ipxe/install/{view.mac_file}.ipxe"] = _render(
+                "node-image.ipxe.j2", node=view, image_name=name, ramdisk_url=ramdisk_url,
+                kernel_args=image_boot.ramdisk_args(cluster, view, key, urls.boot))
+            continue
         files[f"provision/boot/ipxe/install/{view.mac_file}.ipxe"] = _render(
             "node-install.ipxe.j2", node=view, os_key=m.os.key, media_url=media_url,
             kernel_args=_kernel_args(cluster, view, urls),

@@ -42,6 +42,7 @@ node_groups:
     hardware: cpu-only
     start_address: 10.40.1.1
     disk: /dev/nvme0n1
+    provisioning: {{method: installer}}
     nodes:
       gpu01: {{mac: "b8:3f:d2:00:00:01"}}
       gpu02: {{mac: "b8:3f:d2:00:00:02"}}

@@ -128,7 +128,8 @@ def pxe_head(lab_cluster):
                                   check=True).stdout.strip()
         data.setdefault("provisioning", {})["root_authorized_keys"] = [pub_text]
     data["node_groups"].append({"name": "pxevm", "hosts": VM_NAME, "hardware": "cpu-only", "start_address": vm_ip,
-                                "disk": "/dev/vda", "nodes": {VM_NAME: {"mac": VM_MAC}}})
+                                "disk": "/dev/vda", "provisioning": {"method": "installer"},
+                                "nodes": {VM_NAME: {"mac": VM_MAC}}})
     build, cluster = render_variant(lab.directory, "e2e", data)
     playbook = lab.directory / "e2e-play.yml"
     playbook.write_text(PLAYBOOK)

@@ -63,6 +63,8 @@ def provisioned(lab_cluster):
     data = yaml.safe_load(lab.manifest.read_text())
     for group in data["node_groups"]:
         group["pxe"] = True
+        # The boot tree checks below follow the installer's per-node config (preseed.cfg).
+        group["provisioning"] = {"method": "installer"}
     build, cluster = render_variant(lab.directory, "provision", data)
     playbook = lab.directory / "provision-play.yml"
     playbook.write_text(PLAYBOOK)

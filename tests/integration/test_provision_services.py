@@ -53,6 +53,7 @@ node_groups:
     hardware: cpu-only
     start_address: {SUBNET}.11
     disk: /dev/vda
+    provisioning: {{method: installer}}
     nodes:
 """ + "".join(f'      {n}: {{mac: "{m}"}}\n' for n, m in MACS.items())
 

@@ -39,6 +39,7 @@ provisioning:
     hardware: cpu-only
     start_address: 10.50.1.1
     disk: /dev/nvme0n1
+    provisioning: {{method: installer}}
     nodes:
       gpu01: {{mac: "b8:3f:d2:00:00:01"}}
       gpu02: {{mac: "b8:3f:d2:00:00:02"}}

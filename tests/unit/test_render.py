@@ -133,11 +133,13 @@ def test_removed_node_file_is_deleted(tmp_path):
 
 
 def test_a_removed_node_leaves_no_directory_behind(tmp_path):
-    path = write_manifest(tmp_path)
+    # Installer nodes get a directory of their own (image nodes are answered without one).
+    installer = VALID.replace("    macs_file: gpu-macs.csv\n", "    macs_file: gpu-macs.csv\n    provisioning: {method: installer}\n")
+    path = write_manifest(tmp_path, installer)
     out = tmp_path / "build"
     render_cluster(load_cluster(path), out)
     assert (out / "provision/boot/nodes/gpu004").is_dir()
-    write_manifest(tmp_path, VALID.replace("hosts: gpu[001-004]", "hosts: gpu[001-003]"))
+    write_manifest(tmp_path, installer.replace("hosts: gpu[001-004]", "hosts: gpu[001-003]"))
     result = render_cluster(load_cluster(path), out)
     assert any(rel.startswith("provision/boot/nodes/gpu004/") for rel in result.removed)
     assert not (out / "provision/boot/nodes/gpu004").exists()

@@ -27,7 +27,8 @@ BMC_PASSWORD = "Bmc-Pw-2342"
 SECRETS = [HASH, "podsystestsalt", UPSTREAM_PASSWORD, PROXY_PASSWORD, BMC_PASSWORD]
 ROOT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests000000000000000000 root@admin"
 
-EVERY_SECRET = VALID + f"""\
+# Installer nodes: their per-node configs carry the root hash and keys (image nodes get neither).
+EVERY_SECRET = VALID.replace("    macs_file: gpu-macs.csv\n", "    macs_file: gpu-macs.csv\n    provisioning: {method: installer}\n") + f"""\
 packages:
   source: online
   upstream: "http://{UPSTREAM_USER}:{UPSTREAM_PASSWORD}@mirror.example.com/ubuntu"

@@ -1,0 +1,216 @@
+"""Build node images and keep them in a content-keyed store (`podsys image build|list|show|rm`).
+
+Store layout (one folder per image key; `.podsys/images/` beside the manifest, or the head's
+HeadPaths.image_root, which nginx serves under /boot/images/):
+  <key>/image.tar.zst     the root filesystem (tar, numeric owners, xattrs), zstd
+  <key>/image.sha256      "<sha256>  image.tar.zst" (sha256sum -c format; the ramdisk checks it)
+  <key>/packages.tsv      every installed package and its version (dpkg-query)
+  <key>/image.json        the spec, the nodes it was built for, sizes, sha256, build time
+  <key>/partitions-{bios,uefi}.{sfdisk,min-bytes}  the install disk's plan (podsys.provision.partition)
+
+A folder appears only once complete (built in a scratch folder, then renamed), so a killed
+build never leaves a half image that a later `build` would take as up to date."""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from podsys.errors import InputError, PodsysError, Problem
+from podsys.provision.partition import plan_files
+from podsys.provision.image import (
+    SECRET_PATHS,
+    ImageSpec,
+    NodeImage,
+    mmdebstrap_command,
+    pack_command,
+    parse_package_list,
+)
+
+ARCHIVE = "image.tar.zst"
+CHECKSUM = "image.sha256"
+PACKAGES = "packages.tsv"
+RECORD = "image.json"
+
+Progress = Callable[[str], None]
+
+
+class ImageError(PodsysError):
+    pass
+
+
+def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageStore:
+    root: Path
+
+    def folder(self, key: str) -> Path:
+        return self.root / key
+
+    def record(self, key: str) -> dict | None:
+        path = self.folder(key) / RECORD
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text())
+
+    def records(self) -> list[dict]:
+        if not self.root.is_dir():
+            return []
+        found = [self.record(p.name) for p in sorted(self.root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+        return sorted((r for r in found if r), key=lambda r: r["name"])
+
+    def resolve(self, ref: str) -> dict:
+        """An image by key, key prefix or name; an input error naming the choices otherwise."""
+        matches = [r for r in self.records() if r["key"].startswith(ref) or r["name"] == ref]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(r["name"] for r in self.records()) or "none"
+        if not matches:
+            message = f"no image {ref!r} in {self.root} (images: {known})"
+        else:
+            message = f"{ref!r} matches {len(matches)} images; give more of the key (images: {known})"
+        raise InputError(Problem("command line", None, "IMAGE", message))
+
+    def is_current(self, key: str) -> bool:
+        """Built and intact: the archive's sha256 is the recorded one."""
+        rec = self.record(key)
+        archive = self.folder(key) / ARCHIVE
+        return rec is not None and archive.is_file() and sha256_file(archive) == rec["sha256"]
+
+    def remove(self, key: str) -> None:
+        shutil.rmtree(self.folder(key))
+
+
+def leftover_secrets(root: Path) -> list[str]:
+    """Secret files still in a built root (must be none: every node gets its own)."""
+    found = []
+    for pattern in SECRET_PATHS:
+        for path in glob.glob(str(root / pattern)):
+            p = Path(path)
+            if p.name == "machine-id" and p.parent == root / "etc" and p.stat().st_size == 0:
+                continue  # emptied on purpose: systemd fills it at first boot
+            found.append(str(p.relative_to(root)))
+    return sorted(found)
+
+
+def tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _run_logged(cmd: list[str], log: Path, progress: Progress, label: str) -> None:
+    with open(log, "a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        tail: list[str] = []
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                line = line.rstrip()
+                tail = (tail + [line])[-3:]
+                if line.startswith(("I: ", "mmdebstrap: ")):
+                    progress(f"{label}: {line.split(': ', 1)[1]}")
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+        if proc.wait() != 0:
+            raise ImageError(f"{label} failed (exit {proc.returncode}): {'; '.join(tail)} (log: {log})")
+
+
+def refuse_unbuildable(spec: ImageSpec) -> None:
+    if spec.family != "apt":
+        raise ImageError(f"{spec.name}: {spec.os_key} images are planned (`podsys image build --plan` prints the "
+                         "dnf --installroot commands) but this head only builds Debian/Ubuntu images")
+
+
+def build_image(image: NodeImage, store: ImageStore, mirror: str, progress: Progress,
+                force: bool = False, apt_options: tuple[str, ...] = ()) -> tuple[dict, bool]:
+    """Build `image` into the store unless an intact build of the same key is there. Returns
+    (record, built_now)."""
+    spec = image.spec
+    if not force and store.is_current(spec.key):
+        return store.record(spec.key) or {}, False
+    refuse_unbuildable(spec)
+    store.root.mkdir(parents=True, exist_ok=True)
+    with open(store.root / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("waiting for another image build in this store")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and store.is_current(spec.key):
+            return store.record(spec.key) or {}, False
+        for stale in store.root.glob(".build-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = store.root / f".build-{spec.key[:16]}-{os.getpid()}"
+        scratch.mkdir()
+        try:
+            record = _build_into(spec, image.nodes, scratch, mirror, progress, apt_options)
+            target = store.folder(spec.key)
+            if target.exists():
+                shutil.rmtree(target)
+            scratch.rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return record, True
+
+
+def _build_into(spec: ImageSpec, nodes: tuple[str, ...], scratch: Path, mirror: str, progress: Progress,
+                apt_options: tuple[str, ...]) -> dict:
+    started = time.monotonic()
+    root = scratch / "root"
+    log = scratch / "build.log"
+    packages_file = scratch / PACKAGES
+    progress(f"{spec.name}: mmdebstrap {spec.suite} from {mirror} ({len(spec.packages)} packages)")
+    _run_logged(mmdebstrap_command(spec, mirror, str(root), str(packages_file), apt_options), log, progress, "mmdebstrap")
+    secrets = leftover_secrets(root)
+    if secrets:
+        raise ImageError(f"{spec.name}: secrets left in the image: {', '.join(secrets)}")
+    kernels = sorted(p.name[len("vmlinuz-"):] for p in (root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise ImageError(f"{spec.name}: no kernel in /boot after the build")
+    unpacked = tree_bytes(root)
+    progress(f"{spec.name}: packing ({unpacked >> 20} MiB unpacked)")
+    _run_logged(pack_command(str(root), str(scratch / ARCHIVE)), log, progress, "tar")
+    shutil.rmtree(root)
+    digest = sha256_file(scratch / ARCHIVE)
+    (scratch / CHECKSUM).write_text(f"{digest}  {ARCHIVE}\n")
+    for name, text in plan_files(unpacked).items():
+        (scratch / name).write_text(text)
+    versions = parse_package_list(packages_file.read_text())
+    record = {
+        "key": spec.key, "name": spec.name, "spec": spec.as_dict(), "nodes": list(nodes),
+        "sha256": digest, "archive_bytes": (scratch / ARCHIVE).stat().st_size, "unpacked_bytes": unpacked,
+        "kernel": kernels[-1], "packages": len(versions), "mirror": mirror,
+        # Installed by the GPU/InfiniBand roles after first boot (see image.distribution_packages).
+        "deferred_vendor_packages": list(spec.vendor_packages),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    (scratch / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
