@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from podsys.cli import bundle, check, core, deploy, lab, provision
+from podsys.cli import bundle, check, core, deploy, lab, layers, provision
 
 # One module per verb group, in the order `podsys --help` lists them.
 COMMAND_GROUPS = (
@@ -15,6 +15,7 @@ COMMAND_GROUPS = (
     deploy,  # deploy
     bundle,  # bundle build|verify|iso|serve
     check,  # check, check parse
+    layers,  # layers
 )
 
 app = typer.Typer(

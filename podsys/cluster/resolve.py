@@ -11,6 +11,7 @@ import difflib
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from podsys.cluster.addons import addon_problems
 from podsys.cluster.matrix import Matrix, Stack, check_combination, load_matrix, pick_stack
 from podsys.errors import InputError, Problem
 from podsys.cluster.hardware import HardwareProfile, builtin_profiles
@@ -320,6 +321,7 @@ def resolve_cluster(
                 problems.at(("networks", "bmc"), f"duplicate BMC address {node.bmc_ip}: {node.name} and {seen_bmc[node.bmc_ip]}")
             seen_bmc.setdefault(node.bmc_ip, node.name)
 
+    problems.items.extend(addon_problems(manifest, smap.problem))  # the add-on layers' sections
     if problems.items:
         unique = sorted(set(problems.items), key=lambda p: (p.file != smap.file, p.file, p.line or 0, p.field, p.message))
         raise InputError(unique)

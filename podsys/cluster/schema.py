@@ -221,6 +221,102 @@ class Access(Strict):
     via_head: bool = False
 
 
+# --- Add-on layers (issue 15): optional layers above the core ones, each with its own section.
+# Their semantic checks (references to users, QOS, node groups, paths) live in
+# podsys/cluster/addons.py; what each layer installs is listed in podsys/cluster/layer_catalogue.py.
+ADDON_LAYERS = ("accounting", "storage", "training")
+LayerName = Literal["base", "gpu", "infiniband", "slurm", "monitoring", "container",
+                    "accounting", "storage", "training"]
+# sacctmgr lower-cases account and QOS names; keep them lowercase so the manifest matches the database.
+SLURM_ENTITY_RE = r"^[a-z0-9_][a-z0-9_.-]{0,63}$"
+SLURM_DURATION_RE = r"^(UNLIMITED|\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2})$"
+ABSOLUTE_PATH_RE = r"^/[A-Za-z0-9_.+/-]*$"
+
+
+class SlurmLimits(Strict):
+    """Group limits as sacctmgr sets them (GrpTRES cpu/mem/node/gres/gpu, GrpJobs, GrpSubmitJobs,
+    MaxWall). Source: sacctmgr(1), "GENERAL SPECIFICATIONS FOR ASSOCIATION BASED ENTITIES"."""
+
+    cpus: int | None = Field(default=None, ge=1, description="GrpTRES=cpu=N")
+    gpus: int | None = Field(default=None, ge=0, description="GrpTRES=gres/gpu=N")
+    memory_mb: int | None = Field(default=None, ge=1, description="GrpTRES=mem=N (MiB)")
+    nodes: int | None = Field(default=None, ge=1, description="GrpTRES=node=N")
+    running_jobs: int | None = Field(default=None, ge=1, description="GrpJobs")
+    submitted_jobs: int | None = Field(default=None, ge=1, description="GrpSubmitJobs")
+    max_wall: str | None = Field(default=None, pattern=SLURM_DURATION_RE, description="MaxWall per job")
+
+
+class QOS(Strict):
+    name: str = Field(pattern=SLURM_ENTITY_RE)
+    priority: int = Field(default=0, ge=0)
+    preempt: list[str] = Field(default_factory=list, description="QOS names jobs of this QOS may preempt")
+    preempt_mode: Literal["cluster", "cancel", "requeue"] = "cluster"
+    limits: SlurmLimits = Field(default_factory=SlurmLimits)
+
+
+class Team(Strict):
+    """One Slurm account: a team, its members and its share of the cluster."""
+
+    name: str = Field(pattern=SLURM_ENTITY_RE)
+    description: str = Field(default="", max_length=200, pattern=r"^[^'\"\\\n]*$")
+    fairshare: int = Field(default=1, ge=1)
+    users: list[str] = Field(default_factory=list, description="manifest user names")
+    limits: SlurmLimits = Field(default_factory=SlurmLimits)
+    qos: list[str] = Field(default_factory=list, description="QOS the team may use (default: normal)")
+    default_qos: str | None = None
+
+
+class Accounts(Strict):
+    teams: list[Team] = Field(default_factory=list)
+    qos: list[QOS] = Field(default_factory=list)
+
+
+class StorageExport(Strict):
+    """A directory the head exports over NFS (nfs-ganesha, in user space)."""
+
+    path: str = Field(pattern=ABSOLUTE_PATH_RE)
+    clients: IPv4Network | None = Field(default=None, description="default: the provision network")
+    access: Literal["rw", "ro"] = "rw"
+    squash: Literal["root_squash", "no_root_squash", "all_squash"] = "root_squash"
+
+
+class StorageMount(Strict):
+    """A shared file system every node (or the named groups) mounts. `lab-bind` is the lab's own
+    kind: the lab binds a host directory into every container; podsys mounts nothing."""
+
+    kind: Literal["nfs", "lustre", "beegfs", "gpfs", "lab-bind"]
+    source: str | None = Field(default=None, description="nfs: server:/export; lustre: mgsnid:/fsname; "
+                                                          "beegfs: management host; gpfs: device")
+    path: str = Field(pattern=ABSOLUTE_PATH_RE)
+    options: list[str] = Field(default_factory=list)
+    node_groups: list[str] | None = Field(default=None, description="default: every node and the head")
+
+
+class Storage(Strict):
+    exports: list[StorageExport] = Field(default_factory=list)
+    mounts: list[StorageMount] = Field(default_factory=list)
+    home: str | None = Field(default=None, pattern=ABSOLUTE_PATH_RE, description="parent of per-user homes")
+    scratch: str | None = Field(default=None, pattern=ABSOLUTE_PATH_RE, description="parent of per-user scratch")
+
+
+class Training(Strict):
+    image_dir: str = Field(default="/shared/images", pattern=ABSOLUTE_PATH_RE)
+    checkpoint_dir: str = Field(default="/shared/checkpoints", pattern=ABSOLUTE_PATH_RE)
+    socket_interface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.@+-]{1,15}$",
+                                         description="NCCL/Gloo socket interface (default: the provision NIC)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for every job")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, item in value.items():
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+                raise ValueError(f"environment variable name {name!r} must be upper case letters, digits and '_'")
+            if "\n" in item:
+                raise ValueError(f"environment variable {name} holds a newline")
+        return value
+
+
 class Manifest(Strict):
     apiVersion: Literal["podsys/v1"]
     kind: Literal["Cluster"]
@@ -229,7 +325,7 @@ class Manifest(Strict):
     networks: Networks
     os: OSSpec
     stack: str = "auto"
-    layers: list[Literal["base", "gpu", "infiniband", "slurm", "monitoring", "container"]] = Field(
+    layers: list[LayerName] = Field(
         default_factory=lambda: ["base", "slurm", "monitoring"]
     )
     node_groups: list[NodeGroup] = Field(min_length=1)
@@ -243,3 +339,6 @@ class Manifest(Strict):
     provisioning: Provisioning = Field(default_factory=Provisioning)
     bmc: BMCCredentials | None = None
     access: Access = Field(default_factory=Access)
+    accounts: Accounts = Field(default_factory=Accounts)
+    storage: Storage = Field(default_factory=Storage)
+    training: Training = Field(default_factory=Training)

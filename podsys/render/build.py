@@ -22,6 +22,7 @@ from podsys.cluster.address_file import write_allocation
 from podsys.cluster.model import Cluster, NodeSpec
 from podsys.cluster.topology import collapse_hosts
 from podsys.provision import render as provision_render
+from podsys.render.addons import addon_vars
 
 try:
     _Dumper = yaml.CSafeDumper
@@ -228,6 +229,7 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
         "podsys_infiniband": m.infiniband.model_dump(mode="json"),
         "podsys_provisioning": m.provisioning.model_dump(mode="json"),
         "podsys_access": m.access.model_dump(mode="json"),
+        **addon_vars(cluster),  # accounts, storage, training (podsys/render/addons.py)
     }
     node_list = "".join(f"- {json_line(node_vars(cluster, n))}\n" for n in cluster.nodes)
     files["inventory/group_vars/all.yml"] = to_yaml(all_vars) + "podsys_nodes:\n" + node_list
