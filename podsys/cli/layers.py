@@ -1,5 +1,5 @@
 """`podsys layers`: every layer a manifest can name, core and add-on, with what it installs; and
-the add-ons' own verbs (`podsys accounting backup|restore`)."""
+the add-ons' own verbs (`podsys accounting backup|restore`, `podsys images import|list`)."""
 
 from __future__ import annotations
 
@@ -67,3 +67,37 @@ def register(app: typer.Typer) -> None:
 
         restore(load_cluster(find_manifest(manifest)), dump)
         console.print(f"accounting database restored from {dump}", markup=False, highlight=False)
+
+    images = typer.Typer(help="The training add-on's site images (enroot squashfs files on shared storage).",
+                         no_args_is_help=True)
+    app.add_typer(images, name="images")
+
+    @images.command("import", help="Copy an enroot image (a squashfs .sqsh file, as `enroot import` makes "
+                                   "it) into training.image_dir through the head; every node sees it there.")
+    @guarded
+    def images_import(
+        file: Path = typer.Argument(..., help="the .sqsh image file"),
+        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
+        name: Optional[str] = typer.Option(None, "--name", help="image name (default: the file name without .sqsh)"),
+    ) -> None:
+        from podsys.cluster.load import load_cluster
+        from podsys.training_images import import_image
+
+        target = import_image(load_cluster(find_manifest(manifest)), file, name)
+        console.print(f"imported {file} as {target}", markup=False, highlight=False)
+
+    @images.command("list", help="The images in training.image_dir.")
+    @guarded
+    def images_list(
+        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
+        as_json: bool = typer.Option(False, "--json", help="print the list as JSON"),
+    ) -> None:
+        from podsys.cluster.load import load_cluster
+        from podsys.training_images import list_images
+
+        found = list_images(load_cluster(find_manifest(manifest)))
+        if as_json:
+            print(json.dumps([{"name": n, "bytes": s} for n, s in found], indent=2))
+            return
+        for image, size in found:
+            console.print(f"{image}  {size} bytes", markup=False, highlight=False)

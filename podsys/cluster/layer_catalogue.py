@@ -58,7 +58,7 @@ CATALOGUE: tuple[LayerInfo, ...] = (
     LayerInfo("storage", "NFS export from the head (nfs-ganesha), client mounts of NFS/Lustre/BeeGFS/GPFS, "
               "per-user home and scratch directories",
               ("storage",), ("nfs-ganesha", "nfs-ganesha-vfs", "nfs-common", "lustre-client", "beegfs-client"),
-              ("nfs-ganesha", "<path>.mount"), "storage", "tests/integration/test_addon_storage.py"),
+              ("nfs-ganesha", "<path>.mount"), "storage", "tests/integration/test_addon_training.py"),
     LayerInfo("training", "per-group NCCL/UCX environment file, site image directory for enroot, "
               "a multi-node torchrun sbatch template with checkpoint-resume",
               ("training",), ("python3-torch (lab; containers on GPU nodes)",), (), "training",

@@ -305,6 +305,12 @@ class Training(Strict):
     socket_interface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.@+-]{1,15}$",
                                          description="NCCL/Gloo socket interface (default: the provision NIC)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for every job")
+    pytorch: Literal["container", "distro"] = Field(
+        default="container", description="container: PyTorch comes in the job's image (GPU nodes, NCCL); "
+                                         "distro: the OS's python3-torch on every node (CPU, gloo; the lab)")
+    node_timeout: int = Field(default=300, ge=10, le=3600,
+                              description="seconds before a silent node is declared DOWN and its jobs requeued "
+                                          "(slurm.conf SlurmdTimeout)")
 
     @field_validator("env")
     @classmethod

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from podsys.cluster.model import Cluster
 from podsys.cluster.schema import SlurmLimits
+from podsys.render.storage import storage_vars
+from podsys.render.training import training_vars
 
 # Source: slurm.conf(5) (AccountingStorage*, PriorityType, PreemptType/PreemptMode) and the
 # Slurm accounting guide, https://slurm.schedmd.com/accounting.html ("limits" implies associations).
@@ -81,7 +83,17 @@ def addon_vars(cluster: Cluster) -> dict:
         "podsys_accounts": accounting_state(cluster),
         "podsys_storage": m.storage.model_dump(mode="json"),
         "podsys_training": m.training.model_dump(mode="json"),
+        **storage_vars(cluster),
+        **training_vars(cluster),
     }
+    slurm_extra: dict[str, str] = {}
     if "accounting" in m.layers:
-        out["slurm_extra_config"] = accounting_slurm_config(cluster)
+        slurm_extra.update(accounting_slurm_config(cluster))
+    if "training" in m.layers:
+        # A node that stops answering is DOWN after this long and its --requeue jobs go back to
+        # the queue. It follows the template's SlurmdTimeout line, and for a key given twice
+        # slurm.conf keeps the latest value.
+        slurm_extra["SlurmdTimeout"] = str(m.training.node_timeout)
+    if slurm_extra:
+        out["slurm_extra_config"] = slurm_extra
     return out

@@ -98,10 +98,10 @@ def test_first_deploy_brings_up_mariadb_and_slurmdbd_and_keeps_the_password_priv
     for log in logs.rglob("*"):
         if log.is_file():
             assert password not in log.read_text(errors="replace"), log
-    config = dict(line.split("=", 1) for line in lab.ssh(lab.head, "scontrol show config").stdout.splitlines()
-                  if " = " in line for line in [line.replace(" = ", "=", 1)])
-    assert config["AccountingStorageType"].strip() == "accounting_storage/slurmdbd"
-    assert config["AccountingStorageEnforce"].strip() == "associations,limits,qos"
+    config = {key.strip(): value.strip() for key, _, value in
+              (line.partition("=") for line in lab.ssh(lab.head, "scontrol show config").stdout.splitlines())}
+    assert config["AccountingStorageType"] == "accounting_storage/slurmdbd"
+    assert config["AccountingStorageEnforce"] == "associations,limits,qos"
 
 
 def test_manifest_teams_users_and_qos_are_in_the_database(accounting_lab):
