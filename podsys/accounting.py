@@ -24,7 +24,12 @@ RESTORE_COMMAND = (
     "for i in $(seq 60); do sacctmgr -nP show cluster format=cluster >/dev/null 2>&1 && break; sleep 1; done; "
     "scontrol reconfigure'"
 )
-DUMP_MARKER = b"-- MySQL dump"  # mysqldump's (and MariaDB's) first line
+# The first line of a dump: MySQL's mysqldump, or MariaDB's ("-- MariaDB dump 10.19 Distrib 10.11...").
+DUMP_MARKERS = (b"-- MySQL dump", b"-- MariaDB dump")
+
+
+def is_dump(head: bytes) -> bool:
+    return head.startswith(DUMP_MARKERS)
 
 
 def _require_layer(cluster: Cluster) -> None:
@@ -42,7 +47,7 @@ def backup(cluster: Cluster, output: Path) -> int:
         with os.fdopen(fd, "wb") as handle:
             run_on_head(cluster, DUMP_COMMAND, stdout=handle)
         with open(tmp, "rb") as handle:
-            if handle.read(len(DUMP_MARKER)) != DUMP_MARKER:
+            if not is_dump(handle.read(64)):
                 raise PodsysError("the head's mysqldump produced no dump")
         os.replace(tmp, output)
         return output.stat().st_size
@@ -57,7 +62,7 @@ def restore(cluster: Cluster, dump: Path) -> None:
     if not dump.is_file():
         raise InputError(Problem(str(dump), None, "", "file not found"))
     with open(dump, "rb") as handle:
-        if handle.read(len(DUMP_MARKER)) != DUMP_MARKER:
+        if not is_dump(handle.read(64)):
             raise InputError(Problem(str(dump), 1, "", "not a dump made by `podsys accounting backup`"))
         handle.seek(0)
         run_on_head(cluster, RESTORE_COMMAND, stdin=handle)

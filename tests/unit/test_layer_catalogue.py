@@ -5,11 +5,14 @@ manifest key. Add-on roles carry the parts every role must have."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import get_args
 
+import pytest
 import yaml
 
 from podsys.cluster.layer_catalogue import CATALOGUE
@@ -60,3 +63,15 @@ def test_podsys_layers_lists_them_all():
     text = subprocess.run([sys.executable, "-m", "podsys.cli.main", "layers"], capture_output=True, text=True).stdout
     for name in get_args(LayerName):
         assert f"\n{name} (" in "\n" + text
+
+
+def test_addon_roles_are_ansible_lint_clean():
+    # Debian's ansible-lint (what CI installs) with Debian's ansible-core: /usr/bin first.
+    env = {**os.environ, "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")}
+    lint = shutil.which("ansible-lint", path=env["PATH"])
+    if not lint:
+        pytest.skip("ansible-lint not installed (Debian package ansible-lint)")
+    roles = [str(ROLES / role) for info in CATALOGUE if info.kind == "add-on" for role in info.roles]
+    res = subprocess.run([lint, "--nocolor", "--offline", "--profile", "production", *roles],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
