@@ -24,12 +24,14 @@ RESTORE_COMMAND = (
     "for i in $(seq 60); do sacctmgr -nP show cluster format=cluster >/dev/null 2>&1 && break; sleep 1; done; "
     "scontrol reconfigure'"
 )
-# The first line of a dump: MySQL's mysqldump, or MariaDB's ("-- MariaDB dump 10.19 Distrib 10.11...").
+# The header comment of a dump: MySQL's mysqldump, or MariaDB's ("-- MariaDB dump 10.19 Distrib
+# 10.11..."). MariaDB since 10.11.8 puts a `/*M!999999\- enable the sandbox mode */` line first.
 DUMP_MARKERS = (b"-- MySQL dump", b"-- MariaDB dump")
 
 
 def is_dump(head: bytes) -> bool:
-    return head.startswith(DUMP_MARKERS)
+    """Whether the first bytes of a file are a mysqldump header (within its first three lines)."""
+    return any(line.startswith(DUMP_MARKERS) for line in head.splitlines()[:3])
 
 
 def _require_layer(cluster: Cluster) -> None:
@@ -47,7 +49,7 @@ def backup(cluster: Cluster, output: Path) -> int:
         with os.fdopen(fd, "wb") as handle:
             run_on_head(cluster, DUMP_COMMAND, stdout=handle)
         with open(tmp, "rb") as handle:
-            if not is_dump(handle.read(64)):
+            if not is_dump(handle.read(512)):
                 raise PodsysError("the head's mysqldump produced no dump")
         os.replace(tmp, output)
         return output.stat().st_size
@@ -62,7 +64,7 @@ def restore(cluster: Cluster, dump: Path) -> None:
     if not dump.is_file():
         raise InputError(Problem(str(dump), None, "", "file not found"))
     with open(dump, "rb") as handle:
-        if not is_dump(handle.read(64)):
+        if not is_dump(handle.read(512)):
             raise InputError(Problem(str(dump), 1, "", "not a dump made by `podsys accounting backup`"))
         handle.seek(0)
         run_on_head(cluster, RESTORE_COMMAND, stdin=handle)

@@ -92,6 +92,9 @@ def nspawn_command(node: LabNode, root: Path, binds: tuple[tuple[Path, str], ...
         "--console=read-only", "--link-journal=no", "--resolv-conf=off",
         # The lab's shared storage (lab.yaml's `lab-bind` mounts): a host directory in every node.
         *(f"--bind={host}:{inside}" for host, inside in binds),
+        # The head's user-space NFS server (nfs-ganesha's VFS FSAL) opens files by handle;
+        # nspawn's seccomp filter refuses open_by_handle_at unless allowed by name.
+        *(["--system-call-filter=open_by_handle_at"] if node.role == "head" else []),
     ]
 
 

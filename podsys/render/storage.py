@@ -82,7 +82,9 @@ def storage_mounts(cluster: Cluster) -> list[dict]:
 
 def ganesha_conf(cluster: Cluster) -> str:
     """nfs-ganesha's configuration: one VFS export per `storage.exports` entry, NFSv3 and v4
-    (v3 for user-space clients such as libnfs), clients limited to the given network."""
+    (v3 for user-space clients such as libnfs), clients limited to the given network. The VFS
+    FSAL serves files by handle: the exported directory must be on a file system with file
+    handles (ext4, xfs, btrfs; not overlayfs)."""
     m = cluster.manifest
     lines = ["# Written by podsys (storage layer). ganesha-config(8), ganesha-export-config(8).",
              "NFS_CORE_PARAM {", "    Protocols = 3, 4;", "}", ""]
@@ -99,7 +101,7 @@ def ganesha_conf(cluster: Cluster) -> str:
             "    SecType = sys;",
             "    FSAL { Name = VFS; }",
             "    CLIENT {",
-            f'        Clients = "{clients}";',
+            f"        Clients = {clients};",  # a bare list: ganesha refuses a quoted client
             f"        Access_Type = {export.access.upper()};",
             "    }",
             "}",

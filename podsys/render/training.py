@@ -55,6 +55,12 @@ def group_env(cluster: Cluster, group: str) -> str:
         lines.append(_line("UCX_NET_DEVICES", ",".join(f"mlx5_{i}:1" for i in range(profile.hca.count))))
         if profile.hca.link_layer == "Ethernet":
             lines.append(_line("NCCL_IB_GID_INDEX", "3"))
+    if training.pytorch == "distro":
+        # Debian 12's python3-torch 1.13 on Python 3.11: torchrun cannot parse its own default
+        # --redirects/--tee "0" (Std.from_str iterates the IntFlag, and 3.11 no longer yields
+        # the zero member: torch/distributed/elastic/multiprocessing/api.py); "1" parses. Output
+        # then reaches the job log through the tee, each line prefixed with [default<rank>]:.
+        lines.append(_line("PODSYS_TORCHRUN_ARGS", '"--redirects 1 --tee 1"'))
     lines += [_line("PODSYS_IMAGE_DIR", training.image_dir), _line("PODSYS_CHECKPOINT_DIR", training.checkpoint_dir),
               _line("PODSYS_NODE_TIMEOUT", str(training.node_timeout))]
     lines += [_line(k, v) for k, v in sorted(training.env.items())]

@@ -71,7 +71,7 @@ def test_mount_units_carry_kind_source_and_options(cluster):
 def test_ganesha_exports_to_the_provision_network(cluster):
     conf = ganesha_conf(cluster)
     assert 'Path = "/srv/shared";' in conf and "Squash = No_Root_Squash;" in conf
-    assert 'Clients = "10.10.0.0/16";' in conf and "Access_Type = RW;" in conf and "Export_Id = 1;" in conf
+    assert 'Clients = 10.10.0.0/16;' in conf and "Access_Type = RW;" in conf and "Export_Id = 1;" in conf
 
 
 def test_training_env_for_an_hgx_h100_infiniband_group(cluster):
@@ -98,3 +98,13 @@ hardware_profiles:
     assert env["NCCL_IB_GID_INDEX"] == "3"  # RoCE v2
     assert env["NCCL_NVLS_ENABLE"] == "0"  # Ampere NVSwitch has no NVLink SHARP
     assert env["UCX_NET_DEVICES"] == "mlx5_0:1,mlx5_1:1,mlx5_2:1,mlx5_3:1"
+
+
+def test_dump_headers_of_mysql_and_mariadb_are_recognised():
+    from podsys.accounting import is_dump
+
+    # First lines as mysqldump writes them: MySQL 8, MariaDB 10.11 before and after 10.11.8 (sandbox line).
+    assert is_dump(b"-- MySQL dump 10.13  Distrib 8.0.36, for Linux (x86_64)\n--\n")
+    assert is_dump(b"-- MariaDB dump 10.19  Distrib 10.11.6-MariaDB, for debian-linux-gnu (x86_64)\n")
+    assert is_dump(b"/*M!999999\\- enable the sandbox mode */ \n-- MariaDB dump 10.19-10.11.11-MariaDB, for debian-linux-gnu\n")
+    assert not is_dump(b"hello\nworld\n") and not is_dump(b"")

@@ -30,3 +30,9 @@ def test_every_container_gets_the_bind(tmp_path):
     argv = lab_proc.nspawn_command(node, tmp_path / "root", ((shared, "/shared"),))
     assert "--bind=/var/lab/shared:/shared" in argv
     assert not any(a.startswith("--bind") for a in lab_proc.nspawn_command(node, tmp_path / "root"))
+
+
+def test_only_the_head_may_open_files_by_handle(tmp_path):
+    plan = lab_plan.plan_lab(tmp_path, 1)
+    assert "--system-call-filter=open_by_handle_at" in lab_proc.nspawn_command(plan.head, tmp_path / "root")
+    assert "--system-call-filter=open_by_handle_at" not in lab_proc.nspawn_command(plan.compute[0], tmp_path / "root")
