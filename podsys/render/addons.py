@@ -77,22 +77,25 @@ def accounting_slurm_config(cluster: Cluster) -> dict[str, str]:
 
 
 def addon_vars(cluster: Cluster) -> dict:
-    """group_vars/all entries for the add-on layers; `slurm_extra_config` only with accounting."""
+    """group_vars/all entries for the add-on layers the manifest enables (none otherwise, so a
+    cluster without add-ons renders exactly as before); `slurm_extra_config` carries the
+    slurm.conf lines accounting and training need."""
     m = cluster.manifest
-    out: dict = {
-        "podsys_accounts": accounting_state(cluster),
-        "podsys_storage": m.storage.model_dump(mode="json"),
-        "podsys_training": m.training.model_dump(mode="json"),
-        **storage_vars(cluster),
-        **training_vars(cluster),
-    }
+    out: dict = {}
     slurm_extra: dict[str, str] = {}
     if "accounting" in m.layers:
+        out["podsys_accounts"] = accounting_state(cluster)
         slurm_extra.update(accounting_slurm_config(cluster))
+    if "storage" in m.layers:
+        out["podsys_storage"] = m.storage.model_dump(mode="json")
+        out.update(storage_vars(cluster))
     if "training" in m.layers:
+        out["podsys_training"] = m.training.model_dump(mode="json")
+        out.update(training_vars(cluster))
         # A node that stops answering is DOWN after this long and its --requeue jobs go back to
         # the queue. It follows the template's SlurmdTimeout line, and for a key given twice
-        # slurm.conf keeps the latest value.
+        # slurm.conf keeps the latest value ("specified more than once, latest value used":
+        # Slurm's src/common/parse_config.c, _handle_common).
         slurm_extra["SlurmdTimeout"] = str(m.training.node_timeout)
     if slurm_extra:
         out["slurm_extra_config"] = slurm_extra

@@ -127,3 +127,9 @@ def test_the_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = line_of(text, "users: [alice, carol]")
     assert f"error: {path}:{line}: accounts.teams[0].users[1]: 'carol' is not a manifest user" in proc.stderr
+
+
+def test_a_cluster_without_addons_gets_no_addon_variables(tmp_path):
+    cluster = load_cluster(write_manifest(tmp_path))
+    all_vars = yaml.safe_load(render_files(cluster)["inventory/group_vars/all.yml"])
+    assert not {k for k in all_vars if k.startswith(("podsys_accounts", "podsys_storage", "podsys_training"))}
