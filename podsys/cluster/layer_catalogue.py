@@ -61,7 +61,7 @@ CATALOGUE: tuple[LayerInfo, ...] = (
               ("nfs-ganesha", "<path>.mount"), "storage", "tests/integration/test_addon_training.py"),
     LayerInfo("training", "per-group NCCL/UCX environment file, site image directory for enroot, "
               "a multi-node torchrun sbatch template with checkpoint-resume",
-              ("training",), ("python3-torch (lab; containers on GPU nodes)",), (), "training",
+              ("training",), ("slurm-client (nodes)", "python3-torch (pytorch: distro; else the job's image)"), (), "training",
               "tests/integration/test_addon_training.py"),
 )
 
