@@ -101,8 +101,16 @@ SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
 PROMETHEUS_PORT = 9090
 NODE_EXPORTER_PORT = 9100
+SLURMDBD_PORT = 6819  # on the head with the accounting layer
 DCGM_EXPORTER_PORT = 9400  # on GPU nodes only, so not a head port
 
 FIXED_HEAD_PORTS = {SSH_PORT: "sshd", PACKAGE_CACHE_PORT: "the package cache (packages.source: proxy)",
                     SLURMCTLD_PORT: "slurmctld", SLURMD_PORT: "slurmd", PROMETHEUS_PORT: "Prometheus",
                     NODE_EXPORTER_PORT: "node_exporter"}
+
+
+# On every node: where the health role installs podsys health's Slurm wrappers (roles/health
+# health_bin_dir); slurm.conf's HealthCheckProgram and Prolog name them.
+HEALTH_BIN_DIR = "/usr/local/sbin"
+HEALTH_SLURM_PROGRAM = f"{HEALTH_BIN_DIR}/podsys-health-slurm"
+HEALTH_PROLOG_PROGRAM = f"{HEALTH_BIN_DIR}/podsys-health-prolog"

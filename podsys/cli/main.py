@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from podsys.cli import bundle, check, core, deploy, health, image, lab, provision
+from podsys.cli import bundle, check, core, deploy, health, image, lab, layers, provision
 
 # One module per verb group, in the order `podsys --help` lists them.
 COMMAND_GROUPS = (
@@ -17,6 +17,7 @@ COMMAND_GROUPS = (
     bundle,  # bundle build|verify|iso|serve
     check,  # check, check parse
     health,  # health (passive node checks)
+    layers,  # layers
 )
 
 app = typer.Typer(

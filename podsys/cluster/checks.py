@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Iterable, Iterator
 
+from podsys.cluster.addons import ADDON_CHECKS
 from podsys.cluster.context import Context, suggest
 from podsys.cluster.topology import address_problem
 from podsys.errors import Problem
@@ -293,6 +294,7 @@ CHECKS: tuple[Check, ...] = (
     Check("provisioning", check_provisioning, ("provisioning", "access", "networks", "head", "node_groups")),
     Check("head ports", check_head_ports, ("provisioning", "packages")),
     Check("stack", check_stack, ("os", "layers", "node_groups", "hardware_profiles", "stack", "infiniband")),
+    *(Check(name, lambda ctx, check=check: check(ctx.manifest, ctx.at), needs) for name, check, needs in ADDON_CHECKS),
 )
 
 

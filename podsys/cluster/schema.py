@@ -21,7 +21,10 @@ from podsys.cluster.macs import node_mac
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 DNS_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 # The one list of layers: the manifest's `layers`, the CLI and the matrix take it from here.
-LAYERS = ("base", "gpu", "infiniband", "slurm", "monitoring", "container")
+CORE_LAYERS = ("base", "gpu", "infiniband", "slurm", "monitoring", "container")
+# Add-on layers (issue 15): optional layers above the core ones, each with its own manifest section.
+ADDON_LAYERS = ("accounting", "storage", "training")
+LAYERS = CORE_LAYERS + ADDON_LAYERS
 Layer = Literal[LAYERS]  # type: ignore[valid-type]
 # The one list of supported OS releases (installers, matrix rows and the CLI all check
 # against it): distro -> versions.
@@ -354,6 +357,105 @@ class Access(Strict):
     via_head: bool = False
 
 
+# --- Add-on layers' sections. Their semantic checks (references to users, QOS, node groups,
+# paths) live in podsys/cluster/addons.py; what each layer installs is listed in
+# podsys/cluster/layer_catalogue.py.
+# sacctmgr lower-cases account and QOS names; keep them lowercase so the manifest matches the database.
+SLURM_ENTITY_RE = r"^[a-z0-9_][a-z0-9_.-]{0,63}$"
+SLURM_DURATION_RE = r"^(UNLIMITED|\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2})$"
+ABSOLUTE_PATH_RE = r"^/[A-Za-z0-9_.+/-]*$"
+
+
+class SlurmLimits(Strict):
+    """Group limits as sacctmgr sets them (GrpTRES cpu/mem/node/gres/gpu, GrpJobs, GrpSubmitJobs,
+    MaxWall). Source: sacctmgr(1), "GENERAL SPECIFICATIONS FOR ASSOCIATION BASED ENTITIES"."""
+
+    cpus: int | None = Field(default=None, ge=1, description="GrpTRES=cpu=N")
+    gpus: int | None = Field(default=None, ge=0, description="GrpTRES=gres/gpu=N")
+    memory_mb: int | None = Field(default=None, ge=1, description="GrpTRES=mem=N (MiB)")
+    nodes: int | None = Field(default=None, ge=1, description="GrpTRES=node=N")
+    running_jobs: int | None = Field(default=None, ge=1, description="GrpJobs")
+    submitted_jobs: int | None = Field(default=None, ge=1, description="GrpSubmitJobs")
+    max_wall: str | None = Field(default=None, pattern=SLURM_DURATION_RE, description="MaxWall per job")
+
+
+class QOS(Strict):
+    name: str = Field(pattern=SLURM_ENTITY_RE)
+    priority: int = Field(default=0, ge=0)
+    preempt: list[str] = Field(default_factory=list, description="QOS names jobs of this QOS may preempt")
+    preempt_mode: Literal["cluster", "cancel", "requeue"] = "cluster"
+    limits: SlurmLimits = Field(default_factory=SlurmLimits)
+
+
+class Team(Strict):
+    """One Slurm account: a team, its members and its share of the cluster."""
+
+    name: str = Field(pattern=SLURM_ENTITY_RE)
+    description: str = Field(default="", max_length=200, pattern=r"^[^'\"\\\n]*$")
+    fairshare: int = Field(default=1, ge=1)
+    users: list[str] = Field(default_factory=list, description="manifest user names")
+    limits: SlurmLimits = Field(default_factory=SlurmLimits)
+    qos: list[str] = Field(default_factory=list, description="QOS the team may use (default: normal)")
+    default_qos: str | None = None
+
+
+class Accounts(Strict):
+    teams: list[Team] = Field(default_factory=list)
+    qos: list[QOS] = Field(default_factory=list)
+
+
+class StorageExport(Strict):
+    """A directory the head exports over NFS (nfs-ganesha, in user space)."""
+
+    path: str = Field(pattern=ABSOLUTE_PATH_RE)
+    clients: IPv4Network | None = Field(default=None, description="default: the provision network")
+    access: Literal["rw", "ro"] = "rw"
+    squash: Literal["root_squash", "no_root_squash", "all_squash"] = "root_squash"
+
+
+class StorageMount(Strict):
+    """A shared file system every node (or the named groups) mounts. `lab-bind` is the lab's own
+    kind: the lab binds a host directory into every container; podsys mounts nothing."""
+
+    kind: Literal["nfs", "lustre", "beegfs", "gpfs", "lab-bind"]
+    source: str | None = Field(default=None, description="nfs: server:/export; lustre: mgsnid:/fsname; "
+                                                          "beegfs: management host; gpfs: device")
+    path: str = Field(pattern=ABSOLUTE_PATH_RE)
+    options: list[str] = Field(default_factory=list)
+    node_groups: list[str] | None = Field(default=None, description="default: every node and the head")
+
+
+class Storage(Strict):
+    exports: list[StorageExport] = Field(default_factory=list)
+    mounts: list[StorageMount] = Field(default_factory=list)
+    home: str | None = Field(default=None, pattern=ABSOLUTE_PATH_RE, description="parent of per-user homes")
+    scratch: str | None = Field(default=None, pattern=ABSOLUTE_PATH_RE, description="parent of per-user scratch")
+
+
+class Training(Strict):
+    image_dir: str = Field(default="/shared/images", pattern=ABSOLUTE_PATH_RE)
+    checkpoint_dir: str = Field(default="/shared/checkpoints", pattern=ABSOLUTE_PATH_RE)
+    socket_interface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.@+-]{1,15}$",
+                                         description="NCCL/Gloo socket interface (default: the provision NIC)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for every job")
+    pytorch: Literal["container", "distro"] = Field(
+        default="container", description="container: PyTorch comes in the job's image (GPU nodes, NCCL); "
+                                         "distro: the OS's python3-torch on every node (CPU, gloo; the lab)")
+    node_timeout: int = Field(default=300, ge=10, le=3600,
+                              description="seconds before a silent node is declared DOWN and its jobs requeued "
+                                          "(slurm.conf SlurmdTimeout)")
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, item in value.items():
+            if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+                raise ValueError(f"environment variable name {name!r} must be upper case letters, digits and '_'")
+            if "\n" in item:
+                raise ValueError(f"environment variable {name} holds a newline")
+        return value
+
+
 class Manifest(Strict):
     apiVersion: Literal["podsys/v1"]
     kind: Literal["Cluster"]
@@ -377,3 +479,6 @@ class Manifest(Strict):
     provisioning: Provisioning = Field(default_factory=Provisioning)
     bmc: BMCCredentials | None = None
     access: Access = Field(default_factory=Access)
+    accounts: Accounts = Field(default_factory=Accounts)
+    storage: Storage = Field(default_factory=Storage)
+    training: Training = Field(default_factory=Training)

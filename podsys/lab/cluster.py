@@ -82,6 +82,11 @@ class LabPaths:
         return self.lab_dir / "proxy"
 
     @property
+    def shared(self) -> Path:
+        """The lab's shared storage: bound into every node at lab_plan.LAB_SHARED_PATH."""
+        return self.lab_dir / "shared"
+
+    @property
     def logs(self) -> Path:
         return self.lab_dir / "logs"
 
@@ -312,10 +317,11 @@ def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, 
     paths.ssh_config.write_text(
         lab_plan.ssh_config(plan, paths.private_key, paths.known_hosts, paths.ssh_config))
 
+    paths.shared.mkdir(mode=0o755, exist_ok=True)
     for node in plan.nodes:
         progress(f"booting {node.hostname} ({node.address})")
         rec = state["nodes"][node.hostname]
-        rec["pid"] = lab_proc.boot_container(paths.logs, node, Path(rec["rootfs"]))
+        rec["pid"] = lab_proc.boot_container(paths.logs, node, Path(rec["rootfs"]), _binds(paths))
         save_state(paths, state)
 
     _wait_for_ssh(paths, plan, state, progress)
@@ -323,6 +329,10 @@ def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, 
     _write_manifest(paths, plan, mirror)
     state["phase"] = "up"
     save_state(paths, state)
+
+
+def _binds(paths: LabPaths) -> tuple[tuple[Path, str], ...]:
+    return ((paths.shared, lab_plan.LAB_SHARED_PATH),) if paths.shared.is_dir() else ()
 
 
 def _write_manifest(paths: LabPaths, plan: LabPlan, mirror: str) -> None:
@@ -449,7 +459,7 @@ def start_node(directory: Path | str, name: str, progress: Progress = lambda msg
     rec = state["nodes"][name]
     if lab_proc.proc_alive(rec.get("pid")) and lab_proc.is_nspawn_of(rec["pid"], node.machine):
         return
-    rec["pid"] = lab_proc.boot_container(paths.logs, node, Path(rec["rootfs"]))
+    rec["pid"] = lab_proc.boot_container(paths.logs, node, Path(rec["rootfs"]), _binds(paths))
     save_state(paths, state)
     deadline = time.monotonic() + BOOT_TIMEOUT_S
     while not lab_proc.sshd_answers(node):

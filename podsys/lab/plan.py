@@ -34,6 +34,9 @@ UPLINK_IFACE = "uplink0"
 CLUSTER_NAME = "lab"
 LAB_USER = {"name": "researcher", "uid": 2001, "gid": 2001}
 MANIFEST_HEADER = "# Written by `podsys lab up`"
+# A host directory bound into every node here: the lab's stand-in for a shared file system
+# (this kernel may have no NFS client), declared in lab.yaml as a `lab-bind` storage mount.
+LAB_SHARED_PATH = "/shared"
 
 # Locally administered, unicast: first octet 0x02. Second octet marks "podsys lab".
 MAC_OUI = (0x02, 0x70)
@@ -356,6 +359,7 @@ def lab_manifest(plan: LabPlan, mirror: str, private_key_rel: str, known_hosts_r
             "partitions": [{"name": COMPUTE_GROUP, "node_groups": [COMPUTE_GROUP], "default": True}],
         },
         "users": [dict(LAB_USER)],
+        "storage": {"mounts": [{"kind": "lab-bind", "path": LAB_SHARED_PATH}]},
         "packages": {"source": "proxy", "upstream": mirror, "proxy": plan.proxy_url},
         "access": {
             "user": "root",

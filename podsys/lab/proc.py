@@ -78,7 +78,7 @@ def terminate(pids: list[int], timeout: float) -> None:
                 pass
 
 
-def nspawn_command(node: LabNode, root: Path) -> list[str]:
+def nspawn_command(node: LabNode, root: Path, binds: tuple[tuple[Path, str], ...] = ()) -> list[str]:
     # nsenter first: nspawn mounts the container's /sys before it joins the namespace named by
     # --network-namespace-path, so without it /sys/class/net inside shows the host's NICs
     # (and Ansible's interface facts would too). nsenter execs, so the pid stays nspawn's.
@@ -90,16 +90,21 @@ def nspawn_command(node: LabNode, root: Path) -> list[str]:
         f"--network-namespace-path=/run/netns/{node.netns}",
         "-D", str(root), "-M", node.machine, f"--hostname={node.hostname}",
         "--console=read-only", "--link-journal=no", "--resolv-conf=off",
+        # The lab's shared storage (lab.yaml's `lab-bind` mounts): a host directory in every node.
+        *(f"--bind={host}:{inside}" for host, inside in binds),
+        # The head's user-space NFS server (nfs-ganesha's VFS FSAL) opens files by handle;
+        # nspawn's seccomp filter refuses open_by_handle_at unless allowed by name.
+        *(["--system-call-filter=open_by_handle_at"] if node.role == "head" else []),
     ]
 
 
-def boot_container(log_dir: Path, node: LabNode, root: Path) -> int:
+def boot_container(log_dir: Path, node: LabNode, root: Path, binds: tuple[tuple[Path, str], ...] = ()) -> int:
     """Start the node's container in the background (its own session, so it outlives the
     podsys process); its console goes to <log_dir>/<hostname>.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / f"{node.hostname}.log", "ab") as log:
         proc = subprocess.Popen(
-            nspawn_command(node, root), stdin=subprocess.DEVNULL, stdout=log,
+            nspawn_command(node, root, binds), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
     return proc.pid

@@ -30,7 +30,8 @@ from podsys.cluster.topology import collapse_hosts
 from podsys.checks import health_files
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.provision import render as provision_render
-from podsys.layout import DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT
+from podsys.layout import DCGM_EXPORTER_PORT, HEALTH_PROLOG_PROGRAM, HEALTH_SLURM_PROGRAM, NODE_EXPORTER_PORT
+from podsys.render.addons import addon_slurm_config, addon_vars
 
 try:
     _Dumper = yaml.CSafeDumper
@@ -130,6 +131,20 @@ def slurm_gres(cluster: Cluster, node: NodeSpec) -> dict:
     gres_type = gpu.model.lower()
     files = f"/dev/nvidia[0-{gpu.count - 1}]" if gpu.count > 1 else "/dev/nvidia0"
     return {"slurm_gres": f"gpu:{gres_type}:{gpu.count}", "slurm_gres_type": gres_type, "slurm_gres_file": files}
+
+
+def slurm_extra_config(cluster: Cluster) -> dict[str, str]:
+    """slurm.conf lines beyond the role's own: podsys health as HealthCheckProgram (and the
+    optional prolog gate; roles/health installs both), then what the add-on layers need."""
+    health = cluster.manifest.health
+    config: dict[str, str] = {}
+    if health.enabled:
+        config.update({"HealthCheckProgram": HEALTH_SLURM_PROGRAM, "HealthCheckInterval": str(health.interval),
+                       "HealthCheckNodeState": "ANY"})
+        if health.prolog_gate:
+            config["Prolog"] = HEALTH_PROLOG_PROGRAM
+    config.update(addon_slurm_config(cluster))
+    return config
 
 
 def slurm_partitions(cluster: Cluster) -> list[dict]:
@@ -262,7 +277,8 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
         "podsys_layers": list(m.layers),
         "podsys_stack": cluster.stack.as_vars(),
         "podsys_users": [u.model_dump(mode="json") for u in m.users],
-        "podsys_slurm": {**m.slurm.model_dump(mode="json"), "partitions": slurm_partitions(cluster)},
+        "podsys_slurm": {**m.slurm.model_dump(mode="json"), "partitions": slurm_partitions(cluster),
+                         "extra_config": slurm_extra_config(cluster)},
         "podsys_packages": m.packages.model_dump(mode="json"),
         "podsys_monitoring": {
             **m.monitoring.model_dump(mode="json"),
@@ -275,6 +291,7 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
         "podsys_infiniband": m.infiniband.model_dump(mode="json"),
         "podsys_provisioning": m.provisioning.model_dump(mode="json"),
         "podsys_access": m.access.model_dump(mode="json"),
+        **addon_vars(cluster),  # accounts, storage, training (podsys/render/addons.py)
     }
     secrets = move_secrets(all_vars)
     node_list = "".join(f"- {json_line(node_vars(cluster, n))}\n" for n in cluster.nodes)

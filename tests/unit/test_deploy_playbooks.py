@@ -21,7 +21,11 @@ SITE_ORDER = [
     ("Head node package service", "package_proxy"),
     ("Boot services for PXE installs", "provision"),
     ("Base system", "base"),
+    ("Slurm accounting database", "accounting"),
     ("Slurm", "slurm"),
+    ("Slurm accounts", "accounting:accounts"),
+    ("Shared storage", "storage"),
+    ("Training toolchain", "training"),
     ("GPU, InfiniBand and container stack", "gpu.yml"),
     ("Monitoring exporters", "monitoring"),
     ("Passive health checks on every node (podsys health)", "health"),
@@ -36,6 +40,9 @@ BY_TAG = {
     "gpu": ["gpu.yml"],
     "monitoring": ["monitoring", "monitoring:server"],
     "health": ["health"],
+    "accounting": ["accounting", "accounting:accounts"],
+    "storage": ["storage"],
+    "training": ["training"],
 }
 
 # Layer -> (what runs, the hosts it runs on, the condition that skips it when the layer is off).
@@ -47,6 +54,11 @@ BY_LAYER = {
     "gpu": [("gpu.yml", None, None)],
     "infiniband": [("gpu.yml", None, None)],
     "container": [("gpu.yml", None, None)],
+    # Add-on layers: slurmdbd before slurmctld starts, the accounts once it runs.
+    "accounting": [("accounting", "head", "'accounting' in podsys_layers"),
+                   ("accounting:accounts", "head", "'accounting' in podsys_layers")],
+    "storage": [("storage", "head:layer_storage", "'storage' in podsys_layers")],
+    "training": [("training", "head:layer_training", "'training' in podsys_layers")],
 }
 
 

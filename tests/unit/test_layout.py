@@ -57,3 +57,14 @@ def test_the_roles_fixed_ports_are_the_layouts():
     assert re.search(r"^SlurmdPort=(\d+)$", slurm_conf, re.M).group(1) == str(layout.SLURMD_PORT)
     assert set(layout.FIXED_HEAD_PORTS) == {layout.SSH_PORT, layout.PACKAGE_CACHE_PORT, layout.SLURMCTLD_PORT,
                                             layout.SLURMD_PORT, layout.PROMETHEUS_PORT, layout.NODE_EXPORTER_PORT}
+
+
+
+def test_the_health_wrappers_slurm_runs_are_where_the_health_role_installs_them():
+    assert role_defaults("health")["health_bin_dir"] == layout.HEALTH_BIN_DIR
+    tasks = yaml.safe_load((ROLES / "health" / "tasks" / "main.yml").read_text())
+    installed = next(t for t in tasks if "podsys-health-slurm" in (t.get("loop") or []))
+    assert installed["ansible.builtin.template"]["dest"].startswith("{{ health_bin_dir }}/")
+    for program in (layout.HEALTH_SLURM_PROGRAM, layout.HEALTH_PROLOG_PROGRAM):
+        directory, name = program.rsplit("/", 1)
+        assert directory == layout.HEALTH_BIN_DIR and name in installed["loop"]

@@ -1,0 +1,103 @@
+"""`podsys layers`: every layer a manifest can name, core and add-on, with what it installs; and
+the add-ons' own verbs (`podsys accounting backup|restore`, `podsys images import|list`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from podsys.cli.common import console, guarded
+from podsys.cli.deploy import find_manifest
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "layers",
+        help=(
+            "List every layer `layers:` may name: the core ones (base, gpu, infiniband, slurm, "
+            "monitoring, container) and the add-ons (accounting, storage, training), with the "
+            "roles each runs, the packages and services it installs, the manifest section that "
+            "configures it and the test that proves it."
+        ),
+    )
+    @guarded
+    def layers(as_json: bool = typer.Option(False, "--json", help="print the catalogue as JSON")) -> None:
+        from podsys.cluster.layer_catalogue import CATALOGUE
+
+        if as_json:
+            print(json.dumps([info.as_dict() for info in CATALOGUE], indent=2))
+            return
+        for info in CATALOGUE:
+            section = f"manifest section: {info.section}" if info.section else "no manifest section"
+            console.print(f"[bold]{info.name}[/bold] ({info.kind}; {section})", highlight=False)
+            console.print(f"  {info.summary}", markup=False, highlight=False)
+            for label, items in (("roles", info.roles), ("packages", info.packages), ("services", info.services)):
+                console.print(f"  {label + ':':10} {', '.join(items) or '-'}", markup=False, highlight=False)
+            console.print(f"  {'smoke:':10} {info.smoke}", markup=False, highlight=False)
+
+    accounting = typer.Typer(help="The accounting add-on: back up and restore Slurm's accounting database.",
+                             no_args_is_help=True)
+    app.add_typer(accounting, name="accounting")
+
+    @accounting.command("backup", help="Dump the accounting database (consistent snapshot, slurmdbd keeps "
+                                       "running) from the head into FILE, created 0600.")
+    @guarded
+    def accounting_backup(
+        output: Path = typer.Option(..., "--output", "-o", help="local file the dump is written to"),
+        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
+    ) -> None:
+        from podsys.accounting import backup
+        from podsys.cluster.load import load_cluster
+
+        size = backup(load_cluster(find_manifest(manifest)), output)
+        console.print(f"accounting database saved to {output} ({size} bytes)", markup=False, highlight=False)
+
+    @accounting.command("restore", help="Load a dump made by `podsys accounting backup` into the head's "
+                                        "accounting database (slurmdbd is stopped meanwhile).")
+    @guarded
+    def accounting_restore(
+        dump: Path = typer.Option(..., "--input", "-i", help="dump written by `podsys accounting backup`"),
+        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
+    ) -> None:
+        from podsys.accounting import restore
+        from podsys.cluster.load import load_cluster
+
+        restore(load_cluster(find_manifest(manifest)), dump)
+        console.print(f"accounting database restored from {dump}", markup=False, highlight=False)
+
+    images = typer.Typer(help="The training add-on's site images (enroot squashfs files on shared storage).",
+                         no_args_is_help=True)
+    app.add_typer(images, name="images")
+
+    @images.command("import", help="Copy an enroot image (a squashfs .sqsh file, as `enroot import` makes "
+                                   "it) into training.image_dir through the head; every node sees it there.")
+    @guarded
+    def images_import(
+        file: Path = typer.Argument(..., help="the .sqsh image file"),
+        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
+        name: Optional[str] = typer.Option(None, "--name", help="image name (default: the file name without .sqsh)"),
+    ) -> None:
+        from podsys.cluster.load import load_cluster
+        from podsys.training_images import import_image
+
+        target = import_image(load_cluster(find_manifest(manifest)), file, name)
+        console.print(f"imported {file} as {target}", markup=False, highlight=False)
+
+    @images.command("list", help="The images in training.image_dir.")
+    @guarded
+    def images_list(
+        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
+        as_json: bool = typer.Option(False, "--json", help="print the list as JSON"),
+    ) -> None:
+        from podsys.cluster.load import load_cluster
+        from podsys.training_images import list_images
+
+        found = list_images(load_cluster(find_manifest(manifest)))
+        if as_json:
+            print(json.dumps([{"name": n, "bytes": s} for n, s in found], indent=2))
+            return
+        for image, size in found:
+            console.print(f"{image}  {size} bytes", markup=False, highlight=False)

@@ -1,0 +1,101 @@
+#!/usr/bin/python3
+"""A small distributed training job that survives being stopped: torch.distributed (gloo on
+CPU, NCCL on GPUs, from PODSYS_DIST_BACKEND), a checkpoint every --checkpoint-every steps to
+shared storage (written to a temporary name, then renamed: a crash never leaves a torn file),
+and on start the newest checkpoint is loaded, so a requeued job continues where it stopped.
+
+Launched by torchrun (see train.sbatch). Logs `step N loss L` from rank 0; the last line is
+`done steps=N first_loss=A final_loss=B resumed_from=S`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+CHECKPOINT_RE = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def newest_checkpoint(directory: Path) -> Path | None:
+    found = sorted((int(m.group(1)), p) for p in directory.glob("step-*.pt") if (m := CHECKPOINT_RE.match(p.name)))
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(directory: Path, step: int, state: dict) -> Path:
+    target = directory / f"step-{step:08d}.pt"
+    tmp = directory / f".step-{step:08d}.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, target)
+    for old in sorted(directory.glob("step-*.pt"))[:-3]:  # keep the newest three
+        old.unlink(missing_ok=True)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint-dir", required=True, type=Path)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--checkpoint-every", type=int, default=10)
+    parser.add_argument("--step-seconds", type=float, default=0.0, help="pause per step (to watch it run)")
+    args = parser.parse_args()
+
+    backend = os.environ.get("PODSYS_DIST_BACKEND", "gloo")
+    dist.init_process_group(backend=backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if backend == "nccl" else torch.device("cpu")
+    args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    # A fixed regression problem: y = X w* + noise; every rank draws its own shard.
+    torch.manual_seed(1234)
+    true_w = torch.randn(32, 1)
+    generator = torch.Generator().manual_seed(100 + rank)
+    model = torch.nn.Linear(32, 1).to(device)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    optimiser = torch.optim.SGD(ddp.parameters(), lr=0.05)
+
+    start, first_loss = 0, None
+    latest = newest_checkpoint(args.checkpoint_dir)
+    if latest is not None:
+        state = torch.load(latest, map_location="cpu")
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        start, first_loss = state["step"], state["first_loss"]
+        if rank == 0:
+            print(f"resumed from {latest.name} at step {start}", flush=True)
+    resumed_from = start
+
+    loss_value = float("nan")
+    for step in range(start + 1, args.steps + 1):
+        x = torch.randn(64, 32, generator=generator)
+        y = x @ true_w + 0.01 * torch.randn(64, 1, generator=generator)
+        loss = torch.nn.functional.mse_loss(ddp(x.to(device)), y.to(device))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        reduced = loss.detach().clone()
+        dist.all_reduce(reduced)
+        loss_value = reduced.item() / world
+        if first_loss is None:
+            first_loss = loss_value
+        if rank == 0:
+            print(f"step {step} loss {loss_value:.6f}", flush=True)
+            if step % args.checkpoint_every == 0 or step == args.steps:
+                save_checkpoint(args.checkpoint_dir, step, {"step": step, "first_loss": first_loss,
+                                                            "model": model.state_dict(),
+                                                            "optimiser": optimiser.state_dict()})
+        if args.step_seconds:
+            time.sleep(args.step_seconds)
+    dist.barrier()
+    if rank == 0:
+        print(f"done steps={args.steps} first_loss={first_loss:.6f} final_loss={loss_value:.6f} "
+              f"resumed_from={resumed_from}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

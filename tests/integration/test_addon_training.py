@@ -1,0 +1,209 @@
+"""The `storage` and `training` add-ons on a lab of its own (head + 2 nodes), and the proof that
+a distributed training job survives a failed node by resuming from its checkpoint.
+
+* storage: nfs-ganesha on the head answers a user-space NFS client (libnfs's nfs-ls/nfs-cp on a
+  node; this kernel has no NFS client); the lab's shared directory (a host directory bound into
+  every node, lab.yaml's `lab-bind` mount) holds per-user homes owned by the manifest UID and is
+  writable by that user from every node.
+* training: each node has its group's environment file; Slurm runs with the layer's
+  SlurmdTimeout; the sbatch template trains on 2 nodes with gloo (Debian's python3-torch);
+  mid-run one node is stopped with `podsys lab stop`, Slurm requeues the job, it resumes from
+  the newest checkpoint (its logged step continues, not from 1) once the node is back, and
+  finishes with a final loss below the first."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from podsys.lab import cluster as lab_api
+from tests.integration.conftest import bring_up_lab, lab_skip_reason
+from tests.integration.test_deploy_lab import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.lab]
+
+USER, UID = "researcher", 2001
+# On the lab's bound host directory: node roots are overlayfs, which gives ganesha's VFS FSAL
+# no file handles.
+EXPORT = "/shared/export"
+NODE_TIMEOUT = 60
+# torchrun's tee (see PODSYS_TORCHRUN_ARGS in podsys/render/training.py) prefixes rank output.
+PREFIX = r"^(?:\[\w+\]:)?"
+
+
+def podsys(*args, timeout=2400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_variant(lab) -> object:
+    data = yaml.safe_load(lab.manifest.read_text())
+    assert data["storage"]["mounts"] == [{"kind": "lab-bind", "path": "/shared"}], "lab.yaml declares the lab's shared dir"
+    data["layers"] = ["base", "slurm", "storage", "training"]
+    data["storage"].update({"exports": [{"path": EXPORT}], "home": "/shared/home", "scratch": "/shared/scratch"})
+    data["training"] = {"socket_interface": "eth0", "pytorch": "distro", "node_timeout": NODE_TIMEOUT,
+                        "image_dir": "/shared/images", "checkpoint_dir": "/shared/checkpoints"}
+    path = lab.manifest.with_name("lab-training.yaml")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    addresses = lab.manifest.with_name(f"{lab.manifest.stem}.addresses.yaml")
+    if addresses.exists():
+        path.with_name("lab-training.addresses.yaml").write_text(addresses.read_text())
+    return path
+
+
+@pytest.fixture(scope="module")
+def training_lab(tmp_path_factory):
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    directory = tmp_path_factory.mktemp("trainlab")
+    atexit.register(lab_api.down, directory)  # a killed session still removes its lab
+    try:
+        lab = bring_up_lab(directory, 2)
+        manifest = write_variant(lab)
+        started = time.monotonic()
+        proc = podsys("deploy", manifest, "--json")
+        print(f"deploy took {time.monotonic() - started:.0f} s")
+        try:
+            summary = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            raise AssertionError(f"no JSON summary:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from None
+        assert summary["succeeded"], proc.stderr[-4000:]
+        yield lab
+    finally:
+        lab_api.down(directory)
+
+
+def test_the_head_serves_nfs_to_a_user_space_client(training_lab):
+    lab = training_lab
+    assert lab.ssh(lab.head, "systemctl is-active nfs-ganesha").stdout.strip() == "active"
+    lab.ssh(lab.head, f"echo exported-by-ganesha > {EXPORT}/hello.txt && chmod 0644 {EXPORT}/hello.txt")
+    node = lab.nodes[0]
+    # libnfs-utils: nfs-ls/nfs-cp speak NFSv3 in user space. Source: packages.debian.org/bookworm/libnfs-utils.
+    lab.ssh(node, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libnfs-utils", timeout=900)
+    head_ip = lab.addresses[lab.head]
+    listing = lab.ssh(node, f"nfs-ls nfs://{head_ip}{EXPORT}").stdout
+    assert "hello.txt" in listing, listing
+    lab.ssh(node, f"rm -f /tmp/hello.txt && nfs-cp nfs://{head_ip}{EXPORT}/hello.txt /tmp/hello.txt")
+    assert lab.ssh(node, "cat /tmp/hello.txt").stdout.strip() == "exported-by-ganesha"
+    refused = lab.ssh(node, f"nfs-ls nfs://{head_ip}/etc", check=False)
+    assert refused.returncode != 0, "a directory that is not exported must not be served"
+
+
+def test_shared_home_belongs_to_the_manifest_uid_and_is_writable_from_every_node(training_lab):
+    lab = training_lab
+    home = "/shared/home/" + USER
+    for node in [lab.head, *lab.nodes]:
+        assert lab.ssh(node, f"stat -c '%u %a' {home}").stdout.strip() == f"{UID} 700", node
+        lab.ssh(node, f"su - {USER} -c 'echo from-{node} > {home}/from-{node}'")
+    for node in [lab.head, *lab.nodes]:
+        owner = lab.ssh(lab.nodes[-1], f"stat -c '%u' {home}/from-{node}").stdout.strip()
+        assert owner == str(UID), (node, owner)
+    host_side = lab.directory / ".podsys" / "lab" / "shared" / "home" / USER / f"from-{lab.nodes[0]}"
+    assert host_side.stat().st_uid == UID
+
+
+def test_each_node_has_its_groups_training_environment(training_lab):
+    lab = training_lab
+    for node in lab.nodes:
+        env = dict(line.split("=", 1) for line in lab.ssh(node, "cat /etc/podsys/training.env").stdout.splitlines()
+                   if line and not line.startswith("#"))
+        assert env["NCCL_SOCKET_IFNAME"] == "=eth0" and env["GLOO_SOCKET_IFNAME"] == "eth0"
+        assert env["PODSYS_DIST_BACKEND"] == "gloo" and env["PODSYS_CHECKPOINT_DIR"] == "/shared/checkpoints"
+        assert "NCCL_IB_HCA" not in env  # cpu-only profile: no HCAs
+        assert env["PODSYS_TORCHRUN_ARGS"] == '"--redirects 1 --tee 1"'  # Debian's torch 1.13 on Python 3.11
+    config = lab.ssh(lab.head, "scontrol show config").stdout
+    assert re.search(rf"^SlurmdTimeout\s*=\s*{NODE_TIMEOUT} sec", config, re.M), "SlurmdTimeout not applied"
+
+
+def _job(lab, job: str) -> dict[str, str]:
+    """JobState and Restarts from `scontrol show job` (it keeps finished jobs for MinJobAge;
+    this lab runs no accounting database, so no sacct)."""
+    out = lab.ssh(lab.head, ["scontrol", "-o", "show", "job", job], check=False).stdout
+    return dict(field.split("=", 1) for field in out.split() if "=" in field)
+
+
+def _newest_checkpoint(lab, directory: str) -> int:
+    names = lab.ssh(lab.head, f"ls {directory} 2>/dev/null || true").stdout.split()
+    steps = [int(m.group(1)) for n in names if (m := re.fullmatch(r"step-(\d+)\.pt", n))]
+    return max(steps, default=0)
+
+
+def _log(lab, path: str) -> str:
+    return lab.ssh(lab.head, f"cat {path} 2>/dev/null || true").stdout
+
+
+def test_a_training_job_survives_a_stopped_node_and_resumes_from_its_checkpoint(training_lab):
+    lab = training_lab
+    victim = lab.nodes[1]
+    out = f"/shared/home/{USER}/train-resume.out"
+    ckpt = f"/shared/checkpoints/{USER}/resume"
+    submit = (f"su - {USER} -c 'sbatch --parsable -N 2 --chdir /shared/home/{USER} -o {out} "
+              f"/usr/local/share/podsys/training/train.sbatch /usr/local/share/podsys/training/train_ddp.py "
+              f"--checkpoint-dir {ckpt} --steps 240 --checkpoint-every 10 --step-seconds 0.5'")
+    started = time.monotonic()
+    job = lab.ssh(lab.head, submit).stdout.strip().split(";")[0]
+    wait_for("a checkpoint at step 30 or later on shared storage", lambda: _newest_checkpoint(lab, ckpt) >= 30,
+             timeout=600, every=2)
+
+    stop = podsys("lab", "stop", victim, "--dir", lab.directory, timeout=300)
+    assert stop.returncode == 0, stop.stderr
+    print(f"stopped {victim} after {time.monotonic() - started:.0f} s")
+    try:
+        wait_for(f"Slurm to declare {victim} DOWN and requeue job {job}",
+                 lambda: int(_job(lab, job).get("Restarts", "0")) >= 1, timeout=NODE_TIMEOUT * 6, every=5)
+        print(f"requeued after {time.monotonic() - started:.0f} s")
+    finally:
+        start = podsys("lab", "start", victim, "--dir", lab.directory, timeout=600)
+        assert start.returncode == 0, start.stderr
+    wait_for(f"job {job} to finish after the requeue",
+             lambda: _job(lab, job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
+             timeout=900, every=5)
+    print(f"finished after {time.monotonic() - started:.0f} s")
+
+    log = _log(lab, out)
+    restarts = re.findall(r"start job=\d+ restart=(\d+)", log)
+    assert len(restarts) >= 2 and restarts[-1] != "0", log[-3000:]
+    resumed = re.findall(PREFIX + r"resumed from step-(\d+)\.pt at step (\d+)", log, re.M)
+    assert resumed, log[-3000:]
+    resume_step = int(resumed[-1][1])
+    assert resume_step >= 30, resumed
+    after_resume = log[log.rindex("resumed from"):]
+    first_step_after = int(re.search(PREFIX + r"step (\d+) ", after_resume, re.M).group(1))
+    assert first_step_after == resume_step + 1, "the resumed run must continue from its checkpoint, not from 1"
+    done = re.search(PREFIX + r"done steps=240 first_loss=([\d.]+) final_loss=([\d.]+) resumed_from=(\d+)", log, re.M)
+    assert done, log[-3000:]
+    first, final = float(done.group(1)), float(done.group(2))
+    assert final < first, (first, final)
+    final = _job(lab, job)
+    assert final["JobState"] == "COMPLETED" and int(final["Restarts"]) >= 1, final
+
+
+@pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="mksquashfs not installed (Debian package squashfs-tools)")
+def test_an_image_imported_from_a_file_is_on_shared_storage_for_every_node(training_lab, tmp_path):
+    lab = training_lab
+    manifest = lab.manifest.with_name("lab-training.yaml")
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "image-id").write_text("podsys-test-image\n")
+    image = tmp_path / "tiny.sqsh"
+    subprocess.run(["mksquashfs", str(rootfs), str(image), "-quiet", "-noappend"], check=True, capture_output=True)
+    done = podsys("images", "import", image, manifest, "--name", "tiny", timeout=300)
+    assert done.returncode == 0, done.stderr
+    size = image.stat().st_size
+    for node in lab.nodes:
+        assert lab.ssh(node, "stat -c '%s %a' /shared/images/tiny.sqsh").stdout.strip() == f"{size} 644"
+    listed = json.loads(podsys("images", "list", manifest, "--json", timeout=120).stdout)
+    assert {"name": "tiny", "bytes": size} in listed
+    not_an_image = tmp_path / "notes.sqsh"
+    not_an_image.write_text("hello")
+    refused = podsys("images", "import", not_an_image, manifest, timeout=120)
+    assert refused.returncode == 2 and "not a squashfs image" in refused.stderr and "Traceback" not in refused.stderr
