@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from podsys.cli import bundle, check, core, deploy, lab, provision
+from podsys.cli import bundle, check, core, deploy, lab, provision, upgrade
 
 # One module per verb group, in the order `podsys --help` lists them.
 COMMAND_GROUPS = (
@@ -13,6 +13,7 @@ COMMAND_GROUPS = (
     provision,  # status, reinstall, discover, power, provision media add
     lab,  # lab up|down|status|ssh|stop|start
     deploy,  # deploy
+    upgrade,  # upgrade --stack NEW: rolling, gated by the acceptance checks
     bundle,  # bundle build|verify|iso|serve
     check,  # check, check parse
 )
