@@ -104,7 +104,8 @@ def upgrade(
         print(json.dumps({**rollout.as_dict(), "manifest": str(path), "reports": str(report_dir)}, indent=2))
     failed = rollout.failed_batch
     if failed is None:
-        console.print(f"upgrade to {cluster.stack.id} done on {hostlist_of(nodes)}; set `stack: {cluster.stack.id}` "
+        # with --json, stdout carries the JSON alone
+        (err_console if as_json else console).print(f"upgrade to {cluster.stack.id} done on {hostlist_of(nodes)}; set `stack: {cluster.stack.id}` "
                       f"in {path} so later deploys keep it", markup=False, highlight=False)
         return
     names = [n for n in failed.nodes if failed.failures.get(n)] or failed.nodes

@@ -4,6 +4,7 @@ machine (podsys/deploy/rollout.py), the stack override and the batch driver
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -324,3 +325,17 @@ def test_cli_refuses_bad_input_in_one_line_with_exit_2(tmp_path):
     assert result.exit_code == 2 and "--checks: unknown area warp" in result.output
     result = invoke("upgrade", str(path), "--stack", "r580-cuda13.0", "--limit", "gpu009")
     assert result.exit_code == 2 and "--limit" in result.output and "gpu009" in result.output
+
+
+def test_cli_json_stdout_is_json_alone(tmp_path, monkeypatch):
+    """The closing line goes to stderr with --json (the lab test found it after the JSON)."""
+    from podsys.deploy import upgrade as upgrade_mod
+    from tests.conftest import invoke
+
+    path = write_manifest(tmp_path)
+    monkeypatch.setattr(upgrade_mod.Upgrade, "run", lambda self: self.rollout)
+    monkeypatch.setattr("podsys.render.build.render_cluster", lambda cluster, build_dir: None)
+    result = invoke("upgrade", str(path), "--stack", "r580-cuda13.0", "--batch", "4", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["stack"] == "r580-cuda13.0" and [b["nodes"] for b in data["batches"]] == [["gpu001", "gpu002", "gpu003", "gpu004"]]
