@@ -58,7 +58,7 @@ def upgrade(
     from podsys.cluster.selection import select_nodes
     from podsys.deploy.rollout import Rollout
     from podsys.deploy.runner import DeployLock, DeployOptions, run_deploy
-    from podsys.deploy.upgrade import SlurmControl, Upgrade, UpgradeOptions, hostlist_of, load_cluster_with_stack
+    from podsys.deploy.upgrade import NoSlurm, SlurmControl, Upgrade, UpgradeOptions, hostlist_of, load_cluster_with_stack
     from podsys.render.build import render_cluster
 
     areas = _split(checks)
@@ -95,7 +95,9 @@ def upgrade(
             render_cluster(cluster, build_dir)
             options = UpgradeOptions(stack=cluster.stack.id, batch_size=batch, force=force, check_areas=areas,
                                      wait_timeout=wait_timeout, extravars=extravars)
-            Upgrade(rollout, SlurmControl(executor, cluster.access.head_name), deploy, check, options, err_console,
+            with_slurm = any("slurm" in n.layers for n in cluster.nodes)
+            slurm = SlurmControl(executor, cluster.access.head_name) if with_slurm else NoSlurm()
+            Upgrade(rollout, slurm, deploy, check, options, err_console,
                     report_dir).run()
     finally:
         executor.close()

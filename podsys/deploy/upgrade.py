@@ -95,6 +95,16 @@ class SlurmControl:
         return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "requeued"
 
 
+class NoSlurm:
+    """A cluster without the Slurm layer: nothing to drain, no jobs, nothing to resume."""
+
+    def nodes(self) -> dict[str, SlurmNode]:
+        return {}
+
+    def jobs(self) -> list[SlurmJob]:
+        return []
+
+
 # ----------------------------------------------------------------------------- the rollout
 
 

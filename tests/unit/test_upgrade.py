@@ -339,3 +339,16 @@ def test_cli_json_stdout_is_json_alone(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["stack"] == "r580-cuda13.0" and [b["nodes"] for b in data["batches"]] == [["gpu001", "gpu002", "gpu003", "gpu004"]]
+
+
+def test_without_slurm_nothing_is_drained_or_resumed_and_checks_still_gate():
+    from podsys.deploy.upgrade import NoSlurm
+
+    checked = []
+    rollout = Rollout.plan("r580-cuda13.0", ["n1", "n2"], 1)
+    options = UpgradeOptions(stack="r580-cuda13.0", check_areas=("gpu",), poll_interval=0)
+    Upgrade(rollout, NoSlurm(), lambda nodes: {}, lambda nodes, out: checked.append(nodes) or
+            [failed(n, "gpu.count", "7", "") for n in nodes if n == "n1"],
+            options, Console(record=True), Path("/nonexistent")).run()
+    assert checked == [["n1"]] and [b.phase for b in rollout.batches] == [Phase.FAILED, Phase.NOT_STARTED]
+    assert rollout.batches[0].drained == [] and rollout.batches[0].resumed == []
