@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from podsys.cli import bundle, check, core, deploy, health, image, lab, layers, provision
+from podsys.cli import bundle, check, core, deploy, health, image, lab, layers, provision, upgrade
 
 # One module per verb group, in the order `podsys --help` lists them.
 COMMAND_GROUPS = (
@@ -14,6 +14,7 @@ COMMAND_GROUPS = (
     image,  # image build|list|show|rm
     lab,  # lab up|down|status|ssh|stop|start
     deploy,  # deploy
+    upgrade,  # upgrade --stack NEW: rolling, gated by the acceptance checks
     bundle,  # bundle build|verify|iso|serve
     check,  # check, check parse
     health,  # health (passive node checks)
