@@ -29,6 +29,9 @@ INTERVAL = 30  # seconds: the schema's minimum, HealthCheckInterval
 WAIT = 240  # bound for each thing to happen: a health run, a scrape, a rule evaluation, a webhook
 WEBHOOK_PORT = 8099
 FAULTS = [k for k in os.environ.get("PODSYS_HEALTH_FAULTS", ",".join(fault.FAULT_KINDS)).split(",") if k]
+# Each fault takes about 4 minutes (drain, alert, webhook, requeue, then resume and resolve): the
+# default CI run injects the first (xid79) to keep .ci/run under an hour; `-m slow` runs the rest.
+CI_FAULTS = 1
 EXPECTED_CODE = {k: k for k in fault.FAULT_KINDS}
 
 
@@ -140,7 +143,8 @@ def test_an_admin_drain_is_never_touched(health_lab):
         lab.ssh(lab.head, f"scontrol update nodename={admin} state=resume")
 
 
-@pytest.mark.parametrize("kind", FAULTS)
+@pytest.mark.parametrize("kind", [k if i < CI_FAULTS else pytest.param(k, marks=pytest.mark.slow)
+                                  for i, k in enumerate(FAULTS)])
 def test_fault_drains_alerts_requeues_then_clears(health_lab, kind):
     lab = health_lab
     code = EXPECTED_CODE[kind]
