@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "--output", "-o", help="local file the dump is written to"),
         manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
     ) -> None:
-        from podsys.accounting import backup
+        from podsys.addons.accounting import backup
         from podsys.cluster.load import load_cluster
 
         size = backup(load_cluster(find_manifest(manifest)), output)
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         dump: Path = typer.Option(..., "--input", "-i", help="dump written by `podsys accounting backup`"),
         manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
     ) -> None:
-        from podsys.accounting import restore
+        from podsys.addons.accounting import restore
         from podsys.cluster.load import load_cluster
 
         restore(load_cluster(find_manifest(manifest)), dump)
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, "--name", help="image name (default: the file name without .sqsh)"),
     ) -> None:
         from podsys.cluster.load import load_cluster
-        from podsys.training_images import import_image
+        from podsys.addons.training_images import import_image
 
         target = import_image(load_cluster(find_manifest(manifest)), file, name)
         console.print(f"imported {file} as {target}", markup=False, highlight=False)
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the list as JSON"),
     ) -> None:
         from podsys.cluster.load import load_cluster
-        from podsys.training_images import list_images
+        from podsys.addons.training_images import list_images
 
         found = list_images(load_cluster(find_manifest(manifest)))
         if as_json:

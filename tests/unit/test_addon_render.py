@@ -101,7 +101,7 @@ hardware_profiles:
 
 
 def test_dump_headers_of_mysql_and_mariadb_are_recognised():
-    from podsys.accounting import is_dump
+    from podsys.addons.accounting import is_dump
 
     # MariaDB 10.11.18 on Debian 12 (the lab head's `mysqldump --single-transaction --databases
     # slurm_acct_db | head -2`, captured by hand): the sandbox line comes first.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from podsys.cluster.model import Cluster
 from podsys.errors import InputError, PodsysError, Problem
-from podsys.head_exec import run_on_head
+from podsys.deploy.head_exec import run_on_head
 
 DATABASE = "slurm_acct_db"  # the accounting role's accounting_database_name
 DUMP_COMMAND = f"mysqldump --single-transaction --routines --triggers --databases {DATABASE}"

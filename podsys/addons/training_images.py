@@ -14,7 +14,7 @@ from pathlib import Path
 
 from podsys.cluster.model import Cluster
 from podsys.errors import InputError, Problem
-from podsys.head_exec import run_on_head
+from podsys.deploy.head_exec import run_on_head
 
 SQUASHFS_MAGIC = b"hsqs"  # little-endian squashfs superblock magic 0x73717368
 IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
