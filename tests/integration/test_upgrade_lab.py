@@ -130,7 +130,7 @@ def test_a_batch_drains_waits_for_its_job_upgrades_checks_and_resumes(lab):
     assert list((lab.directory / ".podsys" / "check").glob("upgrade-*/batch-1/raw/node01/versions.txt"))
     # The deploy ran with the new stack, on node01 alone; the manifest itself was not edited.
     build = lab.directory / ".podsys" / "build"
-    all_vars = yaml.safe_load((build / "inventory" / "group_vars" / "all.yml").read_text())
+    all_vars = yaml.safe_load((build / "inventory" / "group_vars" / "all" / "main.yml").read_text())
     assert all_vars["podsys_stack"]["id"] == STACK
     assert STACK not in lab.manifest.read_text()
     last_log = sorted((build / "logs").glob("deploy-*.log"))[-1].read_text()
