@@ -72,7 +72,7 @@ PATTERN_HELP = {
 # crypt(3) hashes: yescrypt ($y$), SHA-512/256 ($6$/$5$), bcrypt ($2b$ ...). Plain text is refused.
 CRYPT_HASH_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy])\$[./A-Za-z0-9$=,]{8,}$")
 # Fields whose value is never shown in an error: it may be a password or hold credentials.
-SECRET_FIELDS = frozenset({"root_password_hash", "proxy", "upstream"})
+SECRET_FIELDS = frozenset({"root_password_hash", "password_hash", "proxy", "upstream"})
 
 
 class Strict(BaseModel):
@@ -217,6 +217,23 @@ class User(Strict):
     groups: list[Annotated[str, Field(pattern=USER_NAME_RE)]] = Field(default_factory=list)
     shell: str = Field(default="/bin/bash", pattern=SHELL_RE)
     ssh_authorized_keys: list[str] = Field(default_factory=list)
+    password_hash: str | None = Field(
+        default=None, description="crypt(3) hash for the user's web logins (notebooks, models), never plain text")
+
+    @field_validator("password_hash", mode="before")
+    @classmethod
+    def _crypt_hash(cls, value):
+        return crypt_hash_field(value)
+
+
+def crypt_hash_field(value):
+    """A crypt(3) hash, or None; the value is never repeated (it may be a password typed by mistake)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not CRYPT_HASH_RE.match(value):
+        raise ValueError("is not a crypt(3) hash (create one with `mkpasswd -m sha-512` or `openssl passwd -6`; "
+                         "quote it in YAML)")
+    return value
 
 
 def _url_field(value, what: str):
@@ -326,13 +343,7 @@ class Provisioning(Strict):
     @field_validator("root_password_hash", mode="before")
     @classmethod
     def _crypt_hash(cls, value):
-        # Never repeat the value: it may be a plain-text password typed by mistake.
-        if value is None:
-            return None
-        if not isinstance(value, str) or not CRYPT_HASH_RE.match(value):
-            raise ValueError("is not a crypt(3) hash (create one with `mkpasswd -m sha-512` or `openssl passwd -6`; "
-                             "quote it in YAML)")
-        return value
+        return crypt_hash_field(value)
     status_port: int = Field(default=8081, **PORT, description="head port receiving installer callbacks")
     root_authorized_keys: list[str] = Field(
         default_factory=list,

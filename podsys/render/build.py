@@ -221,7 +221,7 @@ def _has_credentials(url: str | None) -> bool:
     return bool(url) and "@" in urlsplit(url).netloc
 
 
-def move_secrets(all_vars: dict) -> dict[str, str]:
+def move_secrets(all_vars: dict) -> dict:
     """Take every secret out of the variables: the value moves to the returned mapping (written
     to SECRETS_FILE, 0600) and the variable becomes a reference Ansible resolves at run time,
     so the readable vars file never holds one."""
@@ -244,6 +244,7 @@ def secret_values(cluster: Cluster) -> list[str]:
     password hash, credential-bearing package URLs and their user:password part."""
     m = cluster.manifest
     values = [m.provisioning.root_password_hash] if m.provisioning.root_password_hash else []
+    values += [u.password_hash for u in m.users if u.password_hash]
     for url in (m.packages.upstream, m.packages.proxy):
         if _has_credentials(url):
             values += [url, urlsplit(url).netloc.rpartition("@")[0]]
@@ -276,7 +277,8 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
         "podsys_os": {"distro": m.os.distro, "version": m.os.version},
         "podsys_layers": list(m.layers),
         "podsys_stack": cluster.stack.as_vars(),
-        "podsys_users": [u.model_dump(mode="json") for u in m.users],
+        # Password hashes go to the secrets file (move_secrets), not with the rest of the user.
+        "podsys_users": [u.model_dump(mode="json", exclude={"password_hash"}) for u in m.users],
         "podsys_slurm": {**m.slurm.model_dump(mode="json"), "partitions": slurm_partitions(cluster),
                          "extra_config": slurm_extra_config(cluster)},
         "podsys_packages": m.packages.model_dump(mode="json"),
@@ -294,6 +296,8 @@ def render_core_files(cluster: Cluster) -> dict[str, str]:
         **addon_vars(cluster),  # accounts, storage, training (podsys/render/addons.py)
     }
     secrets = move_secrets(all_vars)
+    if hashes := {u.name: u.password_hash for u in m.users if u.password_hash}:
+        secrets["user_password_hashes"] = hashes
     node_list = "".join(f"- {json_line(node_vars(cluster, n))}\n" for n in cluster.nodes)
     files[VARS_FILE] = to_yaml(all_vars) + "podsys_nodes:\n" + node_list
     files[SECRETS_FILE] = to_yaml({"podsys_secrets": secrets})

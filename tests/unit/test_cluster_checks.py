@@ -164,6 +164,8 @@ CASES = [
         "provisioning.root_authorized_keys[0]", "'not a key'"),
     Bad("root password in plain text", "", "provisioning: {root_password_hash: hunter2plain}\n", "root_password_hash",
         "provisioning.root_password_hash", "crypt(3)", secret="hunter2plain"),
+    Bad("user web password in plain text", "uid: 2001,", "uid: 2001, password_hash: letmein99,", "users:",
+        "users[0].password_hash", "crypt(3)", secret="letmein99"),
     Bad("root password hash that is a number", "", "provisioning: {root_password_hash: 31415926}\n", "root_password_hash",
         "provisioning.root_password_hash", "crypt(3)", secret="31415926"),
     Bad("proxy URL with credentials that is not a URL", "", "packages: {proxy: 'admin:s3cretpw@proxy'}\n", "proxy:",

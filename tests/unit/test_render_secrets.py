@@ -24,11 +24,13 @@ HASH = "$6$rounds=5000$podsystestsalt$" + "Q" * 86
 UPSTREAM_USER, UPSTREAM_PASSWORD = "mirroruser", "Upstream-Pw-4711"
 PROXY_USER, PROXY_PASSWORD = "proxyuser", "Proxy-Pw-0815"
 BMC_PASSWORD = "Bmc-Pw-2342"
-SECRETS = [HASH, "podsystestsalt", UPSTREAM_PASSWORD, PROXY_PASSWORD, BMC_PASSWORD]
+USER_HASH = "$6$aliceweb$" + "U" * 86
+SECRETS = [HASH, "podsystestsalt", UPSTREAM_PASSWORD, PROXY_PASSWORD, BMC_PASSWORD, USER_HASH, "aliceweb"]
 ROOT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests000000000000000000 root@admin"
 
 # Installer nodes: their per-node configs carry the root hash and keys (image nodes get neither).
-EVERY_SECRET = VALID.replace("    macs_file: gpu-macs.csv\n", "    macs_file: gpu-macs.csv\n    provisioning: {method: installer}\n") + f"""\
+EVERY_SECRET = VALID.replace("    macs_file: gpu-macs.csv\n", "    macs_file: gpu-macs.csv\n    provisioning: {method: installer}\n").replace(
+    "users: [{name: alice, uid: 2001,", f'users: [{{name: alice, uid: 2001, password_hash: "{USER_HASH}",') + f"""\
 packages:
   source: online
   upstream: "http://{UPSTREAM_USER}:{UPSTREAM_PASSWORD}@mirror.example.com/ubuntu"
@@ -91,6 +93,7 @@ def test_no_secret_in_a_readable_build_file_nor_on_the_terminal(tmp_path):
     # (`render --diff` shows the changes and then renders them.)
     assert secrets["root_password_hash"] == HASH.replace("Q" * 86, "R" * 86)
     assert secrets["packages_upstream"] == f"http://{UPSTREAM_USER}:Other-Pw-1@mirror.example.com/ubuntu"
+    assert secrets["user_password_hashes"] == {"alice": USER_HASH}
     variables = yaml.safe_load((out / VARS_FILE).read_text())
     assert variables["podsys_provisioning"]["root_password_hash"] == "{{ podsys_secrets.root_password_hash }}"
     assert variables["podsys_packages"]["proxy"] == "{{ podsys_secrets.packages_proxy }}"
