@@ -52,7 +52,7 @@ def init(
 
 
 def _group_summary(cluster) -> list[dict]:
-    from podsys.cluster.topology import collapse_hosts
+    from podsys.cluster.hostlists import collapse_hosts
 
     rows = []
     for group in cluster.manifest.node_groups:
