@@ -6,15 +6,13 @@ traceback; the table of checks runs every check in one pass."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.cluster.checks import CHECKS, ssh_key_problem
 from podsys.cluster.load import load_cluster
 from podsys.errors import InputError
+from tests.conftest import PeakMemory, invoke
 from tests.unit.manifest_samples import MACS, VALID, line_of, write_manifest
 
 ALICE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAliceTestKey0000000000000000000000000000000 alice"
@@ -207,10 +205,6 @@ CASES = [
 ]
 
 
-def run_validate(path: Path):
-    return CliRunner().invoke(build_app(), ["validate", str(path)])
-
-
 def test_the_table_has_forty_defects_and_unique_names():
     assert len(CASES) >= 40
     assert len({c.name for c in CASES}) == len(CASES)
@@ -220,7 +214,7 @@ def test_the_table_has_forty_defects_and_unique_names():
 def test_validate_refuses_each_defect_with_file_line_field_and_value(tmp_path, case):
     text, macs = case.texts()
     path = write_manifest(tmp_path, text, macs)
-    result = run_validate(path)
+    result = invoke("validate", path)
     output = result.output
     assert result.exit_code == 2, output
     assert "Traceback" not in output and result.exception is None or isinstance(result.exception, SystemExit), output
@@ -282,7 +276,7 @@ def test_schema_typo_and_semantic_error_in_other_sections_are_reported_together(
 def test_validate_writes_nothing(tmp_path):
     path = write_manifest(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert run_validate(path).exit_code == 0
+    assert invoke("validate", path).exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -304,18 +298,9 @@ def test_node_bound_is_across_all_groups_and_counted_before_expanding(tmp_path):
                      for i in range(30))
     text = VALID.split("node_groups:")[0] + "node_groups:\n" + groups
     path = write_manifest(tmp_path, text, None)
-    import time
-    import tracemalloc
-
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        with pytest.raises(InputError) as info:
-            load_cluster(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    elapsed = time.perf_counter() - started
+    with pytest.raises(InputError) as info, PeakMemory() as measured:
+        load_cluster(path)
+    peak, elapsed = measured.peak, measured.seconds
     hosts_problems = [p for p in info.value.problems if p.field.endswith(".hosts")]
     assert hosts_problems[0].field == "node_groups[0].hosts" and "adds 90000 nodes" in hosts_problems[0].message
     assert peak < 100 * 1024 * 1024
@@ -344,6 +329,6 @@ def test_two_groups_that_fit_alone_but_not_together(tmp_path):
 def test_hand_edited_addresses_file_is_read_like_the_manifest(tmp_path, content, line, fragment):
     path = write_manifest(tmp_path)
     (tmp_path / "cluster.addresses.yaml").write_text(content)
-    result = run_validate(path)
+    result = invoke("validate", path)
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: {tmp_path / 'cluster.addresses.yaml'}:{line}: ") and fragment in result.output
