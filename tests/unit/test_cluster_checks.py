@@ -13,7 +13,7 @@ from podsys.cluster.checks import CHECKS, ssh_key_problem
 from podsys.cluster.load import load_cluster
 from podsys.errors import InputError
 from tests.conftest import PeakMemory, invoke
-from tests.unit.manifest_samples import MACS, VALID, line_of, write_manifest
+from tests.unit.manifest_samples import MACS, VALID, line_of, problems_for, write_manifest
 
 ALICE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAliceTestKey0000000000000000000000000000000 alice"
 GROUP = "    macs_file: gpu-macs.csv\n"
@@ -237,13 +237,11 @@ def test_every_phase_is_reported_in_one_pass(tmp_path):
             .replace("stack: auto", "stack: r999")
             + "provisioning: {root_password_hash: plain}\nmonitoring: {grafana: maybe}\n")
     macs = MACS.replace("b8:3f:d2:00:00:02", "ff:ff:ff:ff:ff:ff")
-    path = write_manifest(tmp_path, text, macs)
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    fields = [p.field for p in info.value.problems]
+    path, problems = problems_for(tmp_path, text, macs)
+    fields = [p.field for p in problems]
     assert {"monitoring.grafana", "node_groups[0].start_address", "users[0].shell", "slurm.partitions[1].default",
             "stack", "provisioning.root_password_hash", "mac"} <= set(fields)
-    manifest_lines = [p.line for p in info.value.problems if p.file == str(path)]
+    manifest_lines = [p.line for p in problems if p.file == str(path)]
     assert manifest_lines == sorted(manifest_lines)
 
 
@@ -252,10 +250,8 @@ def test_checks_reading_a_broken_section_are_skipped_the_others_run(tmp_path):
     # read it, are skipped instead of guessing; users and the networks are still checked.
     text = (VALID.replace("hardware: hgx-h100-8gpu", "hardware: hgx-h100-8gpu\n    pxe: maybe")
             .replace("uid: 2001", "uid: 0").replace("gateway: 10.10.0.254", "gateway: 10.10.255.255"))
-    path = write_manifest(tmp_path, text, MACS.replace("b8:3f:d2:00:00:02", "zz"))
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    fields = {p.field for p in info.value.problems}
+    _, problems = problems_for(tmp_path, text, MACS.replace("b8:3f:d2:00:00:02", "zz"))
+    fields = {p.field for p in problems}
     assert {"node_groups[0].pxe", "users[0].uid", "networks.provision.gateway"} <= fields
     assert "mac" not in fields  # the MAC check reads node_groups: skipped
     assert [c.name for c in CHECKS][0] == "schema"
@@ -265,10 +261,8 @@ def test_checks_reading_a_broken_section_are_skipped_the_others_run(tmp_path):
 
 def test_schema_typo_and_semantic_error_in_other_sections_are_reported_together(tmp_path):
     text = VALID.replace("uid: 2001", "uid: 2001, shel: /bin/bash").replace("gateway: 10.10.0.254", "gateway: 10.10.0.1")
-    path, problems = write_manifest(tmp_path, text), None
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    problems = {(p.field, p.line) for p in info.value.problems}
+    _, problems = problems_for(tmp_path, text)
+    problems = {(p.field, p.line) for p in problems}
     assert ("users[0].shel", line_of(text, "shel:")) in problems
     assert ("networks.provision.gateway", line_of(text, "gateway")) in problems
 
@@ -311,11 +305,9 @@ def test_two_groups_that_fit_alone_but_not_together(tmp_path):
     groups = ("  - {name: a, hosts: 'a[00001-10000]', hardware: cpu-only, pxe: false}\n"
               "  - {name: b, hosts: 'b[00001-10000]', hardware: cpu-only, pxe: false}\n")
     text = VALID.split("node_groups:")[0] + "node_groups:\n" + groups
-    path = write_manifest(tmp_path, text.replace("/16", "/8").replace("10.20.0.0/8", "11.0.0.0/8")
-                          .replace("10.30.0.0/8", "12.0.0.0/8"), None)
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    (problem,) = [p for p in info.value.problems if "nodes in all" in p.message]
+    _, problems = problems_for(tmp_path, text.replace("/16", "/8").replace("10.20.0.0/8", "11.0.0.0/8")
+                               .replace("10.30.0.0/8", "12.0.0.0/8"), None)
+    (problem,) = [p for p in problems if "nodes in all" in p.message]
     assert problem.field == "node_groups[1].hosts" and "10000" in problem.message
 
 
