@@ -13,6 +13,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +40,33 @@ def podsys(*args: Any, cwd: Path | str | None = None, env: dict | None = None, t
     return proc
 
 
-def invoke(*args: Any, input: str | None = None):
+class PeakMemory:
+    """`with PeakMemory() as measured: ...`; then measured.peak is the most memory Python held at
+    once inside the block (bytes, tracemalloc) and measured.seconds how long it took. Set also
+    when the block raises, so a `pytest.raises` inside or around it still gets its numbers."""
+
+    peak = 0
+    seconds = 0.0
+
+    def __enter__(self) -> "PeakMemory":
+        tracemalloc.start()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._started
+        self.peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
+def invoke(*args: Any, input: str | None = None, env: dict | None = None):
     """`podsys ARGS` in this process (typer's CliRunner): sees the test's monkeypatches; `input`
-    is what the command reads on stdin."""
+    is what the command reads on stdin, `env` what it adds to the environment."""
     from typer.testing import CliRunner
 
     from podsys.cli.main import build_app
 
-    return CliRunner().invoke(build_app(), [str(a) for a in args], input=input)
+    return CliRunner().invoke(build_app(), [str(a) for a in args], input=input, env=env)
 
 
 def write_manifest_variant(directory: Path, source: Path | str = "lab", name: str | None = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from podsys.checks import accelerators, dcgm, dmesg, ibstat, monitoring, nccl, network, nvbandwidth, nvsmi, nvsmi_q, pcie, perftest, slurm, versions
+from podsys.checks import dcgm, dmesg, ibstat, live_bandwidth, live_gpu, live_infiniband, live_nccl, monitoring, nccl, network, nvbandwidth, nvsmi, nvsmi_q, pcie, perftest, slurm, versions
 from podsys.checks.findings import AREAS, CPU_ONLY_REASON, Finding, failed, passed, skip
 from podsys.checks.live import Context, Probe, Results
 from podsys.cluster.hardware import HardwareProfile
@@ -24,10 +24,10 @@ LIVE_AREAS: dict[str, Area] = {
     a.name: a
     for a in (
         Area("versions", "OS, kernel, Slurm, driver, CUDA, NCCL, OFED, FM, DCGM vs the stack; kernel modules", versions.probes, versions.judge),
-        Area("gpu", "GPU count/model, persistence, ECC/row remaps, Xid, clocks, NVLink, topology, ACS, dcgmi diag", accelerators.gpu_probes, accelerators.gpu_judge),
-        Area("bandwidth", "host<->device and P2P copy bandwidth (nvbandwidth)", accelerators.bandwidth_probes, accelerators.bandwidth_judge),
-        Area("infiniband", "HCA ports Active at rate, error counters, NIC PCIe link, ib_write_bw between node pairs", accelerators.ib_probes, accelerators.ib_judge),
-        Area("nccl", "nccl-tests single-node on every GPU node and multi-node via Slurm", accelerators.nccl_probes, accelerators.nccl_judge),
+        Area("gpu", "GPU count/model, persistence, ECC/row remaps, Xid, clocks, NVLink, topology, ACS, dcgmi diag", live_gpu.gpu_probes, live_gpu.gpu_judge),
+        Area("bandwidth", "host<->device and P2P copy bandwidth (nvbandwidth)", live_bandwidth.bandwidth_probes, live_bandwidth.bandwidth_judge),
+        Area("infiniband", "HCA ports Active at rate, error counters, NIC PCIe link, ib_write_bw between node pairs", live_infiniband.ib_probes, live_infiniband.ib_judge),
+        Area("nccl", "nccl-tests single-node on every GPU node and multi-node via Slurm", live_nccl.nccl_probes, live_nccl.nccl_judge),
         Area("slurm", "all nodes idle, srun -N<all> hostname answers, GPU gres visible", slurm.probes, slurm.judge),
         Area("monitoring", "every Prometheus scrape target up, one per node", monitoring.probes, monitoring.judge),
         Area("network", "every host reaches every other on the provision network; MTU consistent", network.probes, network.judge),

@@ -9,30 +9,27 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from podsys.cli.common import console, err_console, guarded
+from podsys.cli.common import command_group, console, err_console, guarded
 
-bundle_app = typer.Typer(
-    help=(
-        "The offline bundle: a signed apt repository with the full dependency closure for the target OS, "
-        "podsys's wheels, iPXE and installer media, and vendor files from vendor.lock.\n\n"
-        "Build it where there is internet (`podsys bundle build cluster.yaml --output bundle/`), check it "
-        "(`podsys bundle verify bundle/`), carry it as an ISO (`podsys bundle iso bundle/ --output site.iso`); "
-        "on the head: mount or copy it at /srv/podsys/bundle (packages.bundle_path), "
-        "`pip install --no-index --find-links /srv/podsys/bundle/wheels podsys`, set "
-        "`packages: {source: bundle}` and `podsys deploy`: the head's nginx then serves the bundle, and it is "
-        "the only repository of the head and every node. `podsys bundle serve` serves a bundle by hand "
-        "(a quick look, a test)."
-    ),
-    no_args_is_help=True,
+BUNDLE_HELP = (
+    "The offline bundle: a signed apt repository with the full dependency closure for the target OS, "
+    "podsys's wheels, iPXE and installer media, and vendor files from vendor.lock.\n\n"
+    "Build it where there is internet (`podsys bundle build cluster.yaml --output bundle/`), check it "
+    "(`podsys bundle verify bundle/`), carry it as an ISO (`podsys bundle iso bundle/ --output site.iso`); "
+    "on the head: mount or copy it at /srv/podsys/bundle (packages.bundle_path), "
+    "`pip install --no-index --find-links /srv/podsys/bundle/wheels podsys`, set "
+    "`packages: {source: bundle}` and `podsys deploy`: the head's nginx then serves the bundle, and it is "
+    "the only repository of the head and every node. `podsys bundle serve` serves a bundle by hand "
+    "(a quick look, a test)."
 )
 
 
 def register(app: typer.Typer) -> None:
-    bundle_app.command("build")(build)
-    bundle_app.command("verify")(verify)
-    bundle_app.command("iso")(iso)
-    bundle_app.command("serve")(serve)
-    app.add_typer(bundle_app, name="bundle")
+    bundle = command_group(app, "bundle", BUNDLE_HELP)
+    bundle.command("build")(build)
+    bundle.command("verify")(verify)
+    bundle.command("iso")(iso)
+    bundle.command("serve")(serve)
 
 
 class _Bars:

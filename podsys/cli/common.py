@@ -19,6 +19,14 @@ EXIT_OK, EXIT_FAILURE, EXIT_INPUT = 0, 1, 2
 F = TypeVar("F", bound=Callable)
 
 
+def command_group(parent: typer.Typer, name: str, help: str) -> typer.Typer:
+    """`podsys NAME ...`: a verb group under `parent`, which prints its help when called bare.
+    Every group is made here and filled in its module's register() with `.command(...)(function)`."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+    parent.add_typer(group, name=name)
+    return group
+
+
 def guarded(fn: F) -> F:
     """Bad input -> every problem on its own line, exit 2; other podsys failures -> exit 1.
     Never a traceback for either."""

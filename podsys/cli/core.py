@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from podsys.cli.common import console, err_console, guarded
+from podsys.cli.common import command_group, console, err_console, guarded
 from podsys.errors import InputError, Problem
 
 MANIFEST_ARG = typer.Argument(Path("cluster.yaml"), help="cluster manifest (default: ./cluster.yaml)")
@@ -21,15 +21,12 @@ def register(app: typer.Typer) -> None:
     app.command("init")(init)
     app.command("validate")(validate)
     app.command("render")(render)
-    compat = typer.Typer(
-        help="Query the compatibility matrix: which stacks fit a GPU/OS, and why a combination is refused.",
-        no_args_is_help=True,
-    )
+    compat = command_group(app, "compat",
+                           "Query the compatibility matrix: which stacks fit a GPU/OS, and why a combination is refused.")
     compat.command("list")(compat_list)
     compat.command("show")(compat_show)
     compat.command("check")(compat_check)
     compat.command("packages")(compat_packages)
-    app.add_typer(compat, name="compat")
 
 
 @guarded
@@ -52,7 +49,7 @@ def init(
 
 
 def _group_summary(cluster) -> list[dict]:
-    from podsys.cluster.topology import collapse_hosts
+    from podsys.cluster.hostlists import collapse_hosts
 
     rows = []
     for group in cluster.manifest.node_groups:

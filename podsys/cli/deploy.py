@@ -12,6 +12,8 @@ from podsys.cli.common import console, err_console, guarded
 from podsys.errors import InputError, Problem
 
 DEFAULT_MANIFESTS = ("cluster.yaml", "lab.yaml")
+# The MANIFEST argument of every command that finds its manifest with find_manifest.
+FOUND_MANIFEST_ARG = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)")
 
 
 def find_manifest(given: Optional[Path]) -> Path:
@@ -30,54 +32,56 @@ def find_manifest(given: Optional[Path]) -> Path:
     ))
 
 
-def register(app: typer.Typer) -> None:
-    @app.command(
-        "deploy",
-        help=(
-            "Render the build directory, then configure every host with Ansible: the head's "
-            "package service, base system, Slurm, the GPU/InfiniBand/container stack and "
-            "monitoring (whichever layers the manifest enables).\n\n"
-            "Shows live progress per host and role, ends with a per-host summary "
-            "(ok/changed/failed/unreachable) and exits non-zero if any host failed. A failed or "
-            "unreachable host never stops the others; retry just those with --resume. "
-            "Full logs: the build directory's logs/ folder."
-        ),
-    )
-    @guarded
-    def deploy(
-        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
-        limit: Optional[str] = typer.Option(None, "--limit", "-l", help="only these hosts, as a hostlist: 'head,node[01-04]'"),
-        tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these parts, comma-separated: packages,base,provision,slurm,accounting,storage,training,gpu,monitoring,health"),
-        check: bool = typer.Option(False, "--check", help="dry run: Ansible check mode with diffs; changes nothing"),
-        forks: int = typer.Option(20, "--forks", "-f", min=1, max=1000, help="hosts configured in parallel"),
-        resume: bool = typer.Option(False, "--resume", help="re-run only the hosts that failed or were unreachable last time"),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="build directory (default: .podsys/build beside the manifest)"),
-        verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Ansible verbosity (-v .. -vvvv), in the log"),
-        as_json: bool = typer.Option(False, "--json", help="print the per-host result as JSON on stdout"),
-    ) -> None:
-        from podsys.cluster.load import load_cluster
-        from podsys.cluster.secret_files import refuse_open_permissions
-        from podsys.render.build import render_cluster
-        from podsys.deploy.runner import DeployLock, DeployOptions, run_deploy, summary_table
+HELP = (
+    "Render the build directory, then configure every host with Ansible: the head's "
+    "package service, base system, Slurm, the GPU/InfiniBand/container stack and "
+    "monitoring (whichever layers the manifest enables).\n\n"
+    "Shows live progress per host and role, ends with a per-host summary "
+    "(ok/changed/failed/unreachable) and exits non-zero if any host failed. A failed or "
+    "unreachable host never stops the others; retry just those with --resume. "
+    "Full logs: the build directory's logs/ folder."
+)
 
-        path = find_manifest(manifest)
-        cluster = load_cluster(path)
-        if cluster.manifest.access.private_key_file:
-            key = Path(cluster.manifest.access.private_key_file).expanduser()
-            refuse_open_permissions(key if key.is_absolute() else cluster.base_dir / key, "access.private_key_file")
-        build_dir = (output or cluster.default_build_dir).resolve()
-        options = DeployOptions(limit=limit, tags=tags, check=check, forks=forks, resume=resume, verbosity=verbose)
-        lock_path = cluster.workspace.deploy_lock(cluster.name)
-        # Progress goes to stderr so --json output on stdout stays clean.
-        with DeployLock(lock_path, cluster.name):
-            render_cluster(cluster, build_dir)
-            result = run_deploy(build_dir, options, err_console)
-        if as_json:
-            print(json.dumps(result.as_dict(), indent=2))
-        elif result.results:
-            console.print(summary_table(result.results))
-            console.print(f"log: {result.log_file}", markup=False, highlight=False)
-        if not result.succeeded:
-            failed = ", ".join(r.name for r in result.failed_hosts) or f"ansible-playbook rc {result.rc}"
-            err_console.print(f"deploy failed on: {failed} (retry them with: podsys deploy {path} --resume)", markup=False)
-            raise typer.Exit(1)
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy", help=HELP)(deploy)
+
+
+@guarded
+def deploy(
+    manifest: Optional[Path] = FOUND_MANIFEST_ARG,
+    limit: Optional[str] = typer.Option(None, "--limit", "-l", help="only these hosts, as a hostlist: 'head,node[01-04]'"),
+    tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these parts, comma-separated: packages,base,provision,slurm,accounting,storage,training,gpu,monitoring,health"),
+    check: bool = typer.Option(False, "--check", help="dry run: Ansible check mode with diffs; changes nothing"),
+    forks: int = typer.Option(20, "--forks", "-f", min=1, max=1000, help="hosts configured in parallel"),
+    resume: bool = typer.Option(False, "--resume", help="re-run only the hosts that failed or were unreachable last time"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="build directory (default: .podsys/build beside the manifest)"),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Ansible verbosity (-v .. -vvvv), in the log"),
+    as_json: bool = typer.Option(False, "--json", help="print the per-host result as JSON on stdout"),
+) -> None:
+    from podsys.cluster.load import load_cluster
+    from podsys.cluster.secret_files import refuse_open_permissions
+    from podsys.render.build import render_cluster
+    from podsys.deploy.runner import DeployLock, DeployOptions, run_deploy, summary_table
+
+    path = find_manifest(manifest)
+    cluster = load_cluster(path)
+    if cluster.manifest.access.private_key_file:
+        key = Path(cluster.manifest.access.private_key_file).expanduser()
+        refuse_open_permissions(key if key.is_absolute() else cluster.base_dir / key, "access.private_key_file")
+    build_dir = (output or cluster.default_build_dir).resolve()
+    options = DeployOptions(limit=limit, tags=tags, check=check, forks=forks, resume=resume, verbosity=verbose)
+    lock_path = cluster.workspace.deploy_lock(cluster.name)
+    # Progress goes to stderr so --json output on stdout stays clean.
+    with DeployLock(lock_path, cluster.name):
+        render_cluster(cluster, build_dir)
+        result = run_deploy(build_dir, options, err_console)
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2))
+    elif result.results:
+        console.print(summary_table(result.results))
+        console.print(f"log: {result.log_file}", markup=False, highlight=False)
+    if not result.succeeded:
+        failed = ", ".join(r.name for r in result.failed_hosts) or f"ansible-playbook rc {result.rc}"
+        err_console.print(f"deploy failed on: {failed} (retry them with: podsys deploy {path} --resume)", markup=False)
+        raise typer.Exit(1)

@@ -10,25 +10,22 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from podsys.cli.common import console, err_console, guarded
+from podsys.cli.common import command_group, console, err_console, guarded
 
-image_app = typer.Typer(
-    help=(
-        "Node images: one root filesystem per distinct (OS, stack, hardware profile, layers), built once "
-        "with mmdebstrap from the site's package source and written onto every node that shares it by the "
-        "deploy ramdisk. An unchanged image is not rebuilt (its key is a hash of its inputs). No secrets "
-        "inside: host keys, machine-id and the munge key are written per node."
-    ),
-    no_args_is_help=True,
+IMAGE_HELP = (
+    "Node images: one root filesystem per distinct (OS, stack, hardware profile, layers), built once "
+    "with mmdebstrap from the site's package source and written onto every node that shares it by the "
+    "deploy ramdisk. An unchanged image is not rebuilt (its key is a hash of its inputs). No secrets "
+    "inside: host keys, machine-id and the munge key are written per node."
 )
 
 
 def register(app: typer.Typer) -> None:
-    image_app.command("build")(build)
-    image_app.command("list")(list_images)
-    image_app.command("show")(show)
-    image_app.command("rm")(remove)
-    app.add_typer(image_app, name="image")
+    image = command_group(app, "image", IMAGE_HELP)
+    image.command("build")(build)
+    image.command("list")(list_images)
+    image.command("show")(show)
+    image.command("rm")(remove)
 
 
 def _store(cluster_store: Optional[Path], manifest: Optional[Path]):

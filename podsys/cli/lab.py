@@ -13,19 +13,15 @@ import typer
 from rich.table import Table
 
 from podsys.lab import cluster as lab
-from podsys.cli.common import check_url, console, err_console, guarded
+from podsys.cli.common import check_url, command_group, console, err_console, guarded
 
-lab_app = typer.Typer(
-    name="lab",
-    help=(
-        "A local lab cluster: a head node and N compute nodes as systemd-nspawn containers "
-        "(Debian 12, booted with systemd) on a private network, reached over real SSH.\n\n"
-        "Compute nodes reach nothing but the head; the head's only way out is an apt caching "
-        "proxy on the host, like an air-gapped cluster behind a site mirror. Needs root.\n\n"
-        "Typical use: `podsys lab up`, then `podsys deploy lab.yaml`, `podsys lab ssh node01`, "
-        "and finally `podsys lab down` in the same directory."
-    ),
-    no_args_is_help=True,
+LAB_HELP = (
+    "A local lab cluster: a head node and N compute nodes as systemd-nspawn containers "
+    "(Debian 12, booted with systemd) on a private network, reached over real SSH.\n\n"
+    "Compute nodes reach nothing but the head; the head's only way out is an apt caching "
+    "proxy on the host, like an air-gapped cluster behind a site mirror. Needs root.\n\n"
+    "Typical use: `podsys lab up`, then `podsys deploy lab.yaml`, `podsys lab ssh node01`, "
+    "and finally `podsys lab down` in the same directory."
 )
 
 DirOption = typer.Option(
@@ -62,7 +58,6 @@ class _Progress:
             self._status = None
 
 
-@lab_app.command("up")
 @guarded
 def up_cmd(
     nodes: int = typer.Option(3, "--nodes", "-n", help="Number of compute nodes (a head node is always added)."),
@@ -90,7 +85,6 @@ def up_cmd(
     console.print(f"\nLab is up. Next: [bold]podsys deploy {rel}[/bold]   (shell: podsys lab ssh head)")
 
 
-@lab_app.command("down")
 @guarded
 def down_cmd(
     directory: Path = DirOption,
@@ -105,7 +99,6 @@ def down_cmd(
     console.print(f"removed {len(removed)} object(s)" if removed else "no lab running here; nothing to do")
 
 
-@lab_app.command("status")
 @guarded
 def status_cmd(
     directory: Path = DirOption,
@@ -121,9 +114,6 @@ def status_cmd(
         raise typer.Exit(1)
 
 
-@lab_app.command(
-    "ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
 @guarded
 def ssh_cmd(
     node: str = typer.Argument(..., help="`head` or a compute node's hostname (e.g. node01)."),
@@ -138,7 +128,6 @@ def ssh_cmd(
     os.execvp(argv[0], argv)
 
 
-@lab_app.command("stop")
 @guarded
 def stop_cmd(node: str = typer.Argument(..., help="Node hostname."), directory: Path = DirOption) -> None:
     """Power one node off (its disk and network stay), e.g. to see how a deploy handles it."""
@@ -147,7 +136,6 @@ def stop_cmd(node: str = typer.Argument(..., help="Node hostname."), directory: 
     console.print(f"{node} stopped")
 
 
-@lab_app.command("start")
 @guarded
 def start_cmd(node: str = typer.Argument(..., help="Node hostname."), directory: Path = DirOption) -> None:
     """Boot a stopped node again and wait for its sshd."""
@@ -156,7 +144,6 @@ def start_cmd(node: str = typer.Argument(..., help="Node hostname."), directory:
     console.print(f"{node} started")
 
 
-@lab_app.command("fault")
 @guarded
 def fault_cmd(
     node: str = typer.Argument(..., help="Compute node hostname."),
@@ -190,4 +177,11 @@ def _print_status(info: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(lab_app, name="lab")
+    lab_group = command_group(app, "lab", LAB_HELP)
+    lab_group.command("up")(up_cmd)
+    lab_group.command("down")(down_cmd)
+    lab_group.command("status")(status_cmd)
+    lab_group.command("ssh", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(ssh_cmd)
+    lab_group.command("stop")(stop_cmd)
+    lab_group.command("start")(start_cmd)
+    lab_group.command("fault")(fault_cmd)

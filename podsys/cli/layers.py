@@ -9,95 +9,95 @@ from typing import Optional
 
 import typer
 
-from podsys.cli.common import console, guarded
-from podsys.cli.deploy import find_manifest
+from podsys.cli.common import command_group, console, guarded
+from podsys.cli.deploy import FOUND_MANIFEST_ARG, find_manifest
+
+
+LAYERS_HELP = (
+    "List every layer `layers:` may name: the core ones (base, gpu, infiniband, slurm, "
+    "monitoring, container) and the add-ons (accounting, storage, training), with the "
+    "roles each runs, the packages and services it installs, the manifest section that "
+    "configures it and the test that proves it."
+)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "layers",
-        help=(
-            "List every layer `layers:` may name: the core ones (base, gpu, infiniband, slurm, "
-            "monitoring, container) and the add-ons (accounting, storage, training), with the "
-            "roles each runs, the packages and services it installs, the manifest section that "
-            "configures it and the test that proves it."
-        ),
-    )
-    @guarded
-    def layers(as_json: bool = typer.Option(False, "--json", help="print the catalogue as JSON")) -> None:
-        from podsys.cluster.layer_catalogue import CATALOGUE
+    app.command("layers", help=LAYERS_HELP)(layers)
+    accounting = command_group(app, "accounting", "The accounting add-on: back up and restore Slurm's accounting database.")
+    accounting.command("backup", help="Dump the accounting database (consistent snapshot, slurmdbd keeps "
+                                      "running) from the head into FILE, created 0600.")(accounting_backup)
+    accounting.command("restore", help="Load a dump made by `podsys accounting backup` into the head's "
+                                       "accounting database (slurmdbd is stopped meanwhile).")(accounting_restore)
+    images = command_group(app, "images", "The training add-on's site images (enroot squashfs files on shared storage).")
+    images.command("import", help="Copy an enroot image (a squashfs .sqsh file, as `enroot import` makes "
+                                  "it) into training.image_dir through the head; every node sees it there.")(images_import)
+    images.command("list", help="The images in training.image_dir.")(images_list)
 
-        if as_json:
-            print(json.dumps([info.as_dict() for info in CATALOGUE], indent=2))
-            return
-        for info in CATALOGUE:
-            section = f"manifest section: {info.section}" if info.section else "no manifest section"
-            console.print(f"[bold]{info.name}[/bold] ({info.kind}; {section})", highlight=False)
-            console.print(f"  {info.summary}", markup=False, highlight=False)
-            for label, items in (("roles", info.roles), ("packages", info.packages), ("services", info.services)):
-                console.print(f"  {label + ':':10} {', '.join(items) or '-'}", markup=False, highlight=False)
-            console.print(f"  {'smoke:':10} {info.smoke}", markup=False, highlight=False)
 
-    accounting = typer.Typer(help="The accounting add-on: back up and restore Slurm's accounting database.",
-                             no_args_is_help=True)
-    app.add_typer(accounting, name="accounting")
+@guarded
+def layers(as_json: bool = typer.Option(False, "--json", help="print the catalogue as JSON")) -> None:
+    from podsys.cluster.layer_catalogue import CATALOGUE
 
-    @accounting.command("backup", help="Dump the accounting database (consistent snapshot, slurmdbd keeps "
-                                       "running) from the head into FILE, created 0600.")
-    @guarded
-    def accounting_backup(
-        output: Path = typer.Option(..., "--output", "-o", help="local file the dump is written to"),
-        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
-    ) -> None:
-        from podsys.addons.accounting import backup
-        from podsys.cluster.load import load_cluster
+    if as_json:
+        print(json.dumps([info.as_dict() for info in CATALOGUE], indent=2))
+        return
+    for info in CATALOGUE:
+        section = f"manifest section: {info.section}" if info.section else "no manifest section"
+        console.print(f"[bold]{info.name}[/bold] ({info.kind}; {section})", highlight=False)
+        console.print(f"  {info.summary}", markup=False, highlight=False)
+        for label, items in (("roles", info.roles), ("packages", info.packages), ("services", info.services)):
+            console.print(f"  {label + ':':10} {', '.join(items) or '-'}", markup=False, highlight=False)
+        console.print(f"  {'smoke:':10} {info.smoke}", markup=False, highlight=False)
 
-        size = backup(load_cluster(find_manifest(manifest)), output)
-        console.print(f"accounting database saved to {output} ({size} bytes)", markup=False, highlight=False)
 
-    @accounting.command("restore", help="Load a dump made by `podsys accounting backup` into the head's "
-                                        "accounting database (slurmdbd is stopped meanwhile).")
-    @guarded
-    def accounting_restore(
-        dump: Path = typer.Option(..., "--input", "-i", help="dump written by `podsys accounting backup`"),
-        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
-    ) -> None:
-        from podsys.addons.accounting import restore
-        from podsys.cluster.load import load_cluster
+@guarded
+def accounting_backup(
+    output: Path = typer.Option(..., "--output", "-o", help="local file the dump is written to"),
+    manifest: Optional[Path] = FOUND_MANIFEST_ARG,
+) -> None:
+    from podsys.addons.accounting import backup
+    from podsys.cluster.load import load_cluster
 
-        restore(load_cluster(find_manifest(manifest)), dump)
-        console.print(f"accounting database restored from {dump}", markup=False, highlight=False)
+    size = backup(load_cluster(find_manifest(manifest)), output)
+    console.print(f"accounting database saved to {output} ({size} bytes)", markup=False, highlight=False)
 
-    images = typer.Typer(help="The training add-on's site images (enroot squashfs files on shared storage).",
-                         no_args_is_help=True)
-    app.add_typer(images, name="images")
 
-    @images.command("import", help="Copy an enroot image (a squashfs .sqsh file, as `enroot import` makes "
-                                   "it) into training.image_dir through the head; every node sees it there.")
-    @guarded
-    def images_import(
-        file: Path = typer.Argument(..., help="the .sqsh image file"),
-        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
-        name: Optional[str] = typer.Option(None, "--name", help="image name (default: the file name without .sqsh)"),
-    ) -> None:
-        from podsys.cluster.load import load_cluster
-        from podsys.addons.training_images import import_image
+@guarded
+def accounting_restore(
+    dump: Path = typer.Option(..., "--input", "-i", help="dump written by `podsys accounting backup`"),
+    manifest: Optional[Path] = FOUND_MANIFEST_ARG,
+) -> None:
+    from podsys.addons.accounting import restore
+    from podsys.cluster.load import load_cluster
 
-        target = import_image(load_cluster(find_manifest(manifest)), file, name)
-        console.print(f"imported {file} as {target}", markup=False, highlight=False)
+    restore(load_cluster(find_manifest(manifest)), dump)
+    console.print(f"accounting database restored from {dump}", markup=False, highlight=False)
 
-    @images.command("list", help="The images in training.image_dir.")
-    @guarded
-    def images_list(
-        manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
-        as_json: bool = typer.Option(False, "--json", help="print the list as JSON"),
-    ) -> None:
-        from podsys.cluster.load import load_cluster
-        from podsys.addons.training_images import list_images
 
-        found = list_images(load_cluster(find_manifest(manifest)))
-        if as_json:
-            print(json.dumps([{"name": n, "bytes": s} for n, s in found], indent=2))
-            return
-        for image, size in found:
-            console.print(f"{image}  {size} bytes", markup=False, highlight=False)
+@guarded
+def images_import(
+    file: Path = typer.Argument(..., help="the .sqsh image file"),
+    manifest: Optional[Path] = FOUND_MANIFEST_ARG,
+    name: Optional[str] = typer.Option(None, "--name", help="image name (default: the file name without .sqsh)"),
+) -> None:
+    from podsys.cluster.load import load_cluster
+    from podsys.addons.training_images import import_image
+
+    target = import_image(load_cluster(find_manifest(manifest)), file, name)
+    console.print(f"imported {file} as {target}", markup=False, highlight=False)
+
+
+@guarded
+def images_list(
+    manifest: Optional[Path] = FOUND_MANIFEST_ARG,
+    as_json: bool = typer.Option(False, "--json", help="print the list as JSON"),
+) -> None:
+    from podsys.cluster.load import load_cluster
+    from podsys.addons.training_images import list_images
+
+    found = list_images(load_cluster(find_manifest(manifest)))
+    if as_json:
+        print(json.dumps([{"name": n, "bytes": s} for n, s in found], indent=2))
+        return
+    for image, size in found:
+        console.print(f"{image}  {size} bytes", markup=False, highlight=False)

@@ -16,7 +16,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from podsys.cli.common import check_url, console, err_console, guarded
+from podsys.cli.common import check_url, command_group, console, err_console, guarded
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.layout import HEAD_PATHS
 
@@ -32,11 +32,9 @@ def register(app: typer.Typer) -> None:
     app.command("reinstall")(reinstall)
     app.command("discover")(discover)
     app.command("power")(power)
-    provision = typer.Typer(help="Head-node boot services: installer media for PXE installs.", no_args_is_help=True)
-    media = typer.Typer(help="Installer kernels, initrds and images in the boot tree.", no_args_is_help=True)
+    provision = command_group(app, "provision", "Head-node boot services: installer media for PXE installs.")
+    media = command_group(provision, "media", "Installer kernels, initrds and images in the boot tree.")
     media.command("add")(media_add)
-    provision.add_typer(media, name="media")
-    app.add_typer(provision, name="provision")
 
 
 def _store(cluster, state_dir: Path, boot_root: Optional[Path]):

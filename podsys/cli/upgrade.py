@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from podsys.cli.common import console, err_console, guarded
-from podsys.cli.deploy import find_manifest
+from podsys.cli.deploy import FOUND_MANIFEST_ARG, find_manifest
 from podsys.errors import InputError, Problem
 
 HELP = """Upgrade the nodes to another stack, a batch at a time, gated by acceptance.
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
 @guarded
 def upgrade(
-    manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
+    manifest: Optional[Path] = FOUND_MANIFEST_ARG,
     stack: str = typer.Option(..., "--stack", help="the stack to move to, an id from `podsys compat list`"),
     batch: int = typer.Option(1, "--batch", help="nodes upgraded at a time"),
     force: bool = typer.Option(False, "--force", help="requeue (or cancel) running jobs instead of waiting for them"),

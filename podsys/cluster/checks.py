@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 from podsys.cluster.addons import ADDON_CHECKS
 from podsys.cluster.context import Context, suggest
-from podsys.cluster.topology import address_problem
+from podsys.cluster.address_allocation import address_problem
 from podsys.errors import Problem
 from podsys.layout import FIXED_HEAD_PORTS, PACKAGE_CACHE_PORT
 

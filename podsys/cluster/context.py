@@ -12,12 +12,12 @@ from functools import cached_property
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from podsys.cluster.address_allocation import Allocation, GroupRequest, address_problem, allocate_addresses, same_offset
 from podsys.cluster.hardware import HardwareProfile, builtin_profiles
+from podsys.cluster.hostlists import MAX_NODES, HostlistError, collapse_hosts, count_hosts, expand_hosts
 from podsys.cluster.macs import read_mac_csv
 from podsys.cluster.matrix import Matrix, Stack, check_combination, pick_stack
 from podsys.cluster.schema import Manifest
-from podsys.cluster.topology import (MAX_NODES, Allocation, GroupRequest, HostlistError, address_problem,
-                                     allocate_addresses, collapse_hosts, count_hosts, expand_hosts, same_offset)
 from podsys.cluster.yaml_source import SourceMap
 from podsys.errors import Problem
 

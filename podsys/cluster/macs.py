@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from podsys.cluster.topology import HOSTNAME_RE
+from podsys.cluster.hostlists import HOSTNAME_RE
 from podsys.errors import Problem
 
 MAC_SEPARATED = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")

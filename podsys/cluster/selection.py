@@ -12,7 +12,7 @@ import difflib
 from typing import Sequence
 
 from podsys.cluster.model import Cluster, NodeSpec
-from podsys.cluster.topology import HostlistError, collapse_hosts, expand_hosts
+from podsys.cluster.hostlists import HostlistError, collapse_hosts, expand_hosts
 from podsys.errors import InputError, Problem
 
 

@@ -310,6 +310,18 @@ def _builds_dkms(stack: Stack, options: PlanOptions, has_gpu: bool) -> bool:
     return ("gpu" in layers and has_gpu) or ("infiniband" in layers and options.infiniband_stack == "matrix" and stack.ofed is not None)
 
 
+def _plan_inputs(stack: Stack | Mapping, profile: HardwareProfile | Mapping | None,
+                 options: PlanOptions | Mapping | None, matrix: Matrix | None,
+                 ) -> tuple[Stack, HardwareProfile | None, PlanOptions, Matrix]:
+    """The plan functions' arguments as models: the Ansible filter hands them plain mappings
+    (the rendered variables), Python callers hand them models."""
+    stack = stack if isinstance(stack, Stack) else Stack.model_validate(dict(stack))
+    if profile is not None and not isinstance(profile, HardwareProfile):
+        profile = HardwareProfile.model_validate(dict(profile))
+    options = options if isinstance(options, PlanOptions) else PlanOptions.from_mapping(options)
+    return stack, profile, options, matrix or load_matrix()
+
+
 def package_plan(
     stack: Stack | Mapping,
     os_key: str,
@@ -318,11 +330,7 @@ def package_plan(
     matrix: Matrix | None = None,
 ) -> list[PlannedPackage]:
     """Every package the GPU/IB/container roles install on one host, in install order."""
-    stack = stack if isinstance(stack, Stack) else Stack.model_validate(dict(stack))
-    if profile is not None and not isinstance(profile, HardwareProfile):
-        profile = HardwareProfile.model_validate(dict(profile))
-    options = options if isinstance(options, PlanOptions) else PlanOptions.from_mapping(options)
-    matrix = matrix or load_matrix()
+    stack, profile, options, matrix = _plan_inputs(stack, profile, options, matrix)
     family = os_family(os_key)
     wanted = set(options.components) if options.components is not None else set(COMPONENTS)
     unknown = wanted - set(COMPONENTS)
@@ -512,11 +520,7 @@ def node_plan(
     options: PlanOptions | Mapping | None = None,
     matrix: Matrix | None = None,
 ) -> NodePlan:
-    stack = stack if isinstance(stack, Stack) else Stack.model_validate(dict(stack))
-    if profile is not None and not isinstance(profile, HardwareProfile):
-        profile = HardwareProfile.model_validate(dict(profile))
-    options = options if isinstance(options, PlanOptions) else PlanOptions.from_mapping(options)
-    matrix = matrix or load_matrix()
+    stack, profile, options, matrix = _plan_inputs(stack, profile, options, matrix)
     family = os_family(os_key)
     packages = package_plan(stack, os_key, profile, options, matrix)
     components = [c for c in COMPONENTS if any(p.component == c for p in packages)]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable, Mapping, Sequence
 
-from podsys.cluster.topology import HostlistError, expand_hosts
+from podsys.cluster.hostlists import HostlistError, expand_hosts
 
 from podsys.checks.findings import Finding, Verdict
 from podsys.errors import InputError, Problem

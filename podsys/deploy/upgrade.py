@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
-from podsys.cluster.topology import collapse_hosts
+from podsys.cluster.hostlists import collapse_hosts
 from rich.console import Console
 
 from podsys.checks.live import Probe, ProbeResult

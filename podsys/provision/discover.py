@@ -15,7 +15,7 @@ from pathlib import Path
 
 from podsys.cluster.macs import normalise_mac, read_mac_csv
 from podsys.cluster.schema import Manifest
-from podsys.cluster.topology import expand_hosts
+from podsys.cluster.hostlists import expand_hosts
 
 
 @dataclass(frozen=True)

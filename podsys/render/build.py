@@ -26,7 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from podsys.cluster.address_file import allocation_path, render_allocation, stage_allocation
 from podsys.cluster.model import Cluster, NodeSpec
-from podsys.cluster.topology import collapse_hosts
+from podsys.cluster.hostlists import collapse_hosts
 from podsys.checks import health_files
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.provision import render as provision_render

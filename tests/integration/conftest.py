@@ -28,20 +28,28 @@ Interface of the `LabCluster` object it yields (stable; other test modules rely 
 Size: PODSYS_LAB_NODES compute nodes (default 3). The Debian root is built once and cached in
 /var/cache/podsys/lab (PODSYS_LAB_CACHE overrides), so only the first session pays for
 debootstrap. Tests are skipped (with the reason) where the lab cannot run: not root, or
-systemd-nspawn/debootstrap/apt-cacher-ng/ssh missing."""
+systemd-nspawn/debootstrap/apt-cacher-ng/ssh missing.
+
+A module that needs a lab of its own (its own size, or one it may break) uses
+`with own_lab(tmp_path_factory, "name", nodes) as lab:` in a module-scoped fixture;
+`wait_for(what, check)` polls for a state the lab must reach."""
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shlex
 import subprocess
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from podsys.lab import cluster as lab
+from tests.conftest import podsys
 
 
 @dataclass
@@ -113,23 +121,56 @@ def bring_up_lab(directory: Path, nodes: int) -> LabCluster:
     )
 
 
-def _lab_for_tests(tmp_path_factory, basename: str):
+def shared_lab_size() -> int:
+    return int(os.environ.get("PODSYS_LAB_NODES", "3"))
+
+
+@contextmanager
+def own_lab(tmp_path_factory, basename: str, nodes: int):
     """Bring a lab up in a new temporary directory, hand it over, and take it down afterwards
-    (also on interpreter exit: a killed session still removes its namespaces and processes)."""
+    (also on interpreter exit: a killed session still removes its namespaces and processes).
+    Skips the test when this machine cannot run a lab."""
     reason = lab_skip_reason()
     if reason:
         pytest.skip(reason)
     directory = tmp_path_factory.mktemp(basename)
     atexit.register(lab.down, directory)
     try:
-        yield bring_up_lab(directory, int(os.environ.get("PODSYS_LAB_NODES", "3")))
+        yield bring_up_lab(directory, nodes)
     finally:
         lab.down(directory)
 
 
+def wait_for(what: str, check, timeout: float = 120, every: float = 2):
+    """Polls check() until it returns a truthy value (a state to reach, not a timing claim)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not reached within {timeout} s (last: {last!r})")
+
+
+def deploy_json(manifest: Path, timeout: float = 2400) -> dict:
+    """`podsys deploy MANIFEST --json` -> its summary, with the whole output under "_output";
+    fails the test with the output when no JSON summary came back."""
+    started = time.monotonic()
+    proc = podsys("deploy", manifest, "--json", timeout=timeout)
+    print(f"deploy took {time.monotonic() - started:.0f} s")
+    try:
+        summary = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON summary:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from None
+    summary["_output"] = proc.stdout + proc.stderr
+    return summary
+
+
 @pytest.fixture(scope="session")
 def lab_cluster(tmp_path_factory) -> LabCluster:
-    yield from _lab_for_tests(tmp_path_factory, "lab")
+    with own_lab(tmp_path_factory, "lab", shared_lab_size()) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +178,8 @@ def fresh_lab_cluster(tmp_path_factory) -> LabCluster:
     """A lab of the module's own, as `podsys lab up` makes it, for tests that need nodes nobody
     has deployed to (the stack roles' check mode, the air-gapped deploy from the bundle). With
     the root cached, `lab up` takes seconds; the deploys are what cost time."""
-    yield from _lab_for_tests(tmp_path_factory, "freshlab")
+    with own_lab(tmp_path_factory, "freshlab", shared_lab_size()) as cluster:
+        yield cluster
 
 
 # The session lab is shared, and some modules leave it changed on purpose: the provision role

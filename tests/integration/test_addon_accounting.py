@@ -11,18 +11,12 @@ Slurm enforcing a team's limits, sacctmgr applying the manifest idempotently, ba
 
 from __future__ import annotations
 
-import atexit
-import json
-import subprocess
-import sys
-import time
+from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.integration.conftest import bring_up_lab, lab_skip_reason
-from tests.integration.test_deploy_lab import wait_for
-from podsys.lab import cluster as lab_api
+from tests.conftest import podsys, write_manifest_variant
+from tests.integration.conftest import deploy_json, own_lab, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -30,55 +24,24 @@ TEAM = "vision"
 USER, INTERN = "researcher", "intern"
 
 
-def podsys(*args, timeout=2400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def deploy(manifest) -> dict:
-    started = time.monotonic()
-    proc = podsys("deploy", manifest, "--json")
-    print(f"deploy took {time.monotonic() - started:.0f} s")
-    try:
-        summary = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON summary:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from None
-    summary["_output"] = proc.stdout + proc.stderr
-    return summary
-
-
-def write_variant(lab, name: str, users: list[str]) -> object:
-    data = yaml.safe_load(lab.manifest.read_text())
-    data["layers"] = ["base", "slurm", "accounting"]
-    data["users"] = [{"name": USER, "uid": 2001, "gid": 2001}, {"name": INTERN, "uid": 2002, "gid": 2002}]
-    data["accounts"] = {
+def write_variant(lab, name: str, users: list[str]) -> Path:
+    accounts = {
         "qos": [{"name": "high", "priority": 100, "preempt": ["low"], "preempt_mode": "requeue"},
                 {"name": "low", "priority": 0}],
         "teams": [{"name": TEAM, "description": "computer vision", "fairshare": 10, "users": users,
                    "limits": {"cpus": 1}, "qos": ["normal", "high", "low"], "default_qos": "normal"}],
     }
-    path = lab.manifest.with_name(f"{name}.yaml")
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    addresses = lab.manifest.with_name(f"{lab.manifest.stem}.addresses.yaml")
-    if addresses.exists():
-        path.with_name(f"{name}.addresses.yaml").write_text(addresses.read_text())
-    return path
+    return write_manifest_variant(lab.manifest.parent, lab.manifest, name, layers=["base", "slurm", "accounting"],
+                                  users=[{"name": USER, "uid": 2001, "gid": 2001}, {"name": INTERN, "uid": 2002, "gid": 2002}],
+                                  accounts=accounts)
 
 
 @pytest.fixture(scope="module")
 def accounting_lab(tmp_path_factory):
-    reason = lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    directory = tmp_path_factory.mktemp("acctlab")
-    atexit.register(lab_api.down, directory)  # a killed session still removes its lab
-    try:
-        lab = bring_up_lab(directory, 2)
+    with own_lab(tmp_path_factory, "acctlab", 2) as lab:
         manifest = write_variant(lab, "lab-accounting", [USER, INTERN])
-        first = deploy(manifest)
+        first = deploy_json(manifest)
         yield lab, manifest, first
-    finally:
-        lab_api.down(directory)
 
 
 def sacctmgr(lab, *args) -> list[list[str]]:
@@ -144,7 +107,7 @@ def test_over_limit_job_pends_with_the_limit_reason_and_a_job_within_it_runs(acc
 
 def test_a_second_deploy_changes_nothing(accounting_lab):
     lab, manifest, _ = accounting_lab
-    again = deploy(manifest)
+    again = deploy_json(manifest)
     assert again["succeeded"], again["_output"][-3000:]
     changed = {h["name"]: h["changed"] for h in again["hosts"] if h["changed"]}
     assert not changed, changed
@@ -155,7 +118,7 @@ def test_removing_a_user_removes_its_association_and_keeps_the_records(accountin
     jobs_before = lab.ssh(lab.head, ["sacct", "-nP", "-X", "-a", "-S", "2020-01-01", "--format=jobid"]).stdout.split()
     assert jobs_before
     smaller = write_variant(lab, "lab-accounting-smaller", [USER])
-    result = deploy(smaller)
+    result = deploy_json(smaller)
     assert result["succeeded"], result["_output"][-3000:]
     users = {row[1] for row in sacctmgr(lab, "show", "assoc", "where", f"account={TEAM}", "format=account,user") if row[1]}
     assert users == {USER}

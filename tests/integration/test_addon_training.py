@@ -13,20 +13,18 @@ a distributed training job survives a failed node by resuming from its checkpoin
 
 from __future__ import annotations
 
-import atexit
 import json
 import re
 import shutil
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from podsys.lab import cluster as lab_api
-from tests.integration.conftest import bring_up_lab, lab_skip_reason
-from tests.integration.test_deploy_lab import wait_for
+from tests.conftest import podsys, write_manifest_variant
+from tests.integration.conftest import deploy_json, own_lab, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -39,47 +37,23 @@ NODE_TIMEOUT = 60
 PREFIX = r"^(?:\[\w+\]:)?"
 
 
-def podsys(*args, timeout=2400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def write_variant(lab) -> object:
-    data = yaml.safe_load(lab.manifest.read_text())
-    assert data["storage"]["mounts"] == [{"kind": "lab-bind", "path": "/shared"}], "lab.yaml declares the lab's shared dir"
-    data["layers"] = ["base", "slurm", "storage", "training"]
-    data["storage"].update({"exports": [{"path": EXPORT}], "home": "/shared/home", "scratch": "/shared/scratch"})
-    data["training"] = {"socket_interface": "eth0", "pytorch": "distro", "node_timeout": NODE_TIMEOUT,
-                        "image_dir": "/shared/images", "checkpoint_dir": "/shared/checkpoints"}
-    path = lab.manifest.with_name("lab-training.yaml")
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    addresses = lab.manifest.with_name(f"{lab.manifest.stem}.addresses.yaml")
-    if addresses.exists():
-        path.with_name("lab-training.addresses.yaml").write_text(addresses.read_text())
-    return path
+def write_variant(lab) -> Path:
+    storage = yaml.safe_load(lab.manifest.read_text())["storage"]
+    assert storage["mounts"] == [{"kind": "lab-bind", "path": "/shared"}], "lab.yaml declares the lab's shared dir"
+    return write_manifest_variant(
+        lab.manifest.parent, lab.manifest, "lab-training", layers=["base", "slurm", "storage", "training"],
+        storage={**storage, "exports": [{"path": EXPORT}], "home": "/shared/home", "scratch": "/shared/scratch"},
+        training={"socket_interface": "eth0", "pytorch": "distro", "node_timeout": NODE_TIMEOUT,
+                  "image_dir": "/shared/images", "checkpoint_dir": "/shared/checkpoints"})
 
 
 @pytest.fixture(scope="module")
 def training_lab(tmp_path_factory):
-    reason = lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    directory = tmp_path_factory.mktemp("trainlab")
-    atexit.register(lab_api.down, directory)  # a killed session still removes its lab
-    try:
-        lab = bring_up_lab(directory, 2)
+    with own_lab(tmp_path_factory, "trainlab", 2) as lab:
         manifest = write_variant(lab)
-        started = time.monotonic()
-        proc = podsys("deploy", manifest, "--json")
-        print(f"deploy took {time.monotonic() - started:.0f} s")
-        try:
-            summary = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            raise AssertionError(f"no JSON summary:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from None
-        assert summary["succeeded"], proc.stderr[-4000:]
+        summary = deploy_json(manifest)
+        assert summary["succeeded"], summary["_output"][-4000:]
         yield lab
-    finally:
-        lab_api.down(directory)
 
 
 def test_the_head_serves_nfs_to_a_user_space_client(training_lab):

@@ -22,7 +22,7 @@ import yaml
 
 from podsys.lab import cluster as lab_api
 from tests.integration.test_bundle import _skip_unless_ready, podsys
-from tests.integration.test_deploy_lab import wait_for
+from tests.integration.conftest import wait_for
 from tests.conftest import podsys, write_manifest_variant
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]

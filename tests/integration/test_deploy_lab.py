@@ -9,12 +9,12 @@ have deployed the same lab already, so the first deploy here is not assumed to c
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
 
 from tests.conftest import podsys
+from tests.integration.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -34,18 +34,6 @@ def json_result(proc) -> dict:
 
 def all_hosts(lab_cluster) -> list[str]:
     return [lab_cluster.head, *lab_cluster.nodes]
-
-
-def wait_for(what: str, check, timeout: float = 120, every: float = 2):
-    """Polls check() until it returns a truthy value (a state to reach, not a timing claim)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not reached within {timeout} s (last: {last!r})")
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from podsys.deploy.rollout import parse_scontrol_show_node
-from podsys.lab import cluster as lab_cluster_mod
 from tests.conftest import podsys
+from tests.integration.conftest import own_lab, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -39,40 +39,19 @@ TIMEOUT_S = 1800
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    import atexit
-
-    from tests.integration.conftest import bring_up_lab, lab_skip_reason
-
-    reason = lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    directory = tmp_path_factory.mktemp("upgradelab")
-    atexit.register(lab_cluster_mod.down, directory)
     started = time.monotonic()
     try:
-        lab = bring_up_lab(directory, 2)
-        proc = podsys("deploy", lab.manifest, timeout=TIMEOUT_S, cwd=lab.directory)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        print(f"\nlab up + deploy: {time.monotonic() - started:.0f} s", file=sys.stderr)
-        yield lab
+        with own_lab(tmp_path_factory, "upgradelab", 2) as lab:
+            proc = podsys("deploy", lab.manifest, timeout=TIMEOUT_S, cwd=lab.directory)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            print(f"\nlab up + deploy: {time.monotonic() - started:.0f} s", file=sys.stderr)
+            yield lab
     finally:
-        lab_cluster_mod.down(directory)
         print(f"\nupgrade lab module: {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 
 def slurm_nodes(lab):
     return parse_scontrol_show_node(lab.ssh(lab.head, "scontrol show node").stdout)
-
-
-def wait_for(what, check, timeout=180, every=2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not reached within {timeout} s (last: {last!r})")
 
 
 class Watcher(threading.Thread):
@@ -98,10 +77,10 @@ def upgrade(lab, *args):
 
 
 def test_a_batch_drains_waits_for_its_job_upgrades_checks_and_resumes(lab):
-    wait_for("both nodes idle", lambda: all(n.state == "idle" and not n.flags for n in slurm_nodes(lab).values()))
+    wait_for("both nodes idle", lambda: all(n.state == "idle" and not n.flags for n in slurm_nodes(lab).values()), timeout=180)
     lab.ssh(lab.nodes[0], "rm -f /tmp/upgrade-job-done")
     job = lab.ssh(lab.head, "sbatch --parsable -w node01 -o /dev/null --wrap 'sleep 40; echo finished > /tmp/upgrade-job-done'").stdout.strip()
-    wait_for("the job runs", lambda: "RUNNING" in lab.ssh(lab.head, f"squeue -h -j {job} -o %T").stdout)
+    wait_for("the job runs", lambda: "RUNNING" in lab.ssh(lab.head, f"squeue -h -j {job} -o %T").stdout, timeout=180)
     watcher = Watcher(lab)
     watcher.start()
     started = time.monotonic()
@@ -144,7 +123,7 @@ def test_a_failing_batch_stops_the_rollout_and_an_admins_drain_is_never_resumed(
     assert iface
     lab.ssh(lab.nodes[1], f"ip link set dev {iface} mtu 1400")
     job = lab.ssh(lab.head, "sbatch --parsable --requeue -w node02 -o /dev/null --wrap 'sleep 600'").stdout.strip()
-    wait_for("the job runs", lambda: "RUNNING" in lab.ssh(lab.head, f"squeue -h -j {job} -o %T").stdout)
+    wait_for("the job runs", lambda: "RUNNING" in lab.ssh(lab.head, f"squeue -h -j {job} -o %T").stdout, timeout=180)
     started = time.monotonic()
     try:
         proc = upgrade(lab, "--batch", "1", "--force", "--json")

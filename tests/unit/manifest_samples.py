@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 VALID = """\
 apiVersion: podsys/v1
 kind: Cluster
@@ -45,3 +47,15 @@ def write_manifest(tmp: Path, text: str = VALID, macs: str | None = MACS, name: 
     if macs is not None:
         (tmp / "gpu-macs.csv").write_text(macs)
     return path
+
+
+def problems_for(tmp: Path, text: str = VALID, macs: str | None = MACS):
+    """Write the manifest (and its MAC file), load it, and return its path and the problems
+    the load refused it with; fails the test if it loads."""
+    from podsys.cluster.load import load_cluster
+    from podsys.errors import InputError
+
+    path = write_manifest(tmp, text, macs)
+    with pytest.raises(InputError) as info:
+        load_cluster(path)
+    return path, info.value.problems

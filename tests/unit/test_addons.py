@@ -11,9 +11,8 @@ import pytest
 import yaml
 
 from podsys.cluster.load import load_cluster
-from podsys.errors import InputError
 from podsys.render.build import render_files
-from tests.unit.manifest_samples import MACS, VALID, line_of, write_manifest
+from tests.unit.manifest_samples import MACS, VALID, line_of, problems_for, write_manifest
 
 ADDONS = VALID.replace("layers: [base, gpu, infiniband, slurm, monitoring]",
                        "layers: [base, gpu, infiniband, slurm, monitoring, accounting, storage, training]")
@@ -43,13 +42,6 @@ training:
   image_dir: /shared/images
   checkpoint_dir: /shared/checkpoints
 """, ADDONS, count=1, flags=re.MULTILINE)
-
-
-def problems_for(tmp_path, text):
-    path = write_manifest(tmp_path, text, MACS)
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    return path, info.value.problems
 
 
 def assert_problem(problems, path, line, field, fragment):

@@ -6,16 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.cluster.schema import LAYERS, SUPPORTED_OS_KEYS
 from podsys.errors import Problem
 from tests.unit.manifest_samples import write_manifest
-
-
-def run(*args: str):
-    return CliRunner().invoke(build_app(), list(args))
+from tests.conftest import invoke
 
 
 def error_lines(result) -> list[str]:
@@ -29,7 +24,7 @@ def test_command_line_problem_has_no_empty_file_part():
 
 
 def test_compat_check_reports_every_bad_option_at_once():
-    result = run("compat", "check", "--os", "ubuntu-20.04", "--stack", "r999", "--driver", "five-seventy",
+    result = invoke("compat", "check", "--os", "ubuntu-20.04", "--stack", "r999", "--driver", "five-seventy",
                  "--cuda", "latest", "--layers", "base,gpus,slurm,infiniband,fabric", "--gpu", "H1000")
     assert result.exit_code == 2, result.output
     lines = error_lines(result)
@@ -50,20 +45,20 @@ def test_compat_check_reports_every_bad_option_at_once():
     (["compat", "show", "r999"], "STACK"),
 ])
 def test_bad_option_is_exit_2_naming_the_flag(args, flag):
-    result = run(*args)
+    result = invoke(*args)
     assert result.exit_code == 2, result.output
     assert error_lines(result) and all(line.startswith(f"error: {flag}: ") for line in error_lines(result)), result.output
 
 
 def test_compat_lists_come_from_the_schema():
-    result = run("compat", "list", "--os", "nope")
+    result = invoke("compat", "list", "--os", "nope")
     assert ", ".join(SUPPORTED_OS_KEYS) in result.output
-    result = run("compat", "list", "--layers", "nope")
+    result = invoke("compat", "list", "--layers", "nope")
     assert ", ".join(LAYERS) in result.output
 
 
 def test_valid_driver_and_cuda_overrides_still_check():
-    result = run("compat", "check", "--os", "ubuntu-22.04", "--stack", "r580-cuda13.0", "--gpu", "H100",
+    result = invoke("compat", "check", "--os", "ubuntu-22.04", "--stack", "r580-cuda13.0", "--gpu", "H100",
                  "--driver", "535.54.03", "--json")
     assert result.exit_code == 1
     assert any(v["rule"] == "cuda_min_driver" for v in json.loads(result.stdout)["violations"])
@@ -72,10 +67,10 @@ def test_valid_driver_and_cuda_overrides_still_check():
 def test_status_without_head_state_says_there_is_none(tmp_path):
     manifest = write_manifest(tmp_path)
     state = tmp_path / "no-state"
-    result = run("status", str(manifest), "--state-dir", str(state))
+    result = invoke("status", str(manifest), "--state-dir", str(state))
     assert result.exit_code == 0, result.output
     assert "no install state" in result.output and "pending" not in result.output
-    result = run("status", str(manifest), "--state-dir", str(state), "--json")
+    result = invoke("status", str(manifest), "--state-dir", str(state), "--json")
     data = json.loads(result.stdout)
     assert data["state"] == "none" and data["nodes"] == []
     assert not state.exists()  # asking wrote nothing
@@ -83,20 +78,20 @@ def test_status_without_head_state_says_there_is_none(tmp_path):
 
 @pytest.mark.parametrize("url", ["10.0.0.1:8081", "ftp://head", "http://", "http://head:99999", "http://he ad"])
 def test_status_url_that_is_not_a_url_is_exit_2(tmp_path, url):
-    result = run("status", str(write_manifest(tmp_path)), "--url", url)
+    result = invoke("status", str(write_manifest(tmp_path)), "--url", url)
     assert result.exit_code == 2, result.output
     assert error_lines(result)[0].startswith("error: --url: ")
 
 
 @pytest.mark.parametrize("command", [["check"], ["status"], ["deploy"]])
 def test_missing_manifest_is_exit_2(tmp_path, command):
-    result = run(*command, str(tmp_path / "nope.yaml"))
+    result = invoke(*command, str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2, result.output
     assert error_lines(result) == [f"error: {tmp_path / 'nope.yaml'}: file not found"]
 
 
 def test_lab_mirror_that_is_not_a_url_is_exit_2_before_anything_is_built(tmp_path):
-    result = run("lab", "up", "--dir", str(tmp_path / "lab"), "--mirror", "not a url")
+    result = invoke("lab", "up", "--dir", str(tmp_path / "lab"), "--mirror", "not a url")
     assert result.exit_code == 2, result.output
     assert error_lines(result) == ["error: --mirror: 'not a url' is not an http:// or https:// URL "
                                    "(e.g. http://deb.debian.org/debian)"]

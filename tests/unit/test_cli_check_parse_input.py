@@ -3,17 +3,14 @@ with one line naming the file, never a verdict, a SKIP or a traceback; memory st
 
 import io
 import os
-import tracemalloc
 
 import pytest
-from typer.testing import CliRunner
 
 from podsys.checks.registry import PARSE_KINDS
 from podsys.checks.saved_output import MAX_BYTES, read_saved_output
-from podsys.cli.main import build_app
 from tests.unit.checks_helpers import FIXTURES
+from tests.conftest import PeakMemory, invoke
 
-runner = CliRunner()
 
 # one real sample per kind: fed to every other kind, it is junk there
 SAMPLES = {
@@ -41,8 +38,8 @@ JUNK = {
 }
 
 
-def invoke(*args, **kwargs):
-    return runner.invoke(build_app(), ["check", "parse", *args], **kwargs)
+def check_parse(*args, input: str | None = None):
+    return invoke("check", "parse", *args, input=input)
 
 
 def assert_one_clear_line(result, name):
@@ -62,13 +59,13 @@ def test_junk_is_bad_input_for_every_kind(tmp_path, kind, junk):
     path = tmp_path / f"{junk.replace(' ', '_')}.txt"
     path.write_bytes(JUNK[junk])
     for profile in ([], ["--profile", "hgx-h100-8gpu"]):  # without a profile too: junk must not become a SKIP
-        assert_one_clear_line(invoke(kind, str(path), *profile), str(path))
+        assert_one_clear_line(check_parse(kind, str(path), *profile), str(path))
 
 
 @pytest.mark.parametrize("kind", sorted(PARSE_KINDS))
 def test_another_tools_output_is_bad_input(kind):
     for other, name in SAMPLES.items():
-        result = invoke(kind, str(FIXTURES / name), "--profile", "hgx-h100-8gpu")
+        result = check_parse(kind, str(FIXTURES / name), "--profile", "hgx-h100-8gpu")
         if other == kind:
             assert result.exit_code in (0, 1), result.output
         else:
@@ -77,14 +74,14 @@ def test_another_tools_output_is_bad_input(kind):
 
 @pytest.mark.parametrize("kind", ["dmesg", "modules", "ib-counters"])
 def test_junk_on_stdin_is_bad_input(kind):
-    result = invoke(kind, "-", input=JUNK["prose"])
+    result = check_parse(kind, "-", input=JUNK["prose"])
     assert_one_clear_line(result, "stdin")
 
 
 def test_line_oriented_kinds_name_the_bad_line(tmp_path):
     path = tmp_path / "modules.txt"
     path.write_text("Module                  Size  Used by\nnvidia_peermem         16384  0\nthis is not a module line\n")
-    result = invoke("modules", str(path))
+    result = check_parse("modules", str(path))
     assert_one_clear_line(result, f"{path}:3")
 
 
@@ -96,14 +93,10 @@ def test_a_huge_file_is_refused_without_reading_it(tmp_path):
         for _ in range((50 << 20) // len(block) + 1):
             f.write(block)
     assert path.stat().st_size > 50 << 20
-    tracemalloc.start()
-    try:
-        result = invoke("dmesg", str(path))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with PeakMemory() as measured:
+        result = check_parse("dmesg", str(path))
     assert_one_clear_line(result, str(path))
-    assert "MiB" in result.output and peak < 8 << 20, peak
+    assert "MiB" in result.output and measured.peak < 8 << 20, measured.peak
 
 
 class EndlessPipe(io.RawIOBase):
@@ -123,14 +116,9 @@ class EndlessPipe(io.RawIOBase):
 
 
 def test_a_huge_pipe_is_cut_off_with_memory_bounded():
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError, match="more than the 16.0 MiB"):
-            read_saved_output(io.BufferedReader(EndlessPipe(50 << 20)))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < MAX_BYTES * 3 // 2 < 50 << 20, peak  # the limit plus the buffer's growth, not the 50 MB sent
+    with pytest.raises(ValueError, match="more than the 16.0 MiB"), PeakMemory() as measured:
+        read_saved_output(io.BufferedReader(EndlessPipe(50 << 20)))
+    assert measured.peak < MAX_BYTES * 3 // 2 < 50 << 20, measured.peak  # the limit plus the buffer's growth, not the 50 MB sent
 
 
 def test_a_real_output_within_the_limit_is_read_whole():
@@ -139,5 +127,5 @@ def test_a_real_output_within_the_limit_is_read_whole():
 
 
 def test_directory_is_one_line(tmp_path):
-    assert_one_clear_line(invoke("dmesg", str(tmp_path)), str(tmp_path))
+    assert_one_clear_line(check_parse("dmesg", str(tmp_path)), str(tmp_path))
     assert os.path.isdir(tmp_path)

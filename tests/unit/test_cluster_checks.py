@@ -6,16 +6,14 @@ traceback; the table of checks runs every check in one pass."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.cluster.checks import CHECKS, ssh_key_problem
 from podsys.cluster.load import load_cluster
 from podsys.errors import InputError
-from tests.unit.manifest_samples import MACS, VALID, line_of, write_manifest
+from tests.conftest import PeakMemory, invoke
+from tests.unit.manifest_samples import MACS, VALID, line_of, problems_for, write_manifest
 
 ALICE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAliceTestKey0000000000000000000000000000000 alice"
 GROUP = "    macs_file: gpu-macs.csv\n"
@@ -207,10 +205,6 @@ CASES = [
 ]
 
 
-def run_validate(path: Path):
-    return CliRunner().invoke(build_app(), ["validate", str(path)])
-
-
 def test_the_table_has_forty_defects_and_unique_names():
     assert len(CASES) >= 40
     assert len({c.name for c in CASES}) == len(CASES)
@@ -220,7 +214,7 @@ def test_the_table_has_forty_defects_and_unique_names():
 def test_validate_refuses_each_defect_with_file_line_field_and_value(tmp_path, case):
     text, macs = case.texts()
     path = write_manifest(tmp_path, text, macs)
-    result = run_validate(path)
+    result = invoke("validate", path)
     output = result.output
     assert result.exit_code == 2, output
     assert "Traceback" not in output and result.exception is None or isinstance(result.exception, SystemExit), output
@@ -243,13 +237,11 @@ def test_every_phase_is_reported_in_one_pass(tmp_path):
             .replace("stack: auto", "stack: r999")
             + "provisioning: {root_password_hash: plain}\nmonitoring: {grafana: maybe}\n")
     macs = MACS.replace("b8:3f:d2:00:00:02", "ff:ff:ff:ff:ff:ff")
-    path = write_manifest(tmp_path, text, macs)
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    fields = [p.field for p in info.value.problems]
+    path, problems = problems_for(tmp_path, text, macs)
+    fields = [p.field for p in problems]
     assert {"monitoring.grafana", "node_groups[0].start_address", "users[0].shell", "slurm.partitions[1].default",
             "stack", "provisioning.root_password_hash", "mac"} <= set(fields)
-    manifest_lines = [p.line for p in info.value.problems if p.file == str(path)]
+    manifest_lines = [p.line for p in problems if p.file == str(path)]
     assert manifest_lines == sorted(manifest_lines)
 
 
@@ -258,10 +250,8 @@ def test_checks_reading_a_broken_section_are_skipped_the_others_run(tmp_path):
     # read it, are skipped instead of guessing; users and the networks are still checked.
     text = (VALID.replace("hardware: hgx-h100-8gpu", "hardware: hgx-h100-8gpu\n    pxe: maybe")
             .replace("uid: 2001", "uid: 0").replace("gateway: 10.10.0.254", "gateway: 10.10.255.255"))
-    path = write_manifest(tmp_path, text, MACS.replace("b8:3f:d2:00:00:02", "zz"))
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    fields = {p.field for p in info.value.problems}
+    _, problems = problems_for(tmp_path, text, MACS.replace("b8:3f:d2:00:00:02", "zz"))
+    fields = {p.field for p in problems}
     assert {"node_groups[0].pxe", "users[0].uid", "networks.provision.gateway"} <= fields
     assert "mac" not in fields  # the MAC check reads node_groups: skipped
     assert [c.name for c in CHECKS][0] == "schema"
@@ -271,10 +261,8 @@ def test_checks_reading_a_broken_section_are_skipped_the_others_run(tmp_path):
 
 def test_schema_typo_and_semantic_error_in_other_sections_are_reported_together(tmp_path):
     text = VALID.replace("uid: 2001", "uid: 2001, shel: /bin/bash").replace("gateway: 10.10.0.254", "gateway: 10.10.0.1")
-    path, problems = write_manifest(tmp_path, text), None
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    problems = {(p.field, p.line) for p in info.value.problems}
+    _, problems = problems_for(tmp_path, text)
+    problems = {(p.field, p.line) for p in problems}
     assert ("users[0].shel", line_of(text, "shel:")) in problems
     assert ("networks.provision.gateway", line_of(text, "gateway")) in problems
 
@@ -282,7 +270,7 @@ def test_schema_typo_and_semantic_error_in_other_sections_are_reported_together(
 def test_validate_writes_nothing(tmp_path):
     path = write_manifest(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert run_validate(path).exit_code == 0
+    assert invoke("validate", path).exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -304,18 +292,9 @@ def test_node_bound_is_across_all_groups_and_counted_before_expanding(tmp_path):
                      for i in range(30))
     text = VALID.split("node_groups:")[0] + "node_groups:\n" + groups
     path = write_manifest(tmp_path, text, None)
-    import time
-    import tracemalloc
-
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        with pytest.raises(InputError) as info:
-            load_cluster(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    elapsed = time.perf_counter() - started
+    with pytest.raises(InputError) as info, PeakMemory() as measured:
+        load_cluster(path)
+    peak, elapsed = measured.peak, measured.seconds
     hosts_problems = [p for p in info.value.problems if p.field.endswith(".hosts")]
     assert hosts_problems[0].field == "node_groups[0].hosts" and "adds 90000 nodes" in hosts_problems[0].message
     assert peak < 100 * 1024 * 1024
@@ -326,11 +305,9 @@ def test_two_groups_that_fit_alone_but_not_together(tmp_path):
     groups = ("  - {name: a, hosts: 'a[00001-10000]', hardware: cpu-only, pxe: false}\n"
               "  - {name: b, hosts: 'b[00001-10000]', hardware: cpu-only, pxe: false}\n")
     text = VALID.split("node_groups:")[0] + "node_groups:\n" + groups
-    path = write_manifest(tmp_path, text.replace("/16", "/8").replace("10.20.0.0/8", "11.0.0.0/8")
-                          .replace("10.30.0.0/8", "12.0.0.0/8"), None)
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    (problem,) = [p for p in info.value.problems if "nodes in all" in p.message]
+    _, problems = problems_for(tmp_path, text.replace("/16", "/8").replace("10.20.0.0/8", "11.0.0.0/8")
+                               .replace("10.30.0.0/8", "12.0.0.0/8"), None)
+    (problem,) = [p for p in problems if "nodes in all" in p.message]
     assert problem.field == "node_groups[1].hosts" and "10000" in problem.message
 
 
@@ -344,6 +321,6 @@ def test_two_groups_that_fit_alone_but_not_together(tmp_path):
 def test_hand_edited_addresses_file_is_read_like_the_manifest(tmp_path, content, line, fragment):
     path = write_manifest(tmp_path)
     (tmp_path / "cluster.addresses.yaml").write_text(content)
-    result = run_validate(path)
+    result = invoke("validate", path)
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: {tmp_path / 'cluster.addresses.yaml'}:{line}: ") and fragment in result.output

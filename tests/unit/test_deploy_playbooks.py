@@ -9,9 +9,8 @@ import re
 from pathlib import Path
 
 import yaml
-from typer.testing import CliRunner
+from tests.conftest import invoke
 
-from podsys.cli.main import build_app
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "podsys" / "playbooks"
 
@@ -123,7 +122,7 @@ def test_provision_runs_only_when_some_node_installs_over_pxe():
 
 def test_deploy_help_names_every_tag():
     tags = set().union(*(s["tags"] for s in steps(load("site.yml")) + steps(load("gpu.yml"))))
-    result = CliRunner().invoke(build_app(), ["deploy", "--help"], env={"COLUMNS": "200"})
+    result = invoke("deploy", "--help", env={"COLUMNS": "200"})
     assert result.exit_code == 0
     listed = re.search(r"comma-separated:\s*([a-z,\s]+)", result.output)
     assert listed, result.output

@@ -12,6 +12,7 @@ from podsys.checks import health
 from podsys.checks.findings import Verdict
 from podsys.lab import fault
 from tests.unit.checks_helpers import profile
+from tests.conftest import invoke
 
 EXPECTED = {
     "xid79": {"xid79"}, "gpu-missing": {"gpu-missing"}, "ib-port-down": {"ib-port-down"},
@@ -98,13 +99,8 @@ def test_unknown_kind_is_refused():
 
 
 def test_cli_refuses_a_kind_with_clear_and_unknown_kinds(tmp_path):
-    from typer.testing import CliRunner
-
-    from podsys.cli.main import build_app
-
-    runner = CliRunner()
-    both = runner.invoke(build_app(), ["lab", "fault", "node01", "xid79", "--clear", "--dir", str(tmp_path)])
-    unknown = runner.invoke(build_app(), ["lab", "fault", "node01", "gpu-on-fire", "--dir", str(tmp_path)])
+    both = invoke("lab", "fault", "node01", "xid79", "--clear", "--dir", tmp_path)
+    unknown = invoke("lab", "fault", "node01", "gpu-on-fire", "--dir", tmp_path)
     for result, words in ((both, "not both"), (unknown, "unknown fault kind")):
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
 

@@ -50,6 +50,21 @@ def test_firmware_falls_back_to_what_the_machine_booted_with():
     assert out == ("uefi" if Path("/sys/firmware/efi").is_dir() else "bios")
 
 
+def test_run_step_reports_the_stage_and_stops_with_the_steps_reason():
+    # report and fail replaced: the real ones call the head and then wait forever.
+    out = run_function('report() { echo "report $1 $2"; }; fail() { echo "fail $1: $2"; exit 0; }; '
+                       'good() { echo ran good; }; bad() { FAIL_REASON="no disk /dev/sdz"; return 1; }; '
+                       'run_step write good; run_step partition bad; echo not reached')
+    assert out.splitlines() == ["report stage write", "ran good", "report stage partition", "fail partition: no disk /dev/sdz"]
+
+
+def test_init_runs_every_install_step_through_run_step():
+    init = (RAMDISK_DIR / "init").read_text()
+    steps = [line.split()[1:] for line in init.splitlines() if line.startswith("run_step ")]
+    assert steps == [["fetch", "fetch_image"], ["verify", "verify_image"], ["partition", "partition_disk"],
+                     ["write", "write_image"], ["bootloader", "install_bootloader"], ["identity", "write_identity"]]
+
+
 @pytest.mark.parametrize("disk, expected", [("/dev/sda", "/dev/sda2"), ("/dev/nvme0n1", "/dev/nvme0n1p2"),
                                             ("/dev/vda", "/dev/vda2")])
 def test_partition_names_in_sh_match_python(disk, expected):

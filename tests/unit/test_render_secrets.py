@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.cluster.load import load_cluster
 from podsys.render.build import SECRETS_FILE, VARS_FILE, render_files
 from tests.unit.manifest_samples import VALID, write_manifest
+from tests.conftest import invoke
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,13 +117,13 @@ def test_installer_configs_are_served_to_their_own_node_only(tmp_path):
 def test_secrets_file_modes_are_refused_when_others_can_read_them(tmp_path):
     path = cluster_dir(tmp_path)
     os.chmod(tmp_path / "bmc.pw", 0o644)
-    res = CliRunner().invoke(build_app(), ["power", "status", "gpu001", "-m", str(path)])
+    res = invoke("power", "status", "gpu001", "-m", path)
     assert res.exit_code == 2, res.output
     assert "bmc.pw: bmc.password_file: mode 0644 lets group or others read it" in res.output
     assert BMC_PASSWORD not in res.output and "Traceback" not in res.output
 
     os.chmod(tmp_path / "keys/id_ed25519", 0o640)
-    res = CliRunner().invoke(build_app(), ["deploy", str(path), "--check"])
+    res = invoke("deploy", path, "--check")
     assert res.exit_code == 2, res.output
     assert "id_ed25519: access.private_key_file: mode 0640 lets group or others read it" in res.output
 

@@ -7,14 +7,7 @@ import pytest
 
 from podsys.errors import InputError
 from podsys.cluster.load import load_cluster
-from tests.unit.manifest_samples import MACS, VALID, line_of, write_manifest
-
-
-def problems_for(tmp_path, text, macs=MACS):
-    path = write_manifest(tmp_path, text, macs)
-    with pytest.raises(InputError) as info:
-        load_cluster(path)
-    return path, info.value.problems
+from tests.unit.manifest_samples import MACS, VALID, line_of, problems_for, write_manifest
 
 
 def assert_problem(problems, file, line, field, *fragments):

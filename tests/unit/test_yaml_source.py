@@ -3,15 +3,12 @@ a bound on work and memory that is a limit in the loader (not a timing)."""
 
 from __future__ import annotations
 
-import time
-import tracemalloc
 
 import pytest
-from typer.testing import CliRunner
 
-from podsys.cli.main import build_app
 from podsys.cluster.yaml_source import MAX_DEPTH, MAX_FILE_BYTES, load_yaml, load_yaml_file
 from podsys.errors import InputError
+from tests.conftest import PeakMemory, invoke
 
 # The classic "billion laughs": nine levels of nine aliases, 9**9 (387 million) leaves.
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
@@ -27,16 +24,9 @@ LIMIT_BYTES = 100 * 1024 * 1024
 
 def refused(text: str, file: str = "m.yaml") -> tuple[InputError, int, float]:
     """Load `text`; return the error, peak traced memory (bytes) and seconds taken."""
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        with pytest.raises(InputError) as info:
-            load_yaml(text, file)
-    finally:
-        elapsed = time.perf_counter() - started
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    return info.value, peak, elapsed
+    with pytest.raises(InputError) as info, PeakMemory() as measured:
+        load_yaml(text, file)
+    return info.value, measured.peak, measured.seconds
 
 
 # Line 7 is where an alias first stands for more than the limit on its own (the 6th level).
@@ -116,15 +106,10 @@ def test_oversized_file_is_refused_before_reading(tmp_path):
     path = tmp_path / "m.yaml"
     with path.open("wb") as handle:  # sparse: 50 MB that cost no disk
         handle.truncate(50 * 1024 * 1024)
-    tracemalloc.start()
-    try:
-        with pytest.raises(InputError) as info:
-            load_yaml_file(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with pytest.raises(InputError) as info, PeakMemory() as measured:
+        load_yaml_file(path)
     assert "too large" in info.value.problems[0].message and str(MAX_FILE_BYTES) in info.value.problems[0].message
-    assert peak < 1024 * 1024
+    assert measured.peak < 1024 * 1024
 
 
 def test_directory_instead_of_a_file(tmp_path):
@@ -141,7 +126,7 @@ def test_every_command_refuses_a_bad_manifest_with_exit_2(tmp_path, command, kin
         path.write_text(BILLION_LAUGHS)
     elif kind == "binary":
         path.write_bytes(b"\x7fELF\x02\x01\x01\x00" * 64)
-    result = CliRunner().invoke(build_app(), command + [str(path)])
+    result = invoke(*command, path)
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: {path}"), result.output
     assert "Traceback" not in result.output

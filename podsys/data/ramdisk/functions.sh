@@ -2,7 +2,7 @@
 # FAIL_REASON and the steps' globals are read by /init, which sources this file.
 # shellcheck disable=SC2034
 # The deploy ramdisk's steps (sourced by /init). POSIX sh for busybox ash. Each step returns
-# non-zero with FAIL_REASON set; /init turns that into a `fail` callback and stops.
+# non-zero with FAIL_REASON set; /init runs each through run_step, which reports it and stops there.
 
 FAIL_REASON=""
 # Debian's tools by full path: busybox's shell runs its own applets first (Debian builds it with
@@ -45,6 +45,13 @@ fail() {
     report fail "$1" "$2"
     # Stop here: no reboot (a reboot would PXE-boot straight back into this ramdisk).
     while true; do sleep 3600; done
+}
+
+run_step() {
+    # run_step STAGE FUNCTION: report STAGE to the head, run FUNCTION, and stop there with its
+    # FAIL_REASON if it fails.
+    stage "$1"
+    "$2" || fail "$1" "$FAIL_REASON"
 }
 
 cmdline_value() {

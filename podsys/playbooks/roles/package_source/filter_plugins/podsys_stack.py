@@ -43,33 +43,30 @@ def _plain(value):
     return str(value)
 
 
-def podsys_package_plan(stack, os_key, hardware=None, options=None):
-    """[{name, version, component, spec, origin}, ...] for one host."""
+def _planned(call):
+    """call(stack_packages), with its PlanError shown by Ansible as the filter's error."""
     stack_packages = _import_plan()
     try:
-        plan = stack_packages.package_plan(_plain(stack), str(os_key), _plain(hardware) or None, _plain(options or {}))
+        return call(stack_packages)
     except stack_packages.PlanError as exc:
         raise AnsibleFilterError(str(exc)) from None
+
+
+def podsys_package_plan(stack, os_key, hardware=None, options=None):
+    """[{name, version, component, spec, origin}, ...] for one host."""
+    plan = _planned(lambda sp: sp.package_plan(_plain(stack), str(os_key), _plain(hardware) or None, _plain(options or {})))
     return [p.as_dict() for p in plan]
 
 
 def podsys_node_plan(stack, os_key, hardware=None, options=None):
     """{repositories, module_streams, packages, pins, kernel_modules, services, notes} for one host."""
-    stack_packages = _import_plan()
-    try:
-        plan = stack_packages.node_plan(_plain(stack), str(os_key), _plain(hardware) or None, _plain(options or {}))
-    except stack_packages.PlanError as exc:
-        raise AnsibleFilterError(str(exc)) from None
+    plan = _planned(lambda sp: sp.node_plan(_plain(stack), str(os_key), _plain(hardware) or None, _plain(options or {})))
     return plan.as_dict()
 
 
 def podsys_repositories(stack, os_key, names, options=None):
     """[{name, url, suite, key_url, fingerprint, gpgcheck, repo_gpgcheck, ...}] for the named repositories."""
-    stack_packages = _import_plan()
-    try:
-        repos = stack_packages.repositories_named(_plain(stack), str(os_key), _plain(names or []), _plain(options or {}))
-    except stack_packages.PlanError as exc:
-        raise AnsibleFilterError(str(exc)) from None
+    repos = _planned(lambda sp: sp.repositories_named(_plain(stack), str(os_key), _plain(names or []), _plain(options or {})))
     return [r.as_dict() for r in repos]
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from podsys.checks.runner import probe_load, run_checks
-from podsys.checks.accelerators import ib_pair_command, ib_pairs, nccl_multinode_command
+from podsys.checks.live_gpu import gpu_probes
+from podsys.checks.live_infiniband import ib_pair_command, ib_pairs
+from podsys.checks.live_nccl import nccl_multinode_command
 from podsys.checks.findings import Verdict
 from podsys.checks.live import Context, ProbeResult
 from podsys.cluster.load import load_cluster
@@ -106,8 +108,6 @@ def test_missing_tools_fail_or_skip_with_reasons(pod, tmp_path):
 def test_dcgm_level_changes_command_and_load(pod):
     ctx0 = Context(cluster=pod, nodes=(pod.nodes[0],), head="mu01", dcgm_level=0)
     ctx3 = Context(cluster=pod, nodes=(pod.nodes[0],), head="mu01", dcgm_level=3)
-    from podsys.checks.accelerators import gpu_probes
-
     (p0,), (p3,) = gpu_probes(ctx0), gpu_probes(ctx3)
     assert "dcgmi" not in p0.command and "dcgmi diag -r 3" in p3.command
     assert probe_load(p0, ctx0) == () and probe_load(p3, ctx3) == ("gpu001",)
