@@ -236,6 +236,10 @@ def test_the_signal_before_the_time_limit_checkpoints_requeues_and_resumes(train
         assert re.search(r"requeueing job \d+ after its checkpoint", log), log[-3000:]
         assert re.search(r"start job=\d+ restart=1 ", log), log[-3000:]
         assert not re.search(PREFIX + r"step 1 loss", log[log.index("resumed from"):], re.M), "restarted from 1"
+        # The fallback timer (a trainer that ignores the request) must not outlive the first run:
+        # the resume came more than PODSYS_STOP_GRACE (90 s) after the signal.
+        first_run = log[:log.index("restart=1")]
+        assert "no checkpoint after the request" not in first_run, first_run[-2000:]
     finally:
         lab.ssh(lab.head, ["scancel", job], check=False)
         wait_for(f"job {job} to leave the nodes", lambda: _job(lab, job).get("JobState") not in ("RUNNING", "COMPLETING"),
