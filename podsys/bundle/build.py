@@ -37,6 +37,7 @@ from typing import Callable, Iterable
 
 import yaml
 
+from podsys.bundle.addon_packages import addon_packages
 from podsys.bundle.apt import AptFile, PrivateApt, target_for
 from podsys.bundle.repo import (
     PUBLIC_KEY_GPG,
@@ -104,6 +105,7 @@ def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, ins
     wanted: list[str] = list(data["head"])
     for layer in layers:
         wanted += data.get(layer, [])
+    wanted += addon_packages(manifest, layers)  # from the add-on roles' own defaults
     if "container" in layers and manifest.slurm.source == "distro":
         wanted.append("libslurm-dev")  # pyxis builds against the distribution's Slurm headers
     if {"gpu", "infiniband"} & set(layers):

@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
     accounting.command("restore", help="Load a dump made by `podsys accounting backup` into the head's "
                                        "accounting database (slurmdbd is stopped meanwhile).")(accounting_restore)
     images = command_group(app, "images", "The training add-on's site images (enroot squashfs files on shared storage).")
-    images.command("import", help="Copy an enroot image (a squashfs .sqsh file, as `enroot import` makes "
-                                  "it) into training.image_dir through the head; every node sees it there.")(images_import)
+    images.command("import", help="Put an enroot image into training.image_dir, where every node sees it: "
+                                  "a squashfs .sqsh file (copied through the head) or a registry image "
+                                  "docker://[USER@][REGISTRY#]IMAGE[:TAG] (`enroot import` on the head).")(images_import)
     images.command("list", help="The images in training.image_dir.")(images_list)
 
 
@@ -76,15 +77,20 @@ def accounting_restore(
 
 @guarded
 def images_import(
-    file: Path = typer.Argument(..., help="the .sqsh image file"),
+    source: str = typer.Argument(..., help="a .sqsh image file, or docker://[USER@][REGISTRY#]IMAGE[:TAG]"),
     manifest: Optional[Path] = FOUND_MANIFEST_ARG,
-    name: Optional[str] = typer.Option(None, "--name", help="image name (default: the file name without .sqsh)"),
+    name: Optional[str] = typer.Option(None, "--name", help="image name (default: the file name without "
+                                                             ".sqsh; for a registry image enroot's IMAGE+TAG)"),
 ) -> None:
     from podsys.cluster.load import load_cluster
-    from podsys.addons.training_images import import_image
+    from podsys.addons.training_images import import_from_registry, import_image, is_registry_uri
 
-    target = import_image(load_cluster(find_manifest(manifest)), file, name)
-    console.print(f"imported {file} as {target}", markup=False, highlight=False)
+    cluster = load_cluster(find_manifest(manifest))
+    if is_registry_uri(source):
+        target = import_from_registry(cluster, source, name)
+    else:
+        target = import_image(cluster, Path(source), name)
+    console.print(f"imported {source} as {target}", markup=False, highlight=False)
 
 
 @guarded

@@ -183,6 +183,7 @@ class HostProgress:
     skipped: int = 0
     unreachable: int = 0
     roles_done: list[str] = field(default_factory=list)
+    changed_tasks: list[str] = field(default_factory=list)  # "role: task", to tell what a re-run changed
     play_role: str = ""  # the first role this host ran in the current play
     reason: str = ""
     status: str = "waiting"  # waiting | running | ok | failed | unreachable
@@ -198,6 +199,8 @@ class HostResult:
     skipped: int
     unreachable: int
     reason: str = ""
+    changed_tasks: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()  # the roles that finished on this host, in order
 
 
 class EventTracker:
@@ -260,6 +263,7 @@ class EventTracker:
             hp.ok += 1
             if (data.get("res") or {}).get("changed"):
                 hp.changed += 1
+                hp.changed_tasks.append(f"{role}: {data.get('task', '')}" if role else data.get("task", ""))
         elif kind == "runner_on_skipped":
             hp.skipped += 1
         elif kind == "runner_on_failed":
@@ -306,7 +310,8 @@ class EventTracker:
             else:
                 status = OK
                 reason = ""
-            out.append(HostResult(name, status, ok, changed, failed, skipped, dark, reason))
+            out.append(HostResult(name, status, ok, changed, failed, skipped, dark, reason, tuple(hp.changed_tasks),
+                                  tuple(hp.roles_done)))
         return out
 
 

@@ -9,7 +9,13 @@ a distributed training job survives a failed node by resuming from its checkpoin
   SlurmdTimeout; the sbatch template trains on 2 nodes with gloo (Debian's python3-torch);
   mid-run one node is stopped with `podsys lab stop`, Slurm requeues the job, it resumes from
   the newest checkpoint (its logged step continues, not from 1) once the node is back, and
-  finishes with a final loss below the first."""
+  finishes with a final loss below the first. Submitted with a short time limit, the template's
+  signal before the limit (USR1) makes the trainer checkpoint on request, the job requeues
+  itself and its next run resumes from that checkpoint.
+* a second deploy changes nothing in the storage and training roles (the runner's JSON lists
+  each host's changed tasks by role).
+* images: a file import lands on shared storage; a registry import (enroot on the head) on a
+  head without enroot (the lab installs no container layer) stops with that reason."""
 
 from __future__ import annotations
 
@@ -54,6 +60,18 @@ def training_lab(tmp_path_factory):
         summary = deploy_json(manifest)
         assert summary["succeeded"], summary["_output"][-4000:]
         yield lab
+
+
+def test_a_second_deploy_changes_nothing_in_storage_and_training(training_lab):
+    lab = training_lab
+    proc = podsys("deploy", lab.manifest.with_name("lab-training.yaml"), "--json")
+    again = json.loads(proc.stdout)
+    assert again["succeeded"], proc.stderr[-3000:]
+    for host in again["hosts"]:
+        assert {"storage", "training"} <= set(host["roles"]), host
+        addon_changes = [t for t in host["changed_tasks"] if t.split(":")[0] in ("storage", "training")]
+        assert not addon_changes, (host["name"], addon_changes)
+    print("changed on the second deploy (all roles):", {h["name"]: h["changed_tasks"] for h in again["hosts"]})
 
 
 def test_the_head_serves_nfs_to_a_user_space_client(training_lab):
@@ -159,6 +177,59 @@ def test_a_training_job_survives_a_stopped_node_and_resumes_from_its_checkpoint(
     assert final < first, (first, final)
     final = _job(lab, job)
     assert final["JobState"] == "COMPLETED" and int(final["Restarts"]) >= 1, final
+
+
+def test_the_signal_before_the_time_limit_checkpoints_requeues_and_resumes(training_lab):
+    """--time=2 with --signal=B:USR1@90: the batch shell gets USR1 30 s into the run (Slurm may
+    send it up to a minute early: sbatch(1) --signal). No periodic checkpoint (--checkpoint-every
+    beyond --steps), so a checkpoint can only come from the request."""
+    lab = training_lab
+    out = f"/shared/home/{USER}/train-signal.out"
+    ckpt = f"/shared/checkpoints/{USER}/signal"
+    submit = (f"su - {USER} -c 'sbatch --parsable -N 2 --time=2 --signal=B:USR1@90 --chdir /shared/home/{USER} "
+              f"-o {out} /usr/local/share/podsys/training/train.sbatch /usr/local/share/podsys/training/train_ddp.py "
+              f"--checkpoint-dir {ckpt} --steps 100000 --checkpoint-every 100000 --step-seconds 0.2'")
+    job = lab.ssh(lab.head, submit).stdout.strip().split(";")[0]
+    try:
+        asked = wait_for("the trainer to checkpoint on the time-limit signal",
+                         lambda: re.search(PREFIX + r"checkpoint on request at step (\d+)", _log(lab, out), re.M),
+                         timeout=240, every=3)
+        step = int(asked.group(1))
+        log = _log(lab, out)
+        assert "time limit near: asking the trainer to checkpoint" in log, log[-3000:]
+        assert _newest_checkpoint(lab, ckpt) == step, "the checkpoint is the one written on the request"
+        wait_for(f"job {job} to requeue itself", lambda: int(_job(lab, job).get("Restarts", "0")) >= 1,
+                 timeout=120, every=3)
+        resumed = wait_for("the next run to resume from that checkpoint",
+                           lambda: re.search(PREFIX + r"resumed from step-(\d+)\.pt at step (\d+)", _log(lab, out), re.M),
+                           timeout=420, every=5)
+        assert int(resumed.group(1)) == step and int(resumed.group(2)) == step, (resumed.group(0), step)
+        wait_for("the resumed run's first step", lambda: re.search(PREFIX + rf"step {step + 1} loss", _log(lab, out), re.M),
+                 timeout=120, every=3)
+        log = _log(lab, out)
+        assert re.search(r"requeueing job \d+ after its checkpoint", log), log[-3000:]
+        assert re.search(r"start job=\d+ restart=1 ", log), log[-3000:]
+        assert not re.search(PREFIX + r"step 1 loss", log[log.index("resumed from"):], re.M), "restarted from 1"
+        # The fallback timer (a trainer that ignores the request) must not outlive the first run:
+        # the resume came more than PODSYS_STOP_GRACE (90 s) after the signal.
+        first_run = log[:log.index("restart=1")]
+        assert "no checkpoint after the request" not in first_run, first_run[-2000:]
+    finally:
+        lab.ssh(lab.head, ["scancel", job], check=False)
+        wait_for(f"job {job} to leave the nodes", lambda: _job(lab, job).get("JobState") not in ("RUNNING", "COMPLETING"),
+                 timeout=120, every=3)
+
+
+def test_a_registry_import_needs_enroot_on_the_head_and_says_so(training_lab):
+    lab = training_lab
+    manifest = lab.manifest.with_name("lab-training.yaml")
+    assert lab.ssh(lab.head, "command -v enroot", check=False).returncode != 0, "the lab head has enroot now: test the import"
+    refused = podsys("images", "import", "docker://localhost:5000#tiny:1", manifest, timeout=120)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "enroot is not installed on the head" in refused.stderr and "container" in refused.stderr, refused.stderr
+    assert lab.ssh(lab.head, "ls -A /shared/images").stdout.split().count(".tiny+1.sqsh.partial") == 0
+    bad = podsys("images", "import", "docker://Not/An/Image", manifest, timeout=120)
+    assert bad.returncode == 2 and "command line: SOURCE:" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 @pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="mksquashfs not installed (Debian package squashfs-tools)")

@@ -217,3 +217,25 @@ def test_full_debian12_base_slurm_monitoring_bundle(tmp_path):
         assert f"Package: {name}\n" in packages
     assert {"debian-12/linux", "debian-12/initrd.gz"} <= set(result["boot"])
     podsys("bundle", "verify", str(out))
+
+
+def test_every_add_on_package_resolves_for_the_bundle_target(small_bundle, tmp_path):
+    """The add-on roles' packages (read from their defaults, podsys/bundle/addon_packages.py)
+    exist in Debian 12 with their whole closure, so a bundle can carry them: resolved with the
+    small bundle's private apt (its indexes are already there), nothing downloaded."""
+    from podsys.bundle.addon_packages import addon_packages
+    from podsys.bundle.apt import PrivateApt, target_for
+    from podsys.cluster.load import load_cluster
+    from tests.conftest import write_manifest_variant
+
+    out, _ = small_bundle
+    variant = write_manifest_variant(tmp_path, "lab", layers=["base", "slurm", "accounting", "storage", "training"],
+                                     training={"pytorch": "distro"})
+    cluster = load_cluster(variant)
+    wanted = addon_packages(cluster.manifest, cluster.manifest.layers)
+    assert {"slurmdbd", "mariadb-server", "nfs-ganesha", "nfs-ganesha-vfs", "python3-torch"} <= set(wanted)
+    apt = PrivateApt(out / ".work" / "apt-debian-12", target_for("debian-12"), mirror=cluster.manifest.packages.upstream,
+                     recommends=False)
+    closure = {f.filename.split("_")[0] for f in apt.resolve(wanted)}
+    for name in wanted:
+        assert name in closure, f"{name} is not in the resolved closure"

@@ -98,7 +98,9 @@ def test_tracker_folds_events_into_per_host_results():
     results = {r.name: r for r in tracker.results()}
     assert results["head"].status == "failed"
     assert results["head"].reason == "slurm : Start slurmctld: Unable to start service slurmctld: Job for slurmctld.service failed / see journalctl"
-    assert results["node01"] == HostResult("node01", "ok", 3, 1, 0, 0, 0, "")
+    assert results["node01"] == HostResult("node01", "ok", 3, 1, 0, 0, 0, "", ("slurm: Start slurmd",), ("base", "slurm"))
+    # What changed, by role and task: a re-run's recap says which role was not idempotent.
+    assert results["head"].changed_tasks == ("base: Install chrony",)
     assert results["node02"].status == "unreachable"
     assert results["node02"].reason == "unreachable: Failed to connect to the host via ssh: ssh: connect to host 10.0.0.12 port 22: No route to host"
     # A selected host Ansible never processed is not silently "ok".

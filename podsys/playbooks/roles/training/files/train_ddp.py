@@ -4,8 +4,12 @@ CPU, NCCL on GPUs, from PODSYS_DIST_BACKEND), a checkpoint every --checkpoint-ev
 shared storage (written to a temporary name, then renamed: a crash never leaves a torn file),
 and on start the newest checkpoint is loaded, so a requeued job continues where it stopped.
 
+When the request file (--stop-file, $PODSYS_STOP_FILE: train.sbatch creates it on the signal
+before the time limit) appears, every rank stops after the current step, rank 0 checkpoints it
+and acknowledges by renaming the file to NAME.done; the job is then requeued and resumes.
+
 Launched by torchrun (see train.sbatch). Logs `step N loss L` from rank 0; the last line is
-`done steps=N first_loss=A final_loss=B resumed_from=S`."""
+`done steps=N first_loss=A final_loss=B resumed_from=S`, or `checkpoint on request at step N`."""
 
 from __future__ import annotations
 
@@ -42,6 +46,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--checkpoint-every", type=int, default=10)
     parser.add_argument("--step-seconds", type=float, default=0.0, help="pause per step (to watch it run)")
+    parser.add_argument("--stop-file", type=Path, default=os.environ.get("PODSYS_STOP_FILE") or None,
+                        help="checkpoint and stop when this file appears (default: $PODSYS_STOP_FILE)")
     args = parser.parse_args()
 
     backend = os.environ.get("PODSYS_DIST_BACKEND", "gloo")
@@ -77,17 +83,27 @@ def main() -> None:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        reduced = loss.detach().clone()
+        # Rank 0's view of the stop request rides on the loss reduction: every rank sees the same
+        # sum, so all stop after the same step (a rank that stopped alone would hang the others).
+        asked = float(rank == 0 and args.stop_file is not None and args.stop_file.exists())
+        reduced = torch.stack([loss.detach().reshape(()), torch.tensor(asked, device=device)])
         dist.all_reduce(reduced)
-        loss_value = reduced.item() / world
+        loss_value, stop = reduced[0].item() / world, reduced[1].item() > 0
         if first_loss is None:
             first_loss = loss_value
         if rank == 0:
             print(f"step {step} loss {loss_value:.6f}", flush=True)
-            if step % args.checkpoint_every == 0 or step == args.steps:
+            if step % args.checkpoint_every == 0 or step == args.steps or stop:
                 save_checkpoint(args.checkpoint_dir, step, {"step": step, "first_loss": first_loss,
                                                             "model": model.state_dict(),
                                                             "optimiser": optimiser.state_dict()})
+        if stop:
+            dist.barrier()
+            if rank == 0:
+                os.replace(args.stop_file, f"{args.stop_file}.done")
+                print(f"checkpoint on request at step {step}: stopping for the requeue", flush=True)
+            dist.destroy_process_group()
+            return
         if args.step_seconds:
             time.sleep(args.step_seconds)
     dist.barrier()
