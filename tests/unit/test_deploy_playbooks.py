@@ -26,6 +26,7 @@ SITE_ORDER = [
     ("Slurm accounts", "accounting:accounts"),
     ("Shared storage", "storage"),
     ("Training toolchain", "training"),
+    ("Model registry", "models"),
     ("GPU, InfiniBand and container stack", "gpu.yml"),
     ("Monitoring exporters", "monitoring"),
     ("Passive health checks on every node (podsys health)", "health"),
@@ -43,6 +44,7 @@ BY_TAG = {
     "accounting": ["accounting", "accounting:accounts"],
     "storage": ["storage"],
     "training": ["training"],
+    "models": ["models"],
 }
 
 # Layer -> (what runs, the hosts it runs on, the condition that skips it when the layer is off).
@@ -59,6 +61,7 @@ BY_LAYER = {
                    ("accounting:accounts", "head", "'accounting' in podsys_layers")],
     "storage": [("storage", "head:layer_storage", "'storage' in podsys_layers")],
     "training": [("training", "head:layer_training", "'training' in podsys_layers")],
+    "models": [("models", "head:layer_training", "'models' in podsys_layers")],
 }
 
 
