@@ -74,7 +74,10 @@ def group_env(cluster: Cluster, group: str) -> str:
     if "models" in m.layers:
         lines += [_line("MLFLOW_TRACKING_URI", f"https://{m.head.hostname}:{MODELS_HTTPS_PORT}"),
                   _line("MLFLOW_TRACKING_SERVER_CERT_PATH", SITE_CERTIFICATE),
-                  _line("PODSYS_PYTHON", MLFLOW_CLIENT_PYTHON)]
+                  _line("PODSYS_PYTHON", MLFLOW_CLIENT_PYTHON),
+                  # MLflow records the git commit when git is there; nodes have none, and GitPython
+                  # would print its "Bad git executable" notice into every job log.
+                  _line("GIT_PYTHON_REFRESH", "quiet")]
     lines += [_line(k, v) for k, v in sorted(training.env.items())]
     return "\n".join(lines) + "\n"
 

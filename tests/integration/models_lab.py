@@ -25,16 +25,26 @@ SITE_CERTIFICATE = "/etc/podsys/tls/site.crt"
 PORT = 5443
 
 
+# Downloaded once per MLflow version and reused (the server's set is ~180 MB): beside the lab's
+# Debian root cache (podsys/lab/rootfs.py DEFAULT_CACHE).
+WHEEL_CACHE = Path("/var/cache/podsys/lab/wheels")
+
+
 def build_wheelhouses(directory: Path) -> None:
     """wheels/mlflow and wheels/mlflow-client next to the manifest (the models section's
-    defaults), as a site would make them."""
-    for target, requirements in (("wheels/mlflow", [f"mlflow=={MLFLOW_VERSION}", "PyMySQL"]),
-                                 ("wheels/mlflow-client", [f"mlflow-skinny=={MLFLOW_VERSION}"])):
-        # The test host runs the lab's Python (3.11, Debian 12, x86_64): its wheels fit the head.
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
-                               "-d", str(directory / target), *requirements],
-                              capture_output=True, text=True, timeout=1200)
-        assert done.returncode == 0, done.stderr[-3000:]
+    defaults), as a site would make them (roles/models/README.md)."""
+    for target, requirements in (("mlflow", [f"mlflow=={MLFLOW_VERSION}", "PyMySQL"]),
+                                 ("mlflow-client", [f"mlflow-skinny=={MLFLOW_VERSION}"])):
+        cached = WHEEL_CACHE / f"{target}-{MLFLOW_VERSION}"
+        if not (cached / "complete").exists():
+            shutil.rmtree(cached, ignore_errors=True)
+            # The test host runs the lab's Python (3.11, Debian 12, x86_64): its wheels fit the head.
+            done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
+                                   "-d", str(cached), *requirements], capture_output=True, text=True, timeout=1800)
+            assert done.returncode == 0, done.stderr[-3000:]
+            (cached / "complete").write_text("")
+        shutil.copytree(cached, directory / "wheels" / target, ignore=shutil.ignore_patterns("complete"),
+                        dirs_exist_ok=True)
 
 
 def password_hash() -> str:
@@ -42,16 +52,33 @@ def password_hash() -> str:
                           text=True, check=True).stdout.strip()
 
 
+# Lab nodes have no curl: the request is made with the host's python3 (urllib), verifying the
+# site certificate, or not at all for the loopback address it was not issued for.
+FETCH = """
+import base64, ssl, sys, urllib.error, urllib.request
+url, cafile, auth = sys.argv[1], sys.argv[2], sys.argv[3]
+if '//127.0.0.1' in url:
+    context = ssl._create_unverified_context()
+else:
+    context = ssl.create_default_context(cafile=cafile)
+request = urllib.request.Request(url)
+if auth:
+    request.add_header('Authorization', 'Basic ' + base64.b64encode(auth.encode()).decode())
+try:
+    answer = urllib.request.urlopen(request, context=context, timeout=60)
+    status, body = answer.status, answer.read()
+except urllib.error.HTTPError as error:
+    status, body = error.code, error.read()
+sys.stdout.write(str(status) + chr(10) + body.decode(errors='replace'))
+"""
+
+
 def rest_from(lab, host: str, path: str, *, base: str | None = None, auth: str | None = None) -> tuple[int, str]:
-    """(HTTP status, body) of a GET through nginx from `host` (curl; the site certificate verifies it)."""
+    """(HTTP status, body) of a GET through nginx from `host`."""
     url = (base or f"https://{lab.head}:{PORT}") + path
-    command = ["curl", "-sS", "--cacert", SITE_CERTIFICATE, "-o", "/tmp/mlflow-answer", "-w", "%{http_code}"]
-    if base and "127.0.0.1" in base:
-        command = ["curl", "-sS", "-k", "-o", "/tmp/mlflow-answer", "-w", "%{http_code}"]
-    if auth:
-        command += ["-u", auth]
-    status = lab.ssh(host, " ".join(map(shlex.quote, command + [url])) + " && echo").stdout.strip()
-    body = lab.ssh(host, "cat /tmp/mlflow-answer").stdout
+    command = ["python3", "-c", FETCH, url, SITE_CERTIFICATE, auth or ""]
+    out = lab.ssh(host, " ".join(map(shlex.quote, command))).stdout
+    status, _, body = out.partition("\n")
     return int(status), body
 
 

@@ -140,7 +140,7 @@ def test_each_node_has_its_groups_training_environment(training_lab):
 
 def _job(lab, job: str) -> dict[str, str]:
     """JobState and Restarts from `scontrol show job` (it keeps finished jobs for MinJobAge;
-    this lab runs no accounting database, so no sacct)."""
+    the same with or without the accounting layer, which the models layer brings)."""
     out = lab.ssh(lab.head, ["scontrol", "-o", "show", "job", job], check=False).stdout
     return dict(field.split("=", 1) for field in out.split() if "=" in field)
 

@@ -82,6 +82,7 @@ def test_the_training_environment_points_jobs_at_mlflow_only_with_the_layer(clus
     assert env["MLFLOW_TRACKING_URI"] == f"https://{cluster.manifest.head.hostname}:5443"
     assert env["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/etc/podsys/tls/site.crt"
     assert env["PODSYS_PYTHON"] == "/opt/podsys/mlflow-client/bin/python3"
+    assert env["GIT_PYTHON_REFRESH"] == "quiet"
     (tmp_path / "plain").mkdir()
     without = load_cluster(_write(tmp_path / "plain", ADDONS))
     assert "MLFLOW" not in group_env(without, "gpu") and "podsys_models" not in _vars(without)[0]
