@@ -107,6 +107,11 @@ DCGM_EXPORTER_PORT = 9400  # on GPU nodes only, so not a head port
 FIXED_HEAD_PORTS = {SSH_PORT: "sshd", PACKAGE_CACHE_PORT: "the package cache (packages.source: proxy)",
                     SLURMCTLD_PORT: "slurmctld", SLURMD_PORT: "slurmd", PROMETHEUS_PORT: "Prometheus",
                     NODE_EXPORTER_PORT: "node_exporter"}
+# Layer models: nginx (TLS, basic auth) on MODELS_HTTPS_PORT in front of the MLflow server,
+# which listens on 127.0.0.1:MLFLOW_PORT only (roles/models).
+MODELS_HTTPS_PORT = 5443
+MLFLOW_PORT = 5000
+FIXED_HEAD_PORTS[MODELS_HTTPS_PORT] = "the models layer's nginx (MLflow over TLS)"
 
 
 # On every node: where the health role installs podsys health's Slurm wrappers (roles/health

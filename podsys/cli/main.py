@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from podsys.cli import bundle, check, core, deploy, health, image, lab, layers, provision, upgrade
+from podsys.cli import bundle, check, core, deploy, health, image, lab, layers, models, provision, upgrade
 
 # One module per verb group, in the order `podsys --help` lists them.
 COMMAND_GROUPS = (
@@ -19,6 +19,7 @@ COMMAND_GROUPS = (
     check,  # check, check parse
     health,  # health (passive node checks)
     layers,  # layers
+    models,  # models list (layer models: the MLflow registry)
 )
 
 app = typer.Typer(

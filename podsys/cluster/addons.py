@@ -145,9 +145,24 @@ def check_training(manifest: Manifest, at: At) -> Iterator[Problem]:
             yield at(("training", key), f"{value} is not on shared storage ({', '.join(shared)})")
 
 
+def check_models(manifest: Manifest, at: At) -> Iterator[Problem]:
+    """MLflow keeps its runs and registry in the accounting layer's MariaDB, and its artifacts
+    on shared storage when the manifest declares some (a job on any node uploads them through
+    the server, and the run page must find them whichever head process serves it)."""
+    if not _enabled(manifest, "models"):
+        return
+    if not _enabled(manifest, "accounting"):
+        yield at(("layers",), "layer 'models' needs layer 'accounting' (MLflow's backend store is its MariaDB)")
+    storage = manifest.storage
+    shared = [m.path for m in storage.mounts] + [e.path for e in storage.exports]
+    if shared and not any(_under(manifest.models.artifact_dir, s) for s in shared):
+        yield at(("models", "artifact_dir"), f"{manifest.models.artifact_dir} is not on shared storage ({', '.join(shared)})")
+
+
 # (name, check, top-level sections it reads): the lead's validation table registers these.
 ADDON_CHECKS: tuple[tuple[str, Callable[[Manifest, At], Iterator[Problem]], tuple[str, ...]], ...] = (
     ("accounts", check_accounts, ("accounts", "users", "layers")),
     ("storage", check_storage, ("storage", "node_groups", "layers")),
     ("training", check_training, ("training", "storage", "layers")),
+    ("models", check_models, ("models", "storage", "layers")),
 )

@@ -63,6 +63,12 @@ CATALOGUE: tuple[LayerInfo, ...] = (
               "a multi-node torchrun sbatch template with checkpoint-resume",
               ("training",), ("slurm-client (nodes)", "python3-torch (pytorch: distro; else the job's image)"), (), "training",
               "tests/integration/test_addon_training.py"),
+    LayerInfo("models", "MLflow tracking server and model registry on the head (backend in the accounting MariaDB, "
+              "artifacts on shared storage) behind nginx with TLS and the users' logins on port 5443; the "
+              "training template logs to it; `podsys models list`",
+              ("models", "web_tls"), ("mlflow (PyPI wheels)", "PyMySQL (PyPI wheels)", "mlflow-skinny (nodes)",
+                                       "nginx", "python3-venv"),
+              ("mlflow", "nginx"), "models", "tests/integration/test_addon_training.py"),
 )
 
 CORE_LAYERS = tuple(info.name for info in CATALOGUE if info.kind == "core")

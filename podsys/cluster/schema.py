@@ -23,7 +23,7 @@ DNS_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0
 # The one list of layers: the manifest's `layers`, the CLI and the matrix take it from here.
 CORE_LAYERS = ("base", "gpu", "infiniband", "slurm", "monitoring", "container")
 # Add-on layers (issue 15): optional layers above the core ones, each with its own manifest section.
-ADDON_LAYERS = ("accounting", "storage", "training")
+ADDON_LAYERS = ("accounting", "storage", "training", "models")
 LAYERS = CORE_LAYERS + ADDON_LAYERS
 Layer = Literal[LAYERS]  # type: ignore[valid-type]
 # The one list of supported OS releases (installers, matrix rows and the CLI all check
@@ -467,6 +467,19 @@ class Training(Strict):
         return value
 
 
+class Models(Strict):
+    """Layer `models`: the MLflow tracking server and model registry on the head. PyPI is not
+    reachable from a cluster, so the wheels come from directories next to the manifest
+    (`pip download` on a machine that reaches PyPI: README of roles/models)."""
+
+    wheelhouse: str = Field(default="wheels/mlflow", description="directory of wheels for the server (mlflow, "
+                                                                  "PyMySQL and their dependencies), relative to the manifest")
+    client_wheelhouse: str = Field(default="wheels/mlflow-client",
+                                   description="directory of wheels for the nodes' client (mlflow-skinny and dependencies)")
+    artifact_dir: str = Field(default="/shared/mlflow", pattern=ABSOLUTE_PATH_RE,
+                              description="where the server keeps run artifacts and model files")
+
+
 class Manifest(Strict):
     apiVersion: Literal["podsys/v1"]
     kind: Literal["Cluster"]
@@ -493,3 +506,4 @@ class Manifest(Strict):
     accounts: Accounts = Field(default_factory=Accounts)
     storage: Storage = Field(default_factory=Storage)
     training: Training = Field(default_factory=Training)
+    models: Models = Field(default_factory=Models)

@@ -10,7 +10,7 @@ from podsys.cluster.model import Cluster
 from podsys.cluster.schema import SlurmLimits
 from podsys.render.storage import storage_vars
 from podsys.render.training import training_vars
-from podsys.layout import SLURMDBD_PORT
+from podsys.layout import MLFLOW_PORT, MODELS_HTTPS_PORT, SLURMDBD_PORT
 
 # Source: slurm.conf(5) (AccountingStorage*, PriorityType, PreemptType/PreemptMode) and the
 # Slurm accounting guide, https://slurm.schedmd.com/accounting.html ("limits" implies associations).
@@ -76,6 +76,26 @@ def accounting_slurm_config(cluster: Cluster) -> dict[str, str]:
     return config
 
 
+def models_vars(cluster: Cluster) -> dict:
+    """The models role's settings: wheel directories resolved next to the manifest, the Host
+    headers and origins MLflow's security middleware must accept behind nginx (its default is
+    localhost and private addresses: `mlflow server --help`, --allowed-hosts), and the networks
+    whose jobs log without a login (the nodes' provision network)."""
+    m = cluster.manifest
+    base = cluster.manifest_path.parent
+    names = [m.head.hostname, str(m.head.address)] + ([f"{m.head.hostname}.{m.metadata.domain}"] if m.metadata.domain else [])
+    return {
+        "wheelhouse": str((base / m.models.wheelhouse).resolve()),
+        "client_wheelhouse": str((base / m.models.client_wheelhouse).resolve()),
+        "artifact_dir": m.models.artifact_dir,
+        "https_port": MODELS_HTTPS_PORT,
+        "mlflow_port": MLFLOW_PORT,
+        "allowed_hosts": [p for n in names for p in (n, f"{n}:*")] + ["localhost:*", "127.0.0.1:*"],
+        "cors_origins": [f"https://{n}:{MODELS_HTTPS_PORT}" for n in names],
+        "trusted_networks": [str(m.networks.provision.cidr)],
+    }
+
+
 def addon_vars(cluster: Cluster) -> dict:
     """group_vars/all entries for the add-on layers the manifest enables (none otherwise, so a
     cluster without add-ons renders exactly as before)."""
@@ -89,6 +109,8 @@ def addon_vars(cluster: Cluster) -> dict:
     if "training" in m.layers:
         out["podsys_training"] = m.training.model_dump(mode="json")
         out.update(training_vars(cluster))
+    if "models" in m.layers:
+        out["podsys_models"] = models_vars(cluster)
     return out
 
 

@@ -21,6 +21,14 @@ manifest's networks. Pure. Each variable carries its reason and source:
 from __future__ import annotations
 
 from podsys.cluster.model import Cluster
+from podsys.layout import MODELS_HTTPS_PORT
+
+# Layer models (roles/models): the jobs' MLflow client lives in a venv that also sees the
+# system's python3-torch, and trusts the site certificate web_tls writes on the head.
+# MLFLOW_TRACKING_SERVER_CERT_PATH: MLflow's environment variable for a private CA bundle
+# (mlflow/environment_variables.py).
+MLFLOW_CLIENT_PYTHON = "/opt/podsys/mlflow-client/bin/python3"
+SITE_CERTIFICATE = "/etc/podsys/tls/site.crt"
 
 NVLS_ARCHITECTURES = ("hopper", "blackwell")
 
@@ -63,6 +71,13 @@ def group_env(cluster: Cluster, group: str) -> str:
         lines.append(_line("PODSYS_TORCHRUN_ARGS", '"--redirects 1 --tee 1"'))
     lines += [_line("PODSYS_IMAGE_DIR", training.image_dir), _line("PODSYS_CHECKPOINT_DIR", training.checkpoint_dir),
               _line("PODSYS_NODE_TIMEOUT", str(training.node_timeout))]
+    if "models" in m.layers:
+        lines += [_line("MLFLOW_TRACKING_URI", f"https://{m.head.hostname}:{MODELS_HTTPS_PORT}"),
+                  _line("MLFLOW_TRACKING_SERVER_CERT_PATH", SITE_CERTIFICATE),
+                  _line("PODSYS_PYTHON", MLFLOW_CLIENT_PYTHON),
+                  # MLflow records the git commit when git is there; nodes have none, and GitPython
+                  # would print its "Bad git executable" notice into every job log.
+                  _line("GIT_PYTHON_REFRESH", "quiet")]
     lines += [_line(k, v) for k, v in sorted(training.env.items())]
     return "\n".join(lines) + "\n"
 

@@ -25,6 +25,7 @@ SITE_ORDER = [
     ("Slurm accounts", "accounting:accounts"),
     ("Shared storage", "storage"),
     ("Training toolchain", "training"),
+    ("Model registry", "models"),
     ("GPU, InfiniBand and container stack", "gpu.yml"),
     ("Monitoring exporters", "monitoring"),
     ("Passive health checks on every node (podsys health)", "health"),
@@ -42,6 +43,7 @@ BY_TAG = {
     "accounting": ["accounting", "accounting:accounts"],
     "storage": ["storage"],
     "training": ["training"],
+    "models": ["models"],
 }
 
 # Layer -> (what runs, the hosts it runs on, the condition that skips it when the layer is off).
@@ -58,6 +60,7 @@ BY_LAYER = {
                    ("accounting:accounts", "head", "'accounting' in podsys_layers")],
     "storage": [("storage", "head:layer_storage", "'storage' in podsys_layers")],
     "training": [("training", "head:layer_training", "'training' in podsys_layers")],
+    "models": [("models", "head:layer_training", "'models' in podsys_layers")],
 }
 
 

@@ -56,7 +56,8 @@ def test_the_roles_fixed_ports_are_the_layouts():
     assert re.search(r"^SlurmctldPort=(\d+)$", slurm_conf, re.M).group(1) == str(layout.SLURMCTLD_PORT)
     assert re.search(r"^SlurmdPort=(\d+)$", slurm_conf, re.M).group(1) == str(layout.SLURMD_PORT)
     assert set(layout.FIXED_HEAD_PORTS) == {layout.SSH_PORT, layout.PACKAGE_CACHE_PORT, layout.SLURMCTLD_PORT,
-                                            layout.SLURMD_PORT, layout.PROMETHEUS_PORT, layout.NODE_EXPORTER_PORT}
+                                            layout.SLURMD_PORT, layout.PROMETHEUS_PORT, layout.NODE_EXPORTER_PORT,
+                                            layout.MODELS_HTTPS_PORT}
 
 
 

@@ -9,7 +9,9 @@ before the time limit) appears, every rank stops after the current step, rank 0 
 and acknowledges by renaming the file to NAME.done; the job is then requeued and resumes.
 
 Launched by torchrun (see train.sbatch). Logs `step N loss L` from rank 0; the last line is
-`done steps=N first_loss=A final_loss=B resumed_from=S`, or `checkpoint on request at step N`."""
+`done steps=N first_loss=A final_loss=B resumed_from=S`, or `checkpoint on request at step N`.
+With the models layer, rank 0 also logs parameters, the loss and the final model to MLflow
+(run_tracking.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from run_tracking import Tracker
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8})\.pt$")
 
@@ -48,6 +52,8 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=0.0, help="pause per step (to watch it run)")
     parser.add_argument("--stop-file", type=Path, default=os.environ.get("PODSYS_STOP_FILE") or None,
                         help="checkpoint and stop when this file appears (default: $PODSYS_STOP_FILE)")
+    parser.add_argument("--model-name", default=os.environ.get("PODSYS_MODEL_NAME", "train_ddp"),
+                        help="registered model name for the final model (models layer)")
     args = parser.parse_args()
 
     backend = os.environ.get("PODSYS_DIST_BACKEND", "gloo")
@@ -74,6 +80,11 @@ def main() -> None:
         if rank == 0:
             print(f"resumed from {latest.name} at step {start}", flush=True)
     resumed_from = start
+    tracker = None
+    if rank == 0:
+        job = f"{os.environ.get('SLURM_JOB_NAME', 'train')}-{os.environ.get('SLURM_JOB_ID', 'local')}"
+        tracker = Tracker(args.checkpoint_dir, job, {"steps": args.steps, "checkpoint_every": args.checkpoint_every,
+                                                     "world_size": world, "backend": backend})
 
     loss_value = float("nan")
     for step in range(start + 1, args.steps + 1):
@@ -94,6 +105,7 @@ def main() -> None:
         if rank == 0:
             print(f"step {step} loss {loss_value:.6f}", flush=True)
             if step % args.checkpoint_every == 0 or step == args.steps or stop:
+                tracker.metrics(step, {"loss": loss_value})
                 save_checkpoint(args.checkpoint_dir, step, {"step": step, "first_loss": first_loss,
                                                             "model": model.state_dict(),
                                                             "optimiser": optimiser.state_dict()})
@@ -110,6 +122,10 @@ def main() -> None:
     if rank == 0:
         print(f"done steps={args.steps} first_loss={first_loss:.6f} final_loss={loss_value:.6f} "
               f"resumed_from={resumed_from}", flush=True)
+        final = args.checkpoint_dir / "model.pt"
+        torch.save(model.state_dict(), final)
+        tracker.metrics(args.steps, {"first_loss": first_loss, "final_loss": loss_value})
+        tracker.finish(final, args.model_name)
     dist.destroy_process_group()
 
 
