@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
     def deploy(
         manifest: Optional[Path] = typer.Argument(None, help="cluster manifest (default: ./cluster.yaml, else ./lab.yaml)"),
         limit: Optional[str] = typer.Option(None, "--limit", "-l", help="only these hosts, as a hostlist: 'head,node[01-04]'"),
-        tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these parts, comma-separated: packages,base,provision,slurm,accounting,storage,training,gpu,monitoring,health"),
+        tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these parts, comma-separated: packages,base,provision,slurm,accounting,storage,training,web,notebooks,gpu,monitoring,health"),
         check: bool = typer.Option(False, "--check", help="dry run: Ansible check mode with diffs; changes nothing"),
         forks: int = typer.Option(20, "--forks", "-f", min=1, max=1000, help="hosts configured in parallel"),
         resume: bool = typer.Option(False, "--resume", help="re-run only the hosts that failed or were unreachable last time"),

@@ -63,6 +63,11 @@ CATALOGUE: tuple[LayerInfo, ...] = (
               "a multi-node torchrun sbatch template with checkpoint-resume",
               ("training",), ("slurm-client (nodes)", "python3-torch (pytorch: distro; else the job's image)"), (), "training",
               "tests/integration/test_addon_training.py"),
+    LayerInfo("notebooks", "JupyterHub on the head behind nginx with TLS (web_tls: the manifest's certificate or a "
+              "self-signed one), PAM login with the manifest's password hashes, each user's notebook server a "
+              "Slurm job on a node (batchspawner) in the shared home",
+              ("web_tls", "notebooks"), ("jupyterhub", "nginx", "python3-pip", "sudo", "batchspawner (wheel)"),
+              ("jupyterhub", "nginx"), "notebooks", "tests/integration/test_addon_accounting.py"),
 )
 
 CORE_LAYERS = tuple(info.name for info in CATALOGUE if info.kind == "core")

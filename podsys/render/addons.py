@@ -10,6 +10,7 @@ from podsys.cluster.model import Cluster
 from podsys.cluster.schema import SlurmLimits
 from podsys.render.storage import storage_vars
 from podsys.render.training import training_vars
+from podsys.render.notebooks import web_layer_vars
 from podsys.layout import SLURMDBD_PORT
 
 # Source: slurm.conf(5) (AccountingStorage*, PriorityType, PreemptType/PreemptMode) and the
@@ -89,6 +90,7 @@ def addon_vars(cluster: Cluster) -> dict:
     if "training" in m.layers:
         out["podsys_training"] = m.training.model_dump(mode="json")
         out.update(training_vars(cluster))
+    out.update(web_layer_vars(cluster))  # web_tls and notebooks (podsys/render/notebooks.py)
     return out
 
 

@@ -26,6 +26,8 @@ SITE_ORDER = [
     ("Slurm accounts", "accounting:accounts"),
     ("Shared storage", "storage"),
     ("Training toolchain", "training"),
+    ("Web front door", "web_tls"),
+    ("Notebooks", "notebooks"),
     ("GPU, InfiniBand and container stack", "gpu.yml"),
     ("Monitoring exporters", "monitoring"),
     ("Passive health checks on every node (podsys health)", "health"),
@@ -43,6 +45,8 @@ BY_TAG = {
     "accounting": ["accounting", "accounting:accounts"],
     "storage": ["storage"],
     "training": ["training"],
+    "web": ["web_tls"],
+    "notebooks": ["web_tls", "notebooks"],
 }
 
 # Layer -> (what runs, the hosts it runs on, the condition that skips it when the layer is off).
@@ -59,6 +63,8 @@ BY_LAYER = {
                    ("accounting:accounts", "head", "'accounting' in podsys_layers")],
     "storage": [("storage", "head:layer_storage", "'storage' in podsys_layers")],
     "training": [("training", "head:layer_training", "'training' in podsys_layers")],
+    "notebooks": [("web_tls", "head", "podsys_web is defined"),
+                  ("notebooks", "head:layer_notebooks", "'notebooks' in podsys_layers")],
 }
 
 
