@@ -54,9 +54,10 @@ def check_notebooks(manifest: Manifest, base_dir: Path, at: At) -> Iterator[Prob
         return
     if "slurm" not in m.layers:
         yield at(("layers",), "layer 'notebooks' needs layer 'slurm' (each notebook server is a Slurm job)")
-    if "storage" not in m.layers or not m.storage.home:
-        yield at(("storage", "home"), "layer 'notebooks' needs layer 'storage' with storage.home "
-                                      "(a user's notebooks must be on every node)")
+    if "storage" not in m.layers:
+        yield at(("layers",), "layer 'notebooks' needs layer 'storage' (a user's notebooks must be on every node)")
+    elif not m.storage.home:
+        yield at(("storage", "home"), "layer 'notebooks' needs storage.home (a user's notebooks must be on every node)")
     partitions = [p.name for p in m.slurm.partitions]
     if m.notebooks.partition and m.notebooks.partition not in partitions:
         yield at(("notebooks", "partition"),
