@@ -72,6 +72,10 @@ def register(app: typer.Typer) -> None:
         with DeployLock(lock_path, cluster.name):
             render_cluster(cluster, build_dir)
             result = run_deploy(build_dir, options, err_console)
+        from podsys.deploy.fingerprint import site_fingerprint_line
+
+        if fingerprint := site_fingerprint_line(result.log_file):  # web layers: users compare it in their browser
+            err_console.print(fingerprint, markup=False, highlight=False)
         if as_json:
             print(json.dumps(result.as_dict(), indent=2))
         elif result.results:

@@ -266,6 +266,7 @@ def test_hub_serves_the_site_certificate_whose_fingerprint_the_head_records(acco
     served = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
     recorded = lab.ssh(lab.head, "cat /etc/podsys/tls/site.sha256").stdout.strip()
     assert recorded.replace(":", "") == served, (recorded, served)
+    assert f"site certificate SHA-256 fingerprint: {recorded}" in first["_output"]
     modes = lab.ssh(lab.head, "stat -c '%a %U' /etc/podsys/tls/site.crt /etc/podsys/tls/site.key").stdout.split("\n")
     assert modes[:2] == ["644 root", "600 root"], modes
     # No password hash left the secrets file: not in the readable vars, not in the hub's config.

@@ -221,3 +221,17 @@ def test_the_spawn_form_is_validated_before_anything_reaches_sbatch(tmp_path):
     for bad in ({"partition": ["cpu"]}, {"cpus": ["0"]}, {"gpus": ["65"]}, {"time": ["8h; rm -rf /"]}):
         with pytest.raises(ValueError):
             spawner.options_from_form(bad)
+
+
+def test_deploy_finds_the_fingerprint_web_tls_reported(tmp_path):
+    from podsys.deploy.fingerprint import site_fingerprint, site_fingerprint_line
+
+    fingerprint = ":".join(["AB"] * 31 + ["0F"])
+    # ansible-playbook's default callback prints a debug task's msg like this.
+    log = ('TASK [web_tls : Show the site certificate\'s fingerprint] ****\nok: [head] => {\n'
+           f'    "msg": "site certificate SHA-256 fingerprint: {fingerprint}"\n}}\n')
+    assert site_fingerprint(log) == fingerprint
+    assert site_fingerprint("TASK [base : hostname] ****\nok: [head]\n") is None
+    (tmp_path / "deploy.log").write_text(log)
+    assert site_fingerprint_line(tmp_path / "deploy.log") == f"site certificate SHA-256 fingerprint: {fingerprint}"
+    assert site_fingerprint_line(tmp_path / "missing.log") is None
