@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         from podsys.deploy.fingerprint import site_fingerprint_line
 
         if fingerprint := site_fingerprint_line(result.log_file):  # web layers: users compare it in their browser
-            err_console.print(fingerprint, markup=False, highlight=False)
+            err_console.print(fingerprint, markup=False, highlight=False, soft_wrap=True, emoji=False)
         if as_json:
             print(json.dumps(result.as_dict(), indent=2))
         elif result.results:
