@@ -113,6 +113,18 @@ MODELS_HTTPS_PORT = 5443
 MLFLOW_PORT = 5000
 FIXED_HEAD_PORTS[MODELS_HTTPS_PORT] = "the models layer's nginx (MLflow over TLS)"
 
+# Layer notebooks: nginx serves the hub over TLS on NOTEBOOKS_HTTPS_PORT; JupyterHub's proxy
+# listens on loopback only; the hub API, which the notebook servers on the nodes call back, on
+# the provision address. 8081 is JupyterHub's own default for that API but provisioning's
+# status_port default too, so the hub API takes 8091 (free on the head: see FIXED_HEAD_PORTS
+# and provisioning's http/status/bundle ports, which checks refuse to collide with these).
+NOTEBOOKS_HTTPS_PORT = 443
+JUPYTERHUB_PROXY_PORT = 8000  # configurable-http-proxy, 127.0.0.1 only (nginx in front)
+JUPYTERHUB_PROXY_API_PORT = 8001  # its REST API, 127.0.0.1 only
+JUPYTERHUB_API_PORT = 8091  # hub API on the provision address
+NOTEBOOKS_HEAD_PORTS = {NOTEBOOKS_HTTPS_PORT: "nginx (notebooks, https)", JUPYTERHUB_PROXY_PORT: "JupyterHub's proxy",
+                        JUPYTERHUB_PROXY_API_PORT: "JupyterHub's proxy API", JUPYTERHUB_API_PORT: "the JupyterHub API"}
+
 
 # On every node: where the health role installs podsys health's Slurm wrappers (roles/health
 # health_bin_dir); slurm.conf's HealthCheckProgram and Prolog name them.

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
 def deploy(
     manifest: Optional[Path] = FOUND_MANIFEST_ARG,
     limit: Optional[str] = typer.Option(None, "--limit", "-l", help="only these hosts, as a hostlist: 'head,node[01-04]'"),
-    tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these parts, comma-separated: packages,base,provision,slurm,accounting,storage,training,models,gpu,monitoring,health"),
+    tags: Optional[str] = typer.Option(None, "--tags", "-t", help="only these parts, comma-separated: packages,base,provision,slurm,accounting,storage,training,web,notebooks,models,gpu,monitoring,health"),
     check: bool = typer.Option(False, "--check", help="dry run: Ansible check mode with diffs; changes nothing"),
     forks: int = typer.Option(20, "--forks", "-f", min=1, max=1000, help="hosts configured in parallel"),
     resume: bool = typer.Option(False, "--resume", help="re-run only the hosts that failed or were unreachable last time"),
@@ -76,6 +76,10 @@ def deploy(
     with DeployLock(lock_path, cluster.name):
         render_cluster(cluster, build_dir)
         result = run_deploy(build_dir, options, err_console)
+    from podsys.deploy.fingerprint import site_fingerprint_line
+
+    if fingerprint := site_fingerprint_line(result.log_file):  # web layers: users compare it in their browser
+        err_console.print(fingerprint, markup=False, highlight=False, soft_wrap=True, emoji=False)
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
     elif result.results:

@@ -21,6 +21,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Callable, Iterable, Iterator
 
 from podsys.cluster.addons import ADDON_CHECKS
+from podsys.cluster.web_checks import WEB_CHECKS
 from podsys.cluster.context import Context, suggest
 from podsys.cluster.address_allocation import address_problem
 from podsys.errors import Problem
@@ -295,6 +296,8 @@ CHECKS: tuple[Check, ...] = (
     Check("head ports", check_head_ports, ("provisioning", "packages")),
     Check("stack", check_stack, ("os", "layers", "node_groups", "hardware_profiles", "stack", "infiniband")),
     *(Check(name, lambda ctx, check=check: check(ctx.manifest, ctx.at), needs) for name, check, needs in ADDON_CHECKS),
+    *(Check(name, lambda ctx, check=check: check(ctx.manifest, ctx.base_dir, ctx.at), needs)
+      for name, check, needs in WEB_CHECKS),
 )
 
 

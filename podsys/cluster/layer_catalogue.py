@@ -63,12 +63,17 @@ CATALOGUE: tuple[LayerInfo, ...] = (
               "a multi-node torchrun sbatch template with checkpoint-resume",
               ("training",), ("slurm-client (nodes)", "python3-torch (pytorch: distro; else the job's image)"), (), "training",
               "tests/integration/test_addon_training.py"),
+    LayerInfo("notebooks", "JupyterHub on the head behind nginx with TLS (web_tls: the manifest's certificate or a "
+              "self-signed one), PAM login with the manifest's password hashes, each user's notebook server a "
+              "Slurm job on a node (batchspawner) in the shared home",
+              ("web_tls", "notebooks"), ("jupyterhub", "nginx", "python3-pip", "sudo", "batchspawner (wheel)"),
+              ("jupyterhub", "nginx"), "notebooks", "tests/integration/test_addon_notebooks.py"),
     LayerInfo("models", "MLflow tracking server and model registry on the head (backend in the accounting MariaDB, "
               "artifacts on shared storage) behind nginx with TLS and the users' logins on port 5443; the "
               "training template logs to it; `podsys models list`",
               ("models", "web_tls"), ("mlflow (PyPI wheels)", "PyMySQL (PyPI wheels)", "mlflow-skinny (nodes)",
                                        "nginx", "python3-venv"),
-              ("mlflow", "nginx"), "models", "tests/integration/test_addon_training.py"),
+              ("mlflow", "nginx"), "models", "tests/integration/test_addon_models.py"),
 )
 
 CORE_LAYERS = tuple(info.name for info in CATALOGUE if info.kind == "core")

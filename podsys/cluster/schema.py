@@ -23,7 +23,7 @@ DNS_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0
 # The one list of layers: the manifest's `layers`, the CLI and the matrix take it from here.
 CORE_LAYERS = ("base", "gpu", "infiniband", "slurm", "monitoring", "container")
 # Add-on layers (issue 15): optional layers above the core ones, each with its own manifest section.
-ADDON_LAYERS = ("accounting", "storage", "training", "models")
+ADDON_LAYERS = ("accounting", "storage", "training", "notebooks", "models")
 LAYERS = CORE_LAYERS + ADDON_LAYERS
 Layer = Literal[LAYERS]  # type: ignore[valid-type]
 # The one list of supported OS releases (installers, matrix rows and the CLI all check
@@ -467,6 +467,29 @@ class Training(Strict):
         return value
 
 
+class Web(Strict):
+    """The site certificate the web layers (notebooks, models) serve over nginx; without one the
+    head makes a self-signed certificate once and deploy prints its fingerprint."""
+
+    tls_certificate_file: str | None = Field(default=None, pattern=PLAIN_RE,
+                                             description="PEM certificate (chain), relative to the manifest")
+    tls_key_file: str | None = Field(default=None, pattern=PLAIN_RE,
+                                     description="PEM private key, relative to the manifest")
+
+
+class Notebooks(Strict):
+    """Layer notebooks: JupyterHub on the head, each user's server a Slurm job. These are the
+    spawn form's defaults; the user may pick another partition, CPUs, GPUs and time there."""
+
+    partition: str | None = Field(default=None, pattern=SLURM_NAME_RE,
+                                  description="default: the Slurm default partition")
+    cpus: int = Field(default=1, ge=1, le=1024)
+    gpus: int = Field(default=0, ge=0, le=64)
+    time: str = Field(default="8:00:00", pattern=SLURM_TIME_RE, description="the job's time limit")
+    wheelhouse: str = Field(default="wheelhouse", pattern=PLAIN_RE,
+                            description="directory holding the batchspawner wheel, relative to the manifest")
+
+
 class Models(Strict):
     """Layer `models`: the MLflow tracking server and model registry on the head. PyPI is not
     reachable from a cluster, so the wheels come from directories next to the manifest
@@ -506,4 +529,6 @@ class Manifest(Strict):
     accounts: Accounts = Field(default_factory=Accounts)
     storage: Storage = Field(default_factory=Storage)
     training: Training = Field(default_factory=Training)
+    web: Web = Field(default_factory=Web)
+    notebooks: Notebooks = Field(default_factory=Notebooks)
     models: Models = Field(default_factory=Models)

@@ -11,6 +11,7 @@ from podsys.cluster.schema import SlurmLimits
 from podsys.render.storage import storage_vars
 from podsys.render.training import training_vars
 from podsys.layout import MLFLOW_PORT, MODELS_HTTPS_PORT, SLURMDBD_PORT
+from podsys.render.notebooks import web_layer_vars
 
 # Source: slurm.conf(5) (AccountingStorage*, PriorityType, PreemptType/PreemptMode) and the
 # Slurm accounting guide, https://slurm.schedmd.com/accounting.html ("limits" implies associations).
@@ -111,6 +112,7 @@ def addon_vars(cluster: Cluster) -> dict:
         out.update(training_vars(cluster))
     if "models" in m.layers:
         out["podsys_models"] = models_vars(cluster)
+    out.update(web_layer_vars(cluster))  # web_tls and notebooks (podsys/render/notebooks.py)
     return out
 
 

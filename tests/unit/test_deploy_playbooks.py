@@ -25,6 +25,8 @@ SITE_ORDER = [
     ("Slurm accounts", "accounting:accounts"),
     ("Shared storage", "storage"),
     ("Training toolchain", "training"),
+    ("Web front door", "web_tls"),
+    ("Notebooks", "notebooks"),
     ("Model registry", "models"),
     ("GPU, InfiniBand and container stack", "gpu.yml"),
     ("Monitoring exporters", "monitoring"),
@@ -43,7 +45,9 @@ BY_TAG = {
     "accounting": ["accounting", "accounting:accounts"],
     "storage": ["storage"],
     "training": ["training"],
-    "models": ["models"],
+    "web": ["web_tls"],
+    "notebooks": ["web_tls", "notebooks"],
+    "models": ["web_tls", "models"],
 }
 
 # Layer -> (what runs, the hosts it runs on, the condition that skips it when the layer is off).
@@ -60,7 +64,10 @@ BY_LAYER = {
                    ("accounting:accounts", "head", "'accounting' in podsys_layers")],
     "storage": [("storage", "head:layer_storage", "'storage' in podsys_layers")],
     "training": [("training", "head:layer_training", "'training' in podsys_layers")],
-    "models": [("models", "head:layer_training", "'models' in podsys_layers")],
+    "notebooks": [("web_tls", "head", "podsys_web is defined"),
+                  ("notebooks", "head:layer_notebooks", "'notebooks' in podsys_layers")],
+    "models": [("web_tls", "head", "podsys_web is defined"),
+               ("models", "head:layer_training", "'models' in podsys_layers")],
 }
 
 
