@@ -32,6 +32,7 @@ from podsys.checks.live import Probe, ProbeResult, sections_script
 # "~" powered off, "#" powering up, "!" pending power down, "%" powering down.)
 IDLE_STATES = frozenset({"idle"})
 JOB_MARKER = "podsys-slurm-job"
+IMMEDIATE_SECONDS = 300
 DCGM_PROBE = "gpu-dcgm"
 
 # What each heavy probe feeds: the check-name prefixes whose findings are its own, for the SKIP
@@ -114,8 +115,10 @@ def job_command(probe: Probe, reservation: str, head: str, gpus: int = 0) -> str
     minutes = max(1, math.ceil(probe.timeout / 60))
     gres = f" --gres=gpu:{gpus}" if gpus else ""
     body = f'echo "{JOB_MARKER} $SLURM_JOB_ID $(hostname -s)" >&2; {probe.command}'
+    # --immediate: the node is ours in the reservation, so waiting longer than a finishing job's
+    # cleanup means something else is wrong; fail the probe rather than hang until its timeout
     return (f"srun --job-name={shlex.quote('podsys-check-' + probe.name)} {flags} --nodelist={shlex.quote(probe.host)} "
-            f"--nodes=1 --ntasks=1{gres} --time={minutes} bash -c {shlex.quote(body)}")
+            f"--nodes=1 --ntasks=1{gres} --time={minutes} --immediate={IMMEDIATE_SECONDS} bash -c {shlex.quote(body)}")
 
 
 def job_of(stderr: str) -> tuple[str, str] | None:

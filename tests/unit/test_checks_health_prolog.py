@@ -122,3 +122,14 @@ def test_prolog_template_runs_the_prolog_tier_without_metrics():
 
 def test_catalogue_tiers_are_known():
     assert {s.tier for s in CATALOG} <= {"prolog", "passive", "active"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tier", "active"], "--tier: unknown tier 'active'; passive or prolog"),
+    (["--tier", "prolog", "--textfile", "/tmp"], "--textfile: belongs to the passive run"),
+])
+def test_podsys_health_tier_bad_input_is_one_line_exit_2(args, message):
+    from tests.conftest import invoke
+
+    result = invoke("health", *args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
