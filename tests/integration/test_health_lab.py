@@ -351,8 +351,14 @@ def test_heavy_checks_via_slurm_run_as_jobs_on_idle_nodes_only(health_lab, tmp_p
     jobs = {j["probe"]: j for j in idle["via_slurm"]["jobs"]}
     assert reservation.startswith("podsys-check-") and set(jobs) == {"gpu-dcgm", "nccl", "nvbandwidth"}, idle["via_slurm"]
     assert all(j["node"] == GPU_NODE for j in jobs.values())
+    # Slurm clears a finished job's reservation name when the reservation is deleted, so the job
+    # record shows where it ran and how; the srun that started it named the run's reservation
     shown = lab.ssh(lab.head, f"scontrol show job {jobs['gpu-dcgm']['job']}").stdout
-    assert f"Reservation={reservation}" in shown and f"NodeList={GPU_NODE}" in shown, shown
+    assert "JobName=podsys-check-gpu-dcgm" in shown and f"\n   NodeList={GPU_NODE}\n" in shown and "JobState=COMPLETED" in shown, shown
+    index = json.loads((tmp_path / "idle" / "raw" / "index.json").read_text())
+    started = next(e for e in index if e["host"] == GPU_NODE and e["probe"] == "gpu-dcgm")
+    assert f"--reservation={reservation} " in started["command"] and started["rc"] == 0, started
+    assert [e["rc"] for e in index if e["probe"].startswith("slurm-reservation")] == [0, 0]  # created, deleted
     assert reservation not in lab.ssh(lab.head, "scontrol show reservation", check=False).stdout  # deleted after the run
     assert finding(idle, "gpu.dcgm_diag")["verdict"] == "PASS"
     assert finding(idle, "bandwidth.nvbandwidth")["verdict"] == "SKIP" and "not installed" in finding(idle, "bandwidth.nvbandwidth")["detail"]
