@@ -6,16 +6,19 @@ this table; Slurm drain reasons (`podsys:<fault> <detail>`) and Prometheus alert
 fault class) are keyed by the fault code.
 
 Tiers, after the three every large GPU operator runs:
+  prolog   the fast subset a job cannot start without (GPUs all there, no pending row remap,
+           fabric manager up, IB ports up): Slurm's Prolog before every job, in well under a
+           second; the periodic passive run includes them
   passive  read-only, seconds: safe every few minutes on a node running jobs (podsys health)
-  prolog   short and exclusive: before a job starts (a GPU reset or a quick DCGM level 1)
-  active   minutes, needs the node idle: DCGM level 2/3, NCCL, nvbandwidth, ib_write_bw (podsys check)
+  active   minutes, needs the node idle: DCGM level 2/3, NCCL, nvbandwidth, ib_write_bw
+           (podsys check, or as Slurm jobs on idle nodes with --via-slurm)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-TIERS = ("passive", "prolog", "active")
+TIERS = ("prolog", "passive", "active")
 
 
 @dataclass(frozen=True)
@@ -28,14 +31,14 @@ class CheckSpec:
 
 
 CATALOG: tuple[CheckSpec, ...] = (
-    # --- passive: podsys health -----------------------------------------------------------------
-    CheckSpec("gpu.count", "passive", "gpu-missing", "profile gpu.count and gpu.pci_bus_ids", "every GPU of the profile enumerated, at its bus id"),
+    # --- prolog (also in every passive run) and passive: podsys health -----------------------------------------------------------------
+    CheckSpec("gpu.count", "prolog", "gpu-missing", "profile gpu.count and gpu.pci_bus_ids", "every GPU of the profile enumerated, at its bus id"),
     CheckSpec("gpu.model", "passive", "gpu-model", "profile gpu.product_name", "the GPUs are the profile's model"),
     CheckSpec("gpu.xid", "passive", "gpu-xid", "NVIDIA Xid catalogue (hardware Xids)", "no new hardware Xid or fallen-off-the-bus event since the last run"),
-    CheckSpec("gpu.fabric_manager", "passive", "fm-stopped", "profile gpu.nvswitch", "nvidia-fabricmanager active on an NVSwitch board"),
+    CheckSpec("gpu.fabric_manager", "prolog", "fm-stopped", "profile gpu.nvswitch", "nvidia-fabricmanager active on an NVSwitch board"),
     CheckSpec("gpu.gpudirect", "passive", "peermem-missing", "profile gpu + InfiniBand hca", "GPUDirect RDMA path present (nvidia_peermem loaded)"),
-    CheckSpec("infiniband.ports", "passive", "ib-port-down", "profile hca.count and hca.rate_gbps", "every IB port Active/LinkUp at the profile's rate"),
-    CheckSpec("gpu.ecc_errors", "passive", "row-remap-pending", "zero: any pending/failed remap or uncorrectable error", "no pending or failed row remap, no uncorrectable ECC error"),
+    CheckSpec("infiniband.ports", "prolog", "ib-port-down", "profile hca.count and hca.rate_gbps", "every IB port Active/LinkUp at the profile's rate"),
+    CheckSpec("gpu.ecc_errors", "prolog", "row-remap-pending", "zero: any pending/failed remap or uncorrectable error", "no pending or failed row remap, no uncorrectable ECC error"),
     CheckSpec("gpu.ecc_mode", "passive", "ecc-off", "ECC enabled", "ECC on"),
     CheckSpec("gpu.persistence", "passive", "persistence-off", "persistence mode on", "persistence mode on"),
     CheckSpec("gpu.nvlink", "passive", "nvlink-inactive", "profile gpu.nvlink.links_per_gpu", "every NVLink link active"),
@@ -96,5 +99,20 @@ def fault_code(check: str, value: object = None, detail: str = "") -> str:
     return code
 
 
+def prolog_checks() -> list[CheckSpec]:
+    """The prolog gate's set: only what a starting job cannot survive, from the quickest commands."""
+    return [spec for spec in CATALOG if spec.tier == "prolog"]
+
+
 def passive_checks() -> list[CheckSpec]:
-    return [spec for spec in CATALOG if spec.tier == "passive"]
+    """The periodic run's set: the prolog checks and the rest of the read-only ones."""
+    return [spec for spec in CATALOG if spec.tier in ("prolog", "passive")]
+
+
+def checks_for_tier(tier: str) -> frozenset[str]:
+    """Check names `podsys health --tier TIER` runs."""
+    if tier == "prolog":
+        return frozenset(s.name for s in prolog_checks())
+    if tier == "passive":
+        return frozenset(s.name for s in passive_checks())
+    raise ValueError(f"unknown tier {tier!r}; the node runs prolog or passive")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from podsys.checks import dmesg, ibstat, nvsmi, nvsmi_q
-from podsys.checks.catalog import fault_code, spec_for
+from podsys.checks.catalog import checks_for_tier, fault_code, spec_for
 from podsys.checks.findings import Finding, Verdict, failed, passed, skip
 
 DEFAULT_CONFIG = Path("/etc/podsys/health.json")
@@ -190,70 +190,84 @@ def _ib_sysfs() -> str:
 
 # --- the checks -------------------------------------------------------------------------------
 
+# what the one `nvidia-smi --query-gpu` answers
+_QUERY_CHECKS = frozenset({"gpu.count", "gpu.model", "gpu.ecc_errors", "gpu.ecc_mode", "gpu.persistence", "gpu.clocks"})
 
-def commands_for(profile: HealthProfile) -> dict[str, str]:
-    """The tool commands this profile's passive checks need (run in parallel)."""
+
+def commands_for(profile: HealthProfile, checks: frozenset[str] | None = None) -> dict[str, str]:
+    """The tool commands these checks (default: the whole passive set) need for this profile;
+    they run in parallel. The prolog set needs only the quick ones (no kernel log, no -q)."""
+    want = checks_for_tier("passive") if checks is None else checks
     commands: dict[str, str] = {}
     if profile.gpu is not None:
-        commands["query"] = nvsmi.QUERY_COMMAND
-        commands["pci"] = "nvidia-smi -q -d PCI"
-        commands["dmesg"] = KERNEL_LOG
-        if profile.gpu.nvlink is not None:
+        if want & _QUERY_CHECKS:
+            commands["query"] = nvsmi.QUERY_COMMAND
+        if "gpu.pcie_link" in want:
+            commands["pci"] = "nvidia-smi -q -d PCI"
+        if "gpu.xid" in want:
+            commands["dmesg"] = KERNEL_LOG
+        if profile.gpu.nvlink is not None and "gpu.nvlink" in want:
             commands["nvlink"] = "nvidia-smi nvlink -s"
-        if profile.gpu.nvswitch:
+        if profile.gpu.nvswitch and "gpu.fabric_manager" in want:
             commands["fabricmanager"] = "systemctl is-active nvidia-fabricmanager"
-        if profile.has_ib:
+        if profile.has_ib and "gpu.gpudirect" in want:
             commands["modules"] = "lsmod"
-    if profile.hca is not None:
+    if profile.hca is not None and "infiniband.ports" in want:
         commands["ibstat"] = "command -v ibstat >/dev/null 2>&1 && ibstat || echo 'podsys: no ibstat'"
     return commands
 
 
 def run_checks(config: HealthConfig, run: Run = run_shell, facts: NodeFacts | None = None,
-               state_dir: Path = DEFAULT_STATE_DIR) -> list[Finding]:
+               state_dir: Path = DEFAULT_STATE_DIR, tier: str = "passive") -> list[Finding]:
+    """The tier's checks (catalog.checks_for_tier): "passive" for the periodic run, "prolog" for
+    the gate before each job, which must not read the kernel log or move the Xid cursor."""
     facts = facts or NodeFacts()
     profile, node = config.profile, config.node
-    commands = commands_for(profile)
+    want = checks_for_tier(tier)
+    commands = commands_for(profile, want)
     with ThreadPoolExecutor(max_workers=max(1, len(commands))) as pool:
         outputs = dict(zip(commands, pool.map(run, commands.values())))
     out: list[Finding] = []
     if profile.gpu is not None:
         out += _gpu(outputs, node, profile)
-        out.append(_xid(outputs["dmesg"][1], node, facts, state_dir))
-        if profile.gpu.nvswitch:
+        if "dmesg" in outputs:
+            out.append(_xid(outputs["dmesg"][1], node, facts, state_dir))
+        if "fabricmanager" in outputs:
             out.append(_fabric_manager(outputs["fabricmanager"], node))
-        if profile.has_ib:
+        if "modules" in outputs:
             out.append(_gpudirect(outputs["modules"], node))
-    if profile.hca is not None:
+    if "ibstat" in outputs:
         out += _infiniband(outputs["ibstat"][1], node, profile, facts)
-    out.append(_disk(config, facts))
-    out.append(_memory(config, facts))
-    return out
-
-
-_GPU_CHECKS = ("gpu.count", "gpu.model", "gpu.ecc_errors", "gpu.ecc_mode", "gpu.persistence", "gpu.clocks")
+    if "node.disk" in want:
+        out.append(_disk(config, facts))
+    if "node.memory" in want:
+        out.append(_memory(config, facts))
+    return [f for f in out if f.check in want]
 
 
 def _gpu(outputs: dict[str, tuple[int, str]], node: str, profile: HealthProfile) -> list[Finding]:
     out: list[Finding] = []
-    rc, text = outputs["query"]
-    try:
-        gpus = nvsmi.parse_query_gpu(text) if rc == 0 else None
-    except ValueError:
-        gpus = None
-    if gpus is None:
-        out.append(failed(node, "gpu.count", value=0, detail=f"nvidia-smi failed: {_first_line(text)}",
-                          diagnosis="the NVIDIA driver does not answer: a GPU fell off the bus or the driver is not loaded; "
-                          "check dmesg (Xid 79), then power-cycle the node"))
-    else:
-        out += [f for f in nvsmi.judge_query_gpu(gpus, node, profile) if f.check in _GPU_CHECKS]
-    if profile.gpu.nvlink is not None:
+    if "query" in outputs:
+        rc, text = outputs["query"]
+        try:
+            gpus = nvsmi.parse_query_gpu(text) if rc == 0 else None
+        except ValueError:
+            gpus = None
+        if gpus is None:
+            out.append(failed(node, "gpu.count", value=0, detail=f"nvidia-smi failed: {_first_line(text)}",
+                              diagnosis="the NVIDIA driver does not answer: a GPU fell off the bus or the driver is not loaded; "
+                              "check dmesg (Xid 79), then power-cycle the node"))
+        else:
+            out += [f for f in nvsmi.judge_query_gpu(gpus, node, profile) if f.check in _QUERY_CHECKS]
+    if "nvlink" in outputs:
         rc, text = outputs["nvlink"]
         try:
             out += nvsmi.judge_nvlink_status(nvsmi.parse_nvlink_status(text), node, profile)
         except ValueError:
             out.append(failed(node, "gpu.nvlink", detail=f"nvidia-smi nvlink -s gave no link list: {_first_line(text)}",
                               diagnosis="nvidia-smi cannot report NVLink: check the driver and fabric manager"))
+    if "pci" not in outputs:
+        return out
     rc, text = outputs["pci"]
     try:
         out.append(nvsmi_q.judge_pcie_width(nvsmi_q.parse_nvsmi_q(text), node))
@@ -447,12 +461,20 @@ def parse_scontrol_node(text: str) -> tuple[str, str]:
     return (state.group(1) if state else "", reason.group(1).strip() if reason else "")
 
 
-def apply_slurm(node: str, findings: list[Finding], run: Run = run_shell) -> SlurmAction:
+def apply_slurm(node: str, findings: list[Finding], run: Run = run_shell, tier: str = "passive") -> SlurmAction:
+    """Drain or resume after a run of `tier`. The prolog gate's reason says "prolog" (which run
+    caught it), and the prolog never resumes: it saw only its subset, so a node drained for a
+    passive fault it did not look at is not its to release."""
     rc, text = run(f"scontrol show node {node}")
     if rc != 0:
         return SlurmAction("none", why=f"scontrol show node failed: {_first_line(text)}")
     state, reason = parse_scontrol_node(text)
-    decision = slurm_decision(state, reason, failures(findings))
+    faults = failures(findings)
+    if tier != "passive":
+        faults = [(code, f"{tier} {detail}") for code, detail in faults]
+    decision = slurm_decision(state, reason, faults)
+    if decision.action == "resume" and tier != "passive":
+        return SlurmAction("none", why=f"the {tier} run passed, but only the periodic run resumes a podsys drain")
     if decision.action == "drain":
         quoted = decision.reason.replace("'", "")
         run(f"scontrol update nodename={node} state=drain reason='{quoted}'")

@@ -18,7 +18,7 @@ EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
 
 def run(config_path: Path, state_dir: Path, as_json: bool = False, slurm: bool = False, textfile: Path | None = None,
-        clear_xid: bool = False, out=None, err=None) -> int:
+        clear_xid: bool = False, out=None, err=None, tier: str = "passive") -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
         config = health.load_config(config_path)
@@ -28,9 +28,9 @@ def run(config_path: Path, state_dir: Path, as_json: bool = False, slurm: bool =
     if clear_xid:
         health.clear_xid(state_dir)
     started = time.monotonic()
-    findings = health.run_checks(config, state_dir=state_dir)
+    findings = health.run_checks(config, state_dir=state_dir, tier=tier)
     elapsed = time.monotonic() - started
-    action = health.apply_slurm(config.node, findings) if slurm else None
+    action = health.apply_slurm(config.node, findings, tier=tier) if slurm else None
     if textfile is not None:
         try:
             health.write_metrics(textfile, health.metrics_text(findings, config.node))
@@ -38,7 +38,7 @@ def run(config_path: Path, state_dir: Path, as_json: bool = False, slurm: bool =
             print(f"warning: cannot write metrics to {textfile}: {exc.strerror or exc}", file=err)
     failed = any(f.verdict is Verdict.FAIL for f in findings)
     if as_json:
-        data = {"node": config.node, "profile": config.profile.id, "seconds": round(elapsed, 3),
+        data = {"node": config.node, "profile": config.profile.id, "tier": tier, "seconds": round(elapsed, 3),
                 "verdict": "FAIL" if failed else "PASS", "faults": [code for code, _ in health.failures(findings)],
                 "findings": [f.to_dict() for f in findings]}
         if action is not None:
@@ -60,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slurm", action="store_true", help="drain/resume this node in Slurm (HealthCheckProgram)")
     parser.add_argument("--textfile", type=Path, help="node_exporter textfile collector directory for the metrics")
     parser.add_argument("--clear-xid", action="store_true", help="after a repair: forget this boot's hardware Xids")
+    parser.add_argument("--tier", choices=("passive", "prolog"), default="passive",
+                        help="passive: every check (HealthCheckProgram); prolog: the quick gate before a job")
     args = parser.parse_args(argv)
-    return run(args.config, args.state_dir, args.json, args.slurm, args.textfile, args.clear_xid)
+    if args.tier == "prolog" and args.textfile is not None:
+        # the prolog sees a subset: its metrics file would hide the other checks' failures
+        parser.error("--textfile belongs to the passive run")
+    return run(args.config, args.state_dir, args.json, args.slurm, args.textfile, args.clear_xid, tier=args.tier)
 
 
 if __name__ == "__main__":

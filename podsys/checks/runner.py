@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from podsys.checks import via_slurm
 from podsys.checks.findings import Finding
 from podsys.checks.live import Context, Probe, ProbeResult
 from podsys.checks.registry import LIVE_AREAS, area_selected, probe_wanted, selected, unknown_selectors
@@ -174,7 +175,9 @@ def probe_load(probe: Probe, ctx: Context) -> tuple[str, ...]:
         return tuple(sorted(n.name for n in ctx.nodes if ctx.profile(n).gpu is not None))
     if probe.name.startswith("ib_write_bw-"):
         return tuple(sorted(probe.name.removeprefix("ib_write_bw-").split("-", 1)))
-    if probe.name in ("nccl", "nvbandwidth") or (probe.name == "gpu" and ctx.dcgm_level >= 2):
+    if probe.name in ("nccl", "nvbandwidth", via_slurm.DCGM_PROBE):
+        return (probe.host,)
+    if probe.name == "gpu" and ctx.dcgm_level >= 2 and "dcgmi diag" in probe.command:
         return (probe.host,)  # dcgmi diag from level 2 on loads the GPUs too
     return ()
 
@@ -234,7 +237,9 @@ def default_output_dir(cluster: Cluster) -> Path:
 
 def run_checks(cluster: Cluster, *, only: list[str], skip: list[str], limit: str | None, output_dir: Path,
                executor: Executor | None = None, console: Console | None = None, workers: int = 16,
-               dcgm_level: int = 1) -> list[Finding]:
+               dcgm_level: int = 1, slurm_run: via_slurm.SlurmRun | None = None) -> list[Finding]:
+    """Collect, save raw/, judge. With `slurm_run` (--via-slurm) the heavy probes run as Slurm
+    jobs in a reservation on the idle nodes, and `slurm_run` records what that did."""
     bad = unknown_selectors(only + skip)
     if bad:
         raise InputError(Problem("--only/--skip", None, "", f"unknown area or check {', '.join(bad)}; areas: {', '.join(LIVE_AREAS)}"))
@@ -245,7 +250,13 @@ def run_checks(cluster: Cluster, *, only: list[str], skip: list[str], limit: str
     own_executor = executor is None
     executor = executor or SSHExecutor(AccessSettings.from_cluster(cluster))
     console = console or Console(stderr=True)
+    heavy: dict[tuple[str, str], tuple[str, ...]] = {}
+    extra: list[ProbeResult] = []
     try:
+        if slurm_run is not None:
+            probes, heavy, extra = plan_via_slurm(probes, ctx, executor, slurm_run, datetime.now(timezone.utc))
+            executor = via_slurm.SlurmJobExecutor(executor, ctx.head, slurm_run, heavy,
+                                                  {n.name: ctx.profile(n).gpu.count for n in ctx.nodes if ctx.profile(n).gpu})
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True, disable=not probes) as progress:
             task = progress.add_task("collecting", total=len(probes))
@@ -256,10 +267,73 @@ def run_checks(cluster: Cluster, *, only: list[str], skip: list[str], limit: str
 
             results = collect(probes, executor, ctx, workers=workers, on_done=done)
     finally:
+        if slurm_run is not None and slurm_run.reservation:
+            inner = executor.inner if isinstance(executor, via_slurm.SlurmJobExecutor) else executor
+            gone = inner.run(Probe(ctx.head, "slurm-reservation-delete", via_slurm.delete_reservation_command(slurm_run.reservation), timeout=60))
+            extra.append(gone)
+            if gone.rc != 0:
+                slurm_run.error = f"reservation {slurm_run.reservation} not deleted: {gone.problem()}"
         if own_executor:
             executor.close()
-    save_raw(results.values(), output_dir)
+    if slurm_run is not None:
+        via_slurm.merge_dcgm(results)
+    save_raw([*results.values(), *extra], output_dir)
     findings: list[Finding] = []
     for area in areas:
         findings += [f for f in area.judge(ctx, results) if selected(f.check, only, skip)]
+    if slurm_run is not None:
+        findings = via_slurm.skip_refused(findings, slurm_run.refused, heavy)
     return findings
+
+
+def plan_via_slurm(probes: list[Probe], ctx: Context, executor: Executor, slurm_run: via_slurm.SlurmRun,
+                   now: datetime) -> tuple[list[Probe], dict[tuple[str, str], tuple[str, ...]], list[ProbeResult]]:
+    """Split each GPU node's DCGM diag off its light probe, find the heavy probes' nodes idle in
+    Slurm, reserve those (a second try if one turned busy in between), and mark the heavy probes
+    whose nodes are busy as refused. Returns the probes, the heavy ones with their nodes, and
+    the head's answers (saved under raw/ with the rest)."""
+    from podsys.checks.accelerators import gpu_sections
+
+    planned: list[Probe] = []
+    for probe in probes:
+        if probe.name == "gpu" and probe.host != ctx.head:
+            light, dcgm = via_slurm.split_gpu_probe(probe, gpu_sections(ctx.dcgm_level))
+            planned += [light] + ([dcgm] if dcgm else [])
+        else:
+            planned.append(probe)
+    heavy = {(p.host, p.name): probe_load(p, ctx) for p in planned if probe_load(p, ctx)}
+    answers: list[ProbeResult] = []
+    needed = sorted({n for load in heavy.values() for n in load})
+    why_not: dict[str, str] = {}
+    for attempt in (1, 2):
+        if not needed:
+            break
+        sinfo = executor.run(Probe(ctx.head, f"slurm-sinfo-{attempt}", via_slurm.SINFO_STATES, timeout=60))
+        answers.append(sinfo)
+        try:
+            if not sinfo.ran or sinfo.rc != 0:
+                raise ValueError(sinfo.problem())
+            idle, busy = via_slurm.split_idle(needed, via_slurm.parse_sinfo_states(sinfo.stdout))
+        except ValueError as exc:
+            why_not = {n: f"cannot read node states from Slurm: {exc}" for n in needed}
+            break
+        slurm_run.busy = busy
+        why_not = dict(busy)
+        if not idle:
+            break
+        name = via_slurm.reservation_name(now)
+        created = executor.run(Probe(ctx.head, f"slurm-reservation-{attempt}", via_slurm.create_reservation_command(
+            name, idle, "root", via_slurm.reservation_minutes([p for p in planned if (p.host, p.name) in heavy])), timeout=60))
+        answers.append(created)
+        if created.ran and created.rc == 0:
+            slurm_run.reservation = name
+            break
+        # "Requested nodes are busy": a job started on one since sinfo; read the states again
+        why_not.update({n: f"Slurm refused a reservation on it: {created.problem()}" for n in idle})
+    for key, load in heavy.items():
+        reason = next((f"{n}: {why_not[n]}" for n in load if n in why_not), None)
+        if reason is None and not slurm_run.reservation:
+            reason = "no reservation was made"
+        if reason is not None:
+            slurm_run.refused[key] = reason
+    return planned, heavy, answers

@@ -24,6 +24,10 @@ profile (`acceptance` entries: limit x fraction, with their source).
 Areas for --only/--skip (a check name such as gpu.nvlink also works): versions, gpu,
 bandwidth, infiniband, nccl, slurm, monitoring, network.
 
+`--via-slurm` runs the heavy tests (DCGM diag, NCCL, nvbandwidth, ib_write_bw) as Slurm jobs in
+a reservation made for the run on the nodes Slurm reports idle (and deleted after); a busy
+node's heavy checks are SKIP with the reason. Same judges, same report.
+
 `podsys check parse KIND FILE` judges one saved tool output (FILE - reads stdin), for example:
 podsys check parse nccl all_reduce.log --profile hgx-h100-8gpu
 
@@ -60,6 +64,8 @@ def check(
     collective: Optional[str] = typer.Option(None, "--collective", help="parse nccl: all_reduce, all_gather, reduce_scatter or alltoall when the output does not say"),
     workers: int = typer.Option(16, "--workers", min=1, max=256, help="SSH sessions in parallel"),
     dcgm_level: int = typer.Option(1, "--dcgm-level", min=0, max=4, help="dcgmi diag -r LEVEL on GPU nodes (0: skip; 3 and 4 take 15+ minutes)"),
+    via_slurm: bool = typer.Option(False, "--via-slurm", help="run the heavy tests (DCGM diag, NCCL, nvbandwidth, ib_write_bw) as Slurm jobs "
+                                   "in a reservation on the idle nodes; busy nodes are left alone (SKIP)"),
 ) -> None:
     args = list(args or [])
     if args and args[0] == "parse":
@@ -71,7 +77,8 @@ def check(
         raise InputError(f"expected one manifest, got {' '.join(args)} (to judge a saved output: podsys check parse KIND FILE)")
     if profile or node or collective:
         raise InputError("--profile/--node/--collective belong to `podsys check parse`")
-    _run(Path(args[0]) if args else Path("cluster.yaml"), _split(only), _split(skip), limit, output, as_json, workers, dcgm_level)
+    _run(Path(args[0]) if args else Path("cluster.yaml"), _split(only), _split(skip), limit, output, as_json, workers, dcgm_level,
+         via_slurm)
 
 
 def _finish(findings, as_json: bool, meta: dict, output_dir: Optional[Path]) -> None:
@@ -96,16 +103,22 @@ def _finish(findings, as_json: bool, meta: dict, output_dir: Optional[Path]) -> 
 
 
 def _run(manifest: Path, only: list[str], skip: list[str], limit: Optional[str], output: Optional[Path], as_json: bool,
-         workers: int, dcgm_level: int) -> None:
+         workers: int, dcgm_level: int, via_slurm: bool = False) -> None:
     from podsys.checks.runner import default_output_dir, run_checks
+    from podsys.checks.via_slurm import SlurmRun
     from podsys.cluster.load import load_cluster
 
     cluster = load_cluster(manifest)
+    if via_slurm and not any("slurm" in n.layers for n in cluster.nodes):
+        raise InputError(Problem(str(manifest), None, "layers", "--via-slurm needs the slurm layer on the nodes"))
     output_dir = output or default_output_dir(cluster)
+    slurm_run = SlurmRun() if via_slurm else None
     findings = run_checks(cluster, only=only, skip=skip, limit=limit, output_dir=output_dir, workers=workers,
-                          console=err_console, dcgm_level=dcgm_level)
+                          console=err_console, dcgm_level=dcgm_level, slurm_run=slurm_run)
     meta = {"cluster": cluster.name, "manifest": str(manifest), "stack": getattr(cluster.stack, "id", ""),
             "nodes": [n.name for n in cluster.nodes], "only": only, "skip": skip, "limit": limit}
+    if slurm_run is not None:
+        meta["via_slurm"] = slurm_run.meta()
     _finish(findings, as_json, meta, output_dir)
 
 

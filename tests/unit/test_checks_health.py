@@ -226,7 +226,7 @@ def test_every_check_the_judges_name_is_in_the_catalogue():
         names |= {f.check for f in judge((FIXTURES / sample).read_text(), "n", profile("hgx-h100-8gpu"), sample)}
     missing = sorted(n for n in names if spec_for(n) is None)
     assert not missing, missing
-    assert {s.tier for s in CATALOG} == {"passive", "active"}
+    assert {s.tier for s in CATALOG} == {"prolog", "passive", "active"}
 
 
 def test_fault_codes_the_lab_injects_are_in_the_catalogue():

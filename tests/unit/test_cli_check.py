@@ -90,3 +90,14 @@ def test_parse_reads_stdin_and_json_matches_schema():
     data = json.loads(result.stdout)
     assert {f["node"] for f in data["findings"]} == {"stdin"}
     jsonschema.validate(data, json.loads((resources.files("podsys") / "data" / "check-report.schema.json").read_text()))
+
+
+def test_via_slurm_is_offered_and_needs_the_slurm_layer(tmp_path):
+    from tests.conftest import write_manifest_variant
+
+    assert "--via-slurm" in invoke("--help").output
+    manifest = write_manifest_variant(tmp_path, "lab", layers=["base", "monitoring"])
+    result = invoke(str(manifest), "--via-slurm", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert "--via-slurm needs the slurm layer" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

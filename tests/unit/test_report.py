@@ -122,7 +122,7 @@ def test_report_json_carries_the_catalogue_tier_and_fault_code():
     findings = [failed("gpu001", "infiniband.ports", value=200.0, detail="mlx5_0/1: Active but degraded, Rate 200 < 400 Gb/s", diagnosis="x"),
                 passed("gpu001", "gpu.count", detail="8 GPUs")]
     data = {f["check"]: f for f in report_data(findings)["findings"]}
-    assert data["infiniband.ports"]["fault"] == "ib-rate-degraded" and data["infiniband.ports"]["tier"] == "passive"
+    assert data["infiniband.ports"]["fault"] == "ib-rate-degraded" and data["infiniband.ports"]["tier"] == "prolog"
     assert data["gpu.count"]["fault"] == "gpu-missing"
 
 
