@@ -292,7 +292,7 @@ def plan_via_slurm(probes: list[Probe], ctx: Context, executor: Executor, slurm_
     Slurm, reserve those (a second try if one turned busy in between), and mark the heavy probes
     whose nodes are busy as refused. Returns the probes, the heavy ones with their nodes, and
     the head's answers (saved under raw/ with the rest)."""
-    from podsys.checks.accelerators import gpu_sections
+    from podsys.checks.live_gpu import gpu_sections
 
     planned: list[Probe] = []
     for probe in probes:

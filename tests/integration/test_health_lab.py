@@ -22,8 +22,6 @@ import email.policy
 import json
 import os
 import shlex
-import subprocess
-import sys
 import time
 
 import hostlist
@@ -32,7 +30,8 @@ import yaml
 
 from podsys.checks.catalog import checks_for_tier
 from podsys.lab import fault
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, podsys
+from tests.integration.conftest import wait_for as shared_wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -49,19 +48,8 @@ CI_FAULTS = 1
 EXPECTED_CODE = {k: k for k in fault.FAULT_KINDS}
 
 
-def podsys(*args, timeout=3600, cwd=None):
-    return subprocess.run([sys.executable, "-m", "podsys.cli.main", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
-
-
 def wait_for(what, probe, timeout=WAIT, step=5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"{what}: not within {timeout} s (last seen: {last!r})")
+    return shared_wait_for(what, probe, timeout=timeout, every=step)
 
 
 def node_state(lab, node):

@@ -64,7 +64,7 @@ def test_head_probe_gets_the_reservation_on_its_own_srun():
 
 
 def test_gpu_probe_splits_off_its_dcgm_diag():
-    from podsys.checks.accelerators import gpu_sections
+    from podsys.checks.live_gpu import gpu_sections
     from podsys.checks.live import sections_script
 
     probe = Probe("gpu001", "gpu", sections_script(gpu_sections(2)), timeout=900)
