@@ -193,3 +193,12 @@ def test_nccl_tests_build_can_be_turned_off_with_a_message():
     assert _when(tasks["Build nccl-tests"], nccl_tests_plan=plan, nccl_tests_build=True)
     assert not _when(tasks["Build nccl-tests"], nccl_tests_plan=plan, nccl_tests_build=False)
     assert _when(tasks["Say why nccl-tests is not built"], nccl_tests_plan=plan, nccl_tests_build=False)
+
+
+def test_a_stack_change_may_move_the_packages_podsys_holds():
+    # podsys upgrade R570 -> R580: libnccl2 and DCGM are held at the old versions, fabric manager
+    # is renamed; without this apt refuses the new plan ("Held packages were changed").
+    install = yaml.safe_load((ROLES / "package_source" / "tasks" / "install.yml").read_text())
+    (apt_block,) = [t for t in install if t["name"] == "Pin and install with apt"]
+    (step,) = [t for t in apt_block["block"] if t["name"].startswith("Install the planned versions")]
+    assert step["ansible.builtin.apt"]["allow_change_held_packages"] is True
