@@ -22,6 +22,10 @@ a node whose driver or OFED changed), run the GPU/InfiniBand/NCCL acceptance che
 resume the nodes that pass. The first batch with a failing node stops the rollout: its nodes
 stay drained and are named with their findings (exit 1).
 
+The driver of the stack the nodes run now (the manifest's `stack:`) is replaced without
+gpu.replace_driver: podsys installed it; a node with any other driver still stops the batch.
+--extra-vars FILE hands role variables to the deploys (e.g. another package repository).
+
 Only drains podsys upgrade made are ever resumed: a node an admin (or a health check) drained
 is upgraded but left drained, its reason untouched.
 
