@@ -202,3 +202,22 @@ def test_a_stack_change_may_move_the_packages_podsys_holds():
     (apt_block,) = [t for t in install if t["name"] == "Pin and install with apt"]
     (step,) = [t for t in apt_block["block"] if t["name"].startswith("Install the planned versions")]
     assert step["ansible.builtin.apt"]["allow_change_held_packages"] is True
+
+
+def test_fabric_manager_removes_the_other_naming_schemes_packages_before_installing():
+    # R570 -> R580: nvidia-fabricmanager-570 (held by podsys) conflicts with nvidia-fabricmanager;
+    # apt will not remove a held package itself ("you have held broken packages").
+    tasks = yaml.safe_load((ROLES / "fabric_manager" / "tasks" / "fabric_manager.yml").read_text())
+    names = [t["name"] for t in tasks]
+    assert names.index("Remove the fabric manager packages being replaced") < names.index("Install, pin and hold Fabric Manager")
+    (pick,) = [t for t in tasks if t["name"] == "Fabric manager packages of another naming scheme"]
+    env = Environment()
+    env.tests["match"] = lambda value, pattern: __import__("re").match(pattern, value) is not None
+    env.tests["in"] = lambda value, seq: value in seq
+    expr = pick["ansible.builtin.set_fact"]["fabric_manager_replaced"].strip()[2:-2]
+    installed = {"nvidia-fabricmanager-570": [], "libnvidia-nscq-570": [], "nvidia-driver": [], "libnvidia-nscq": []}
+    packages = {"packages": installed}
+    plan = [{"name": "nvidia-fabricmanager"}, {"name": "libnvidia-nscq"}]
+    env.filters["dict2items"] = lambda d: [{"key": k, "value": v} for k, v in d.items()]
+    got = env.compile_expression(expr)(ansible_facts=packages, fabric_manager_plan=plan)
+    assert got == ["nvidia-fabricmanager-570", "libnvidia-nscq-570"]
