@@ -221,3 +221,22 @@ def test_fabric_manager_removes_the_other_naming_schemes_packages_before_install
     env.filters["dict2items"] = lambda d: [{"key": k, "value": v} for k, v in d.items()]
     got = env.compile_expression(expr)(ansible_facts=packages, fabric_manager_plan=plan)
     assert got == ["nvidia-fabricmanager-570", "libnvidia-nscq-570"]
+
+
+def test_dcgm_removes_the_old_cuda_majors_packages_before_installing():
+    # R570 -> R580: datacenter-gpu-manager-4-cuda12 (held at 4.2.3) requires -core (= 4.2.3), so
+    # the plan's -core 4.4.1 cannot install ("held broken packages", seen on the lab upgrade).
+    tasks = yaml.safe_load((ROLES / "dcgm" / "tasks" / "main.yml").read_text())
+    names = [t["name"] for t in tasks]
+    assert names.index("Remove the DCGM packages being replaced") < names.index("Install, pin and hold DCGM {{ dcgm_version }}")
+    (pick,) = [t for t in tasks if t["name"] == "DCGM packages the plan no longer names"]
+    env = Environment()
+    env.tests["match"] = lambda value, pattern: __import__("re").match(pattern, value) is not None
+    env.filters["dict2items"] = lambda d: [{"key": k, "value": v} for k, v in d.items()]
+    expr = pick["ansible.builtin.set_fact"]["dcgm_replaced"].strip()[2:-2]
+    installed = {n: [] for n in ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda12",
+                                 "datacenter-gpu-manager-4-proprietary-cuda12", "libnccl2")}
+    plan = [{"name": n} for n in ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda13",
+                                  "datacenter-gpu-manager-4-proprietary", "datacenter-gpu-manager-4-proprietary-cuda13")]
+    got = env.compile_expression(expr)(ansible_facts={"packages": installed}, dcgm_plan=plan)
+    assert got == ["datacenter-gpu-manager-4-cuda12", "datacenter-gpu-manager-4-proprietary-cuda12"]
