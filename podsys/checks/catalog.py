@@ -56,6 +56,8 @@ CATALOG: tuple[CheckSpec, ...] = (
     CheckSpec("infiniband.ib_write_bw", "active", "ib-bandwidth", "profile acceptance ib_write_bw", "RDMA bandwidth between node pairs"),
     CheckSpec("nccl", "active", "nccl-bandwidth", "profile acceptance nccl_<collective>_busbw", "nccl-tests bus bandwidth at the largest size"),
     CheckSpec("nccl.transport", "active", "nccl-transport", "NET/IB with GDRDMA on IB profiles", "NCCL's transport (no socket fallback)"),
+    CheckSpec("versions.gpudirect", "active", "gpudirect-off", "profile gpu + InfiniBand hca; open modules and kernel >= 5.12 for DMA-BUF",
+              "GPUDirect RDMA path active and named: nvidia_peermem or DMA-BUF"),
     CheckSpec("versions", "active", "stack-mismatch", "the stack's pinned versions", "OS, driver, CUDA, NCCL, OFED, FM, DCGM versions"),
     CheckSpec("slurm", "active", "slurm", "all nodes idle and answering", "Slurm sees every node"),
     CheckSpec("monitoring", "active", "monitoring", "one scrape target up per node", "Prometheus scrapes every node"),

@@ -8,7 +8,10 @@
   (5.12 or newer; NCCL's DMA-BUF support needs it).
 
 Pure: the caller hands in the loaded modules (podsys.checks.versions.parse_modules of
-/proc/modules or lsmod), the license line and `uname -r`."""
+/proc/modules or lsmod), the license line and `uname -r` (None: not collected).
+
+Which path a node *must* run (and so whether nvidia_peermem is a required module) is the
+plan's (podsys.cluster.stack_packages.gpudirect_path); this judge reports which one is active."""
 
 from __future__ import annotations
 
@@ -40,6 +43,10 @@ def judge_gpudirect(modules: set[str] | frozenset[str], nvidia_license: str | No
                       diagnosis="load the driver first (reboot after install; dkms status, dmesg | grep NVRM)")
     if "nvidia_peermem" in modules:
         return passed(node, CHECK, value="nvidia_peermem", detail="GPUDirect RDMA through nvidia_peermem (OFED peer-memory API)")
+    if nvidia_license is None or kernel_release is None:
+        # A module list alone (`podsys check parse modules`) cannot show DMA-BUF.
+        return skip(node, CHECK, "nvidia_peermem is not loaded; whether DMA-BUF is possible needs `modinfo -F license nvidia` "
+                                 "and `uname -r` (podsys check parse gpudirect on the versions probe's output)")
     license_text = (nvidia_license or "").strip()
     kernel = _kernel_version(kernel_release or "")
     open_modules = "MIT" in license_text

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
-from podsys.checks import dcgm, dmesg, ibstat, live_bandwidth, live_gpu, live_infiniband, live_nccl, monitoring, nccl, network, nvbandwidth, nvsmi, nvsmi_q, pcie, perftest, slurm, versions
+from podsys.checks import dcgm, dmesg, gpudirect, ibstat, live_bandwidth, live_gpu, live_infiniband, live_nccl, monitoring, nccl, network, nvbandwidth, nvsmi, nvsmi_q, pcie, perftest, slurm, versions
 from podsys.checks.findings import AREAS, CPU_ONLY_REASON, Finding, failed, passed, skip
-from podsys.checks.live import Context, Probe, Results
+from podsys.checks.live import Context, Probe, Results, split_sections
 from podsys.cluster.hardware import HardwareProfile
 
 
@@ -104,21 +105,36 @@ PARSE_KINDS: dict[str, tuple[str, Parser]] = {
     "dmesg": ("dmesg / journalctl -k", _dmesg),
     "lspci": ("lspci -vvv (PCIe ACS)", lambda t, n, p, h: [pcie.judge_acs(pcie.parse_lspci_acs(t), n)]),
     "modules": ("/proc/modules or lsmod (nvidia, nvidia_peermem)", lambda t, n, p, h: _modules(t, n, p)),
+    "gpudirect": ("the versions probe's output, raw/NODE/versions.txt of a `podsys check` run (modules, nvidia-license, kernel)",
+                  lambda t, n, p, h: _gpudirect(t, n, p)),
     "prometheus-targets": ("Prometheus GET /api/v1/targets JSON", lambda t, n, p, h: monitoring.judge_targets(monitoring.parse_targets(t), {})),
 }
 
 
 def _modules(text: str, node: str, profile: HardwareProfile | None) -> list[Finding]:
+    """A module list alone: the driver must be loaded; peermem is reported as the active
+    GPUDirect path when it is, and is not required (DMA-BUF needs no module)."""
     loaded = versions.parse_module_list(text)  # junk is bad input, with or without a profile
     if profile is None:
         return [skip(node, "versions.modules", "give --profile: which modules are needed depends on the hardware")]
-    need = (["nvidia"] if profile.gpu else []) + (["nvidia_peermem"] if profile.gpu and profile.has_ib else [])
-    if not need:
+    if profile.gpu is None:
         return [skip(node, "versions.modules", CPU_ONLY_REASON)]
-    missing = [m for m in need if m not in loaded]
+    out = [versions.required_modules_finding(loaded, node, profile, None)]
+    if profile.has_ib:
+        out.append(gpudirect.judge_gpudirect(loaded, None, None, node, profile))
+    return out
+
+
+def _gpudirect(text: str, node: str, profile: HardwareProfile | None) -> list[Finding]:
+    sections = split_sections(text)
+    missing = [name for name in ("modules", "nvidia-license", "kernel") if name not in sections]
     if missing:
-        return [failed(node, "versions.modules", value=", ".join(missing), detail=f"not loaded: {', '.join(missing)}",
-                       diagnosis="nvidia_peermem not loaded, so GPUDirect RDMA is off: modprobe nvidia_peermem and add it to "
-                       "/etc/modules-load.d (needs MLNX/DOCA OFED)" if missing == ["nvidia_peermem"]
-                       else "the NVIDIA kernel module is not loaded: check the driver install and dmesg")]
-    return [passed(node, "versions.modules", detail=f"loaded: {', '.join(need)}")]
+        raise ValueError(f"no '### {missing[0]}' section: not the versions probe's output (raw/NODE/versions.txt)")
+    try:
+        loaded = versions.parse_module_list(sections["modules"])
+    except ValueError as exc:  # its line numbers count from the section, not the file
+        raise ValueError(f"section modules: {exc}") from None
+    kernel = sections["kernel"].strip()
+    if not re.fullmatch(r"\d+\.\d+\S*", kernel):
+        raise ValueError(f"section kernel: {kernel[:60]!r} is not a `uname -r` release")
+    return [gpudirect.judge_gpudirect(loaded, sections["nvidia-license"], sections["kernel"], node, profile)]

@@ -12,14 +12,20 @@ from collections import Counter
 from dataclasses import dataclass
 
 from podsys.checks.findings import CPU_ONLY_REASON, Finding, failed, passed, skip, warned
+from podsys.checks.gpudirect import judge_gpudirect
 from podsys.checks.live import Context, Probe, Results, sections_script, split_sections
 from podsys.cluster.hardware import HardwareProfile
+from podsys.cluster.matrix import Stack
+from podsys.cluster.stack_packages import PlanError, PlanOptions, gpudirect_path
 
 SECTIONS = {
     "os-release": "cat /etc/os-release",
     "kernel": "uname -r",
     "slurm": "slurmd -V 2>/dev/null || sinfo -V",
     "modules": "cat /proc/modules",
+    # "Dual MIT/GPL" for the open kernel modules, "NVIDIA" for the proprietary ones: whether
+    # GPUDirect RDMA can go through DMA-BUF (podsys.checks.gpudirect).
+    "nvidia-license": "modinfo -F license nvidia",
     "driver": "cat /proc/driver/nvidia/version",
     "cuda": "cat /usr/local/cuda/version.json 2>/dev/null || nvcc --version",
     "nccl": "dpkg-query -W -f '${Version}\\n' libnccl2 2>/dev/null || rpm -q --qf '%{VERSION}-%{RELEASE}\\n' libnccl",
@@ -43,6 +49,20 @@ class Expected:
     ofed_inbox: bool = False
     fabric_manager: str | None = None
     dcgm: str | None = None
+    stack: Stack | None = None  # the resolved stack: which GPUDirect path a node must run
+    gpu_flavour: str = "auto"  # manifest gpu.flavour
+
+    def gpudirect_path(self, profile: HardwareProfile, layers: tuple[str, ...]) -> str | None:
+        """nvidia_peermem, dmabuf or None, as the node's plan (podsys compat packages) says: the
+        modules to require follow from it, never from the hardware alone."""
+        if self.stack is None:
+            return None
+        options = PlanOptions(flavour=self.gpu_flavour, infiniband_stack="inbox" if self.ofed_inbox else "matrix",
+                              layers=tuple(layers))
+        try:
+            return gpudirect_path(self.stack, profile, options)
+        except PlanError:  # a flavour the GPU cannot run: the manifest checks report it
+            return None
 
 
 def expected_from_cluster(cluster) -> Expected:
@@ -60,6 +80,8 @@ def expected_from_cluster(cluster) -> Expected:
         ofed_inbox=manifest.infiniband.stack == "inbox",
         fabric_manager=getattr(stack, "fabric_manager", None),
         dcgm=getattr(stack, "dcgm", None),
+        stack=stack if isinstance(stack, Stack) else None,
+        gpu_flavour=manifest.gpu.flavour,
     )
 
 
@@ -159,20 +181,35 @@ def judge_versions(sections: dict[str, str], node: str, profile: HardwareProfile
         out.extend(_gpu_versions(sections, node, profile, expected, modules))
     if profile.has_ib:
         out.append(_ofed_version(sections, node, expected))
-    missing = []
-    if profile.gpu is not None and "nvidia" not in modules:
-        missing.append("nvidia")
-    if profile.gpu is not None and profile.has_ib and "nvidia_peermem" not in modules:
-        missing.append("nvidia_peermem")
+    path = expected.gpudirect_path(profile, layers) if profile.gpu is not None and profile.has_ib else None
+    out.append(required_modules_finding(modules, node, profile, path))
+    if profile.gpu is not None and profile.has_ib:
+        if "infiniband" in layers:
+            out.append(judge_gpudirect(modules, sections.get("nvidia-license"), kernel, node, profile))
+        else:
+            out.append(skip(node, "versions.gpudirect", "node has no infiniband layer: GPUDirect RDMA is not set up"))
+    return out
+
+
+def required_modules(profile: HardwareProfile, gpudirect: str | None) -> list[str]:
+    """The modules a node must have loaded: nvidia on a GPU node, nvidia_peermem only where the
+    node's GPUDirect path is peermem (MLNX/DOCA OFED); DMA-BUF needs no module of its own."""
+    need = ["nvidia"] if profile.gpu is not None else []
+    if profile.gpu is not None and profile.has_ib and gpudirect == "nvidia_peermem":
+        need.append("nvidia_peermem")
+    return need
+
+
+def required_modules_finding(modules: set[str], node: str, profile: HardwareProfile, gpudirect: str | None) -> Finding:
+    need = required_modules(profile, gpudirect)
+    missing = [m for m in need if m not in modules]
     if missing:
         diag = ("nvidia_peermem not loaded, so GPUDirect RDMA is off: modprobe nvidia_peermem and add it to /etc/modules-load.d "
                 "(needs MLNX/DOCA OFED)") if missing == ["nvidia_peermem"] else \
             "the NVIDIA kernel module is not loaded: check the driver install (dkms status) and dmesg for load errors"
-        out.append(failed(node, "versions.modules", value=", ".join(missing), detail=f"not loaded: {', '.join(missing)}", diagnosis=diag))
-    else:
-        loaded = ["nvidia"] * (profile.gpu is not None) + ["nvidia_peermem"] * (profile.gpu is not None and profile.has_ib)
-        out.append(passed(node, "versions.modules", detail=f"loaded: {', '.join(loaded) or 'none needed'}"))
-    return out
+        return failed(node, "versions.modules", value=", ".join(missing), detail=f"not loaded: {', '.join(missing)}", diagnosis=diag)
+    why = {"dmabuf": " (GPUDirect through DMA-BUF: nvidia_peermem not needed)"}.get(gpudirect or "", "")
+    return passed(node, "versions.modules", detail=f"loaded: {', '.join(need) or 'none needed'}{why}")
 
 
 def _compare(node: str, check: str, found: str | None, want: str | None, what: str, fix: str, match=None) -> Finding:

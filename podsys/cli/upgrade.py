@@ -22,6 +22,10 @@ a node whose driver or OFED changed), run the GPU/InfiniBand/NCCL acceptance che
 resume the nodes that pass. The first batch with a failing node stops the rollout: its nodes
 stay drained and are named with their findings (exit 1).
 
+The driver of the stack the nodes run now (the manifest's `stack:`) is replaced without
+gpu.replace_driver: podsys installed it; a node with any other driver still stops the batch.
+--extra-vars FILE hands role variables to the deploys (e.g. another package repository).
+
 Only drains podsys upgrade made are ever resumed: a node an admin (or a health check) drained
 is upgraded but left drained, its reason untouched.
 
@@ -50,6 +54,8 @@ def upgrade(
                                      help="seconds to wait for a batch's jobs (0: no limit); past it the batch's nodes are resumed and the rollout stops"),
     reboot_command: Optional[str] = typer.Option(None, "--reboot-command",
                                                  help="run here to restart a node instead of rebooting it over SSH ({node} is its name), for machines that cannot restart themselves (lab containers)"),
+    extra_vars: Optional[Path] = typer.Option(None, "--extra-vars", "-e",
+                                              help="YAML file of role variables for the deploys (role defaults, never podsys_*), e.g. another package repository"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="build directory (default: .podsys/build beside the manifest)"),
     as_json: bool = typer.Option(False, "--json", help="print the rollout (batches, nodes, findings) as JSON on stdout"),
 ) -> None:
@@ -58,7 +64,9 @@ def upgrade(
     from podsys.cluster.selection import select_nodes
     from podsys.deploy.rollout import Rollout
     from podsys.deploy.runner import DeployLock, DeployOptions, run_deploy
-    from podsys.deploy.upgrade import NoSlurm, SlurmControl, Upgrade, UpgradeOptions, hostlist_of, load_cluster_with_stack
+    from podsys.cluster.load import load_cluster
+    from podsys.deploy.upgrade import (NoSlurm, SlurmControl, Upgrade, UpgradeOptions, hostlist_of, load_cluster_with_stack,
+                                       read_extra_vars, upgrade_extravars)
     from podsys.render.build import render_cluster
 
     areas = _split(checks)
@@ -68,11 +76,14 @@ def upgrade(
     if batch < 1:
         raise InputError(Problem("--batch", None, "", f"must be 1 or more, got {batch}"))
     path = find_manifest(manifest)
+    current = load_cluster(path)  # the stack the nodes run now: its driver may be replaced
     cluster = load_cluster_with_stack(path, stack)
+    extra = read_extra_vars(extra_vars) if extra_vars is not None else {}
     nodes = [n.name for n in select_nodes(cluster, limit, "--limit")]
     build_dir = (output or cluster.default_build_dir).resolve()
     rollout = Rollout.plan(cluster.stack.id, nodes, batch)
-    extravars = {"node_reboot_controller_command": reboot_command} if reboot_command else {}
+    extravars = upgrade_extravars(getattr(current.stack, "driver", None), getattr(cluster.stack, "driver", None),
+                                  reboot_command, extra)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     report_dir = cluster.workspace.check_run_dir(datetime.now(timezone.utc)).parent / f"upgrade-{stamp}"
 

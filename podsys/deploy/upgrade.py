@@ -48,6 +48,38 @@ def load_cluster_with_stack(path: Path, stack_id: str) -> Cluster:
                           for p in exc.problems]) from None
 
 
+def read_extra_vars(path: Path) -> dict:
+    """--extra-vars FILE: a YAML mapping of role variables for this upgrade's deploys (role
+    defaults such as package_source_bundle_repo_url, node_reboot_timeout). The podsys_*
+    variables are the manifest's, rendered: they are refused here, so the manifest stays the
+    one place that says what a cluster is."""
+    data, smap = load_yaml_file(Path(path))
+    if not isinstance(data, dict):
+        raise InputError(Problem(str(path), 1, "", "must be a mapping of variable names to values"))
+    problems = []
+    for key in data:
+        if not isinstance(key, str) or not key.isidentifier():
+            problems.append(smap.problem((key,), "not a variable name"))
+        elif key.startswith("podsys_"):
+            problems.append(smap.problem((key,), "podsys_* variables come from the manifest; change it there"))
+    if problems:
+        raise InputError(problems)
+    return data
+
+
+def upgrade_extravars(from_driver: str | None, to_driver: str | None, reboot_command: str | None = None,
+                      extra: Mapping | None = None) -> dict:
+    """What the upgrade's deploys get on top of the rendered build: the driver of the stack it
+    moves from may be replaced (podsys installed it; a node with any other driver still stops),
+    and the controller-side restart for machines that cannot reboot themselves."""
+    out = dict(extra or {})
+    if from_driver and from_driver != to_driver:
+        out["nvidia_driver_replaceable"] = [from_driver]
+    if reboot_command:
+        out["node_reboot_controller_command"] = reboot_command
+    return out
+
+
 # ----------------------------------------------------------------------------- Slurm on the head
 
 

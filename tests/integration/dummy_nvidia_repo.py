@@ -52,11 +52,23 @@ def _depends(name: str, version: str, plan_names: set[str]) -> str:
     return ""
 
 
+def _replaces(name: str) -> str:
+    """From R580 fabric manager and NSCQ drop the branch from their names (gpu-driver-container
+    commit dc7857e); the branchless package takes over the branch-named one's files (NVIDIA's
+    fabric manager RPM spec: Provides nvidia-fabricmanager-<branch>, Obsoletes the older names),
+    which apt spells Conflicts + Replaces."""
+    if name in ("nvidia-fabricmanager", "libnvidia-nscq"):
+        return ", ".join(f"{name}-{branch}" for branch in ("535", "550", "570"))
+    return ""
+
+
 def build_deb(work: Path, name: str, version: str, depends: str = "") -> Path:
     root = work / "src" / f"{name}_{version}".replace(":", "_")
     (root / "DEBIAN").mkdir(parents=True, exist_ok=True)
+    replaces = _replaces(name)
     control = (f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: podsys tests <tests@podsys.invalid>\n"
                + (f"Depends: {depends}\n" if depends else "")
+               + (f"Conflicts: {replaces}\nReplaces: {replaces}\n" if replaces else "")
                + f"Description: dummy {name} (podsys dummy NVIDIA repository)\n")
     (root / "DEBIAN/control").write_text(control)
     unit_name = next((unit for prefix, unit in UNITS.items() if name == prefix or name.startswith(prefix + "-")

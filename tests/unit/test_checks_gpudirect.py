@@ -41,3 +41,22 @@ def test_skips_where_gpudirect_does_not_apply():
     no_hca = profile("hgx-h100-8gpu").model_copy(update={"hca": None})
     assert judge_gpudirect(NO_PEERMEM, "NVIDIA", "6.8.0", "gpu001", no_hca).verdict is Verdict.SKIP
     assert judge_gpudirect(NO_PEERMEM, "NVIDIA", "6.8.0", "gpu001", None).verdict is Verdict.SKIP
+
+
+def test_a_module_list_alone_cannot_show_dmabuf():
+    f = judge_gpudirect(NO_PEERMEM, None, None, "gpu001", profile("hgx-h100-8gpu"))
+    assert f.verdict is Verdict.SKIP and "modinfo -F license nvidia" in f.detail
+    assert judge_gpudirect(WITH_PEERMEM, None, None, "gpu001", profile("hgx-h100-8gpu")).value == "nvidia_peermem"
+
+
+def test_parse_kind_judges_the_versions_probe_output():
+    from podsys.checks.registry import PARSE_KINDS
+
+    judge = PARSE_KINDS["gpudirect"][1]
+    [none] = judge(fixture("versions_raw_gpudirect_none.txt"), "gpu001", profile("hgx-h100-8gpu"), "")
+    assert none.verdict is Verdict.FAIL and none.value == "none"
+    [dmabuf] = judge(fixture("versions_raw_gpudirect_dmabuf.txt"), "gpu001", profile("hgx-h100-8gpu"), "")
+    assert dmabuf.verdict is Verdict.PASS and dmabuf.value == "dmabuf"
+    # the modules kind no longer demands peermem: a DMA-BUF node's module list passes
+    modules = PARSE_KINDS["modules"][1](fixture("proc_modules_no_peermem.txt"), "gpu001", profile("hgx-h100-8gpu"), "")
+    assert {f.check: f.verdict for f in modules} == {"versions.modules": Verdict.PASS, "versions.gpudirect": Verdict.SKIP}

@@ -16,7 +16,7 @@ SIGNATURES = [
     ("hardware Xid errors", "dmesg", "dmesg_xid79_and_downtrained_nic.txt", "gpu.xid", "Xid 79"),
     ("CUDA init failure on HGX (nccl-tests)", "nccl", "nccl_cuda_802.txt", "nccl.test", "fabric manager"),
     ("CUDA init failure on HGX (nvbandwidth)", "nvbandwidth", "nvbandwidth_cuda_802.txt", "bandwidth.nvbandwidth", "fabric"),
-    ("GPUDirect RDMA off", "modules", "proc_modules_no_peermem.txt", "versions.modules", "nvidia_peermem"),
+    ("GPUDirect RDMA off (no peermem, proprietary modules)", "gpudirect", "versions_raw_gpudirect_none.txt", "versions.gpudirect", "nvidia_peermem"),
     ("P2P blocked by PCIe ACS", "lspci", "lspci_acs_enabled.txt", "gpu.pcie_acs", "ACS"),
     ("P2P bandwidth ~10x too low", "nvbandwidth", "nvbandwidth_8xh100_p2p_off_slow_h2d.txt", "bandwidth.device_to_device_memcpy_write_ce", "P2P"),
     ("IB link down", "ibstat", "ibstat_8x_ndr_degraded_and_down.txt", "infiniband.ports", "Polling"),

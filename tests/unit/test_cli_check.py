@@ -24,7 +24,10 @@ def invoke(*args):
         ("dcgmi-diag", "dcgmi_diag_r2_pass_dcgm3.txt", 0),
         ("nvbandwidth", "nvbandwidth_cuda_802.txt", 1),
         ("dmesg", "dmesg_xid79_and_downtrained_nic.txt", 1),
-        ("modules", "proc_modules_no_peermem.txt", 1),
+        # the driver is loaded; without peermem a module list alone cannot show DMA-BUF (SKIP)
+        ("modules", "proc_modules_no_peermem.txt", 0),
+        ("gpudirect", "versions_raw_gpudirect_none.txt", 1),
+        ("gpudirect", "versions_raw_gpudirect_dmabuf.txt", 0),
         ("lspci", "lspci_acs_enabled.txt", 1),
         ("prometheus-targets", "prometheus_targets_one_down.json", 1),
     ],

@@ -19,7 +19,7 @@ SAMPLES = {
     "nvidia-smi-query": "nvidia_smi_query_8xh100_healthy.csv", "nvidia-smi-q": "nvidia_smi_q_8xh100_healthy.txt",
     "nvidia-smi-nvlink": "nvidia_smi_nvlink_s_inactive.txt", "dcgmi-diag": "dcgmi_diag_r2_pass_dcgm3.txt",
     "nvbandwidth": "nvbandwidth_8xh100_healthy.txt", "dmesg": "dmesg_clean.txt", "lspci": "lspci_acs_enabled.txt",
-    "modules": "proc_modules_no_peermem.txt", "prometheus-targets": "prometheus_targets_one_down.json",
+    "modules": "proc_modules_no_peermem.txt", "gpudirect": "versions_raw_gpudirect_dmabuf.txt", "prometheus-targets": "prometheus_targets_one_down.json",
 }
 
 JUNK = {

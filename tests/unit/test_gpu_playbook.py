@@ -146,3 +146,97 @@ def test_nvidias_pinning_package_is_installed_before_the_driver():
     assert first < driver
     assert "selectattr('name', 'match', '^nvidia-driver-pinning-')" in tasks[first]["vars"]["package_source_install_plan"]
     assert "rejectattr('name', 'match', '^nvidia-driver-pinning-')" in tasks[driver]["vars"]["package_source_install_plan"]
+
+
+def _when(task: dict, **variables) -> bool:
+    """A task's `when`, evaluated as Ansible would (the few filters it uses defined here)."""
+    env = Environment()
+    env.filters.update({"bool": lambda v: v if isinstance(v, bool) else str(v).lower() in ("true", "yes", "1"),
+                        "int": int, "difference": lambda a, b: [x for x in a if x not in b]})
+    conditions = task["when"] if isinstance(task["when"], list) else [task["when"]]
+    return all(env.compile_expression(" ".join(str(c).split()))(**variables) for c in conditions)
+
+
+def test_node_reboot_skips_the_loaded_driver_check_only_in_a_container_without_an_nvidia_device():
+    tasks = {t["name"]: t for t in yaml.safe_load((ROLES / "node_reboot" / "tasks" / "reboot.yml").read_text())}
+    say_skip = tasks["Say that the loaded driver cannot be checked (SKIP)"]
+    check = tasks["The loaded driver must be the pinned one"]
+    assert "SKIP" in say_skip["ansible.builtin.debug"]["msg"] and "no NVIDIA PCI device" in say_skip["ansible.builtin.debug"]["msg"]
+    base = {"node_reboot_has_gpu": True, "ansible_check_mode": False}
+    cases = {  # (container, NVIDIA PCI functions) -> the check runs
+        ("none", 8): True,  # bare metal
+        ("none", 0): True,  # bare metal whose GPUs vanished: still checked, and fails
+        ("systemd-nspawn", 0): False,  # the lab's nodes: SKIP with the reason
+        ("docker", 2): True,  # a container with GPUs passed through
+    }
+    for (container, pci), runs in cases.items():
+        env = {**base, "node_reboot_container": container, "node_reboot_nvidia_pci": pci}
+        assert _when(check, **env) is runs and _when(say_skip, **env) is not runs, (container, pci)
+    assert not _when(check, **{**base, "node_reboot_has_gpu": False})
+    probe = tasks["Look for an NVIDIA PCI function and a container"]
+    assert "0x10de" in probe["ansible.builtin.shell"] and "systemd-detect-virt --container" in probe["ansible.builtin.shell"]
+
+
+def test_nvidia_driver_replaces_the_old_stacks_driver_in_an_upgrade_and_refuses_any_other():
+    tasks = {t["name"]: t for t in yaml.safe_load((ROLES / "nvidia_driver" / "tasks" / "driver.yml").read_text())}
+    refuse = tasks["Refuse to replace a driver podsys did not ask for"]
+    upgrade = {"nvidia_driver_replace": False, "nvidia_driver_replaceable": ["570.172.08"]}
+    assert not _when(refuse, nvidia_driver_other=["570.172.08"], **upgrade)  # podsys upgrade from R570
+    assert _when(refuse, nvidia_driver_other=["550.127.08"], **upgrade)  # a driver podsys did not install
+    assert _when(refuse, nvidia_driver_other=["570.172.08"], nvidia_driver_replace=False, nvidia_driver_replaceable=[])
+    assert not _when(refuse, nvidia_driver_other=["550.127.08"], nvidia_driver_replace=True, nvidia_driver_replaceable=[])
+
+
+def test_nccl_tests_build_can_be_turned_off_with_a_message():
+    tasks = {t["name"]: t for t in yaml.safe_load((ROLES / "nccl_tests" / "tasks" / "main.yml").read_text())}
+    plan = [{"name": "openmpi"}]
+    assert _when(tasks["Build nccl-tests"], nccl_tests_plan=plan, nccl_tests_build=True)
+    assert not _when(tasks["Build nccl-tests"], nccl_tests_plan=plan, nccl_tests_build=False)
+    assert _when(tasks["Say why nccl-tests is not built"], nccl_tests_plan=plan, nccl_tests_build=False)
+
+
+def test_a_stack_change_may_move_the_packages_podsys_holds():
+    # podsys upgrade R570 -> R580: libnccl2 and DCGM are held at the old versions, fabric manager
+    # is renamed; without this apt refuses the new plan ("Held packages were changed").
+    install = yaml.safe_load((ROLES / "package_source" / "tasks" / "install.yml").read_text())
+    (apt_block,) = [t for t in install if t["name"] == "Pin and install with apt"]
+    (step,) = [t for t in apt_block["block"] if t["name"].startswith("Install the planned versions")]
+    assert step["ansible.builtin.apt"]["allow_change_held_packages"] is True
+
+
+def test_fabric_manager_removes_the_other_naming_schemes_packages_before_installing():
+    # R570 -> R580: nvidia-fabricmanager-570 (held by podsys) conflicts with nvidia-fabricmanager;
+    # apt will not remove a held package itself ("you have held broken packages").
+    tasks = yaml.safe_load((ROLES / "fabric_manager" / "tasks" / "fabric_manager.yml").read_text())
+    names = [t["name"] for t in tasks]
+    assert names.index("Remove the fabric manager packages being replaced") < names.index("Install, pin and hold Fabric Manager")
+    (pick,) = [t for t in tasks if t["name"] == "Fabric manager packages of another naming scheme"]
+    env = Environment()
+    env.tests["match"] = lambda value, pattern: __import__("re").match(pattern, value) is not None
+    env.tests["in"] = lambda value, seq: value in seq
+    expr = pick["ansible.builtin.set_fact"]["fabric_manager_replaced"].strip()[2:-2]
+    installed = {"nvidia-fabricmanager-570": [], "libnvidia-nscq-570": [], "nvidia-driver": [], "libnvidia-nscq": []}
+    packages = {"packages": installed}
+    plan = [{"name": "nvidia-fabricmanager"}, {"name": "libnvidia-nscq"}]
+    env.filters["dict2items"] = lambda d: [{"key": k, "value": v} for k, v in d.items()]
+    got = env.compile_expression(expr)(ansible_facts=packages, fabric_manager_plan=plan)
+    assert got == ["nvidia-fabricmanager-570", "libnvidia-nscq-570"]
+
+
+def test_dcgm_removes_the_old_cuda_majors_packages_before_installing():
+    # R570 -> R580: datacenter-gpu-manager-4-cuda12 (held at 4.2.3) requires -core (= 4.2.3), so
+    # the plan's -core 4.4.1 cannot install ("held broken packages", seen on the lab upgrade).
+    tasks = yaml.safe_load((ROLES / "dcgm" / "tasks" / "main.yml").read_text())
+    names = [t["name"] for t in tasks]
+    assert names.index("Remove the DCGM packages being replaced") < names.index("Install, pin and hold DCGM {{ dcgm_version }}")
+    (pick,) = [t for t in tasks if t["name"] == "DCGM packages the plan no longer names"]
+    env = Environment()
+    env.tests["match"] = lambda value, pattern: __import__("re").match(pattern, value) is not None
+    env.filters["dict2items"] = lambda d: [{"key": k, "value": v} for k, v in d.items()]
+    expr = pick["ansible.builtin.set_fact"]["dcgm_replaced"].strip()[2:-2]
+    installed = {n: [] for n in ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda12",
+                                 "datacenter-gpu-manager-4-proprietary-cuda12", "libnccl2")}
+    plan = [{"name": n} for n in ("datacenter-gpu-manager-4-core", "datacenter-gpu-manager-4-cuda13",
+                                  "datacenter-gpu-manager-4-proprietary", "datacenter-gpu-manager-4-proprietary-cuda13")]
+    got = env.compile_expression(expr)(ansible_facts={"packages": installed}, dcgm_plan=plan)
+    assert got == ["datacenter-gpu-manager-4-cuda12", "datacenter-gpu-manager-4-proprietary-cuda12"]

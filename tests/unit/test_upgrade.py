@@ -19,8 +19,9 @@ from podsys.deploy.rollout import (
     DrainAction, Phase, Rollout, SlurmNode, advance, drain_action, failures_by_node, is_upgrade_reason, jobs_on,
     parse_scontrol_show_node, parse_squeue, parse_state, plan_batches, resume_decision, upgrade_reason,
 )
-from podsys.deploy.upgrade import SlurmControl, Upgrade, UpgradeOptions, load_cluster_with_stack
+from podsys.deploy.upgrade import SlurmControl, Upgrade, UpgradeOptions, load_cluster_with_stack, read_extra_vars, upgrade_extravars
 from podsys.errors import InputError
+from tests.conftest import invoke
 from tests.unit.manifest_samples import VALID, write_manifest
 
 # `scontrol show node` as Slurm 22.05 (Debian 12's slurm-wlm) prints it: slurm_sprint_node_table
@@ -188,6 +189,42 @@ def test_stack_override_goes_through_the_matrix_and_leaves_the_manifest_alone(tm
     before = path.read_text()
     cluster = load_cluster_with_stack(path, "r570-cuda12.8")
     assert cluster.stack.id == "r570-cuda12.8" and path.read_text() == before
+
+
+def test_the_old_stacks_driver_may_be_replaced_and_nothing_else():
+    """Without this the nvidia_driver role refuses every R570 -> R580 upgrade (it stops on any
+    driver other than the stack's unless gpu.replace_driver): the upgrade replaces exactly the
+    driver of the stack it moves from."""
+    extra = upgrade_extravars("570.172.08", "580.95.05", "podsys lab stop {node}", {"nccl_tests_build": False})
+    assert extra == {"nvidia_driver_replaceable": ["570.172.08"], "node_reboot_controller_command": "podsys lab stop {node}",
+                     "nccl_tests_build": False}
+    assert upgrade_extravars("580.95.05", "580.95.05") == {}  # same driver: nothing to replace
+    assert upgrade_extravars(None, "580.95.05") == {}  # a cpu-only cluster's stack pins no driver
+
+
+def test_extra_vars_file_is_a_mapping_of_role_variables_never_podsys_ones(tmp_path):
+    good = tmp_path / "extra.yml"
+    good.write_text("package_source_mode: bundle\nnode_reboot_timeout: 300\n")
+    assert read_extra_vars(good) == {"package_source_mode": "bundle", "node_reboot_timeout": 300}
+    bad = tmp_path / "bad.yml"
+    bad.write_text("node_reboot_timeout: 300\npodsys_stack: {id: r580}\n")
+    with pytest.raises(InputError) as err:
+        read_extra_vars(bad)
+    [problem] = err.value.problems
+    assert (problem.file, problem.line, problem.field) == (str(bad), 2, "podsys_stack") and "manifest" in problem.message
+    listed = tmp_path / "list.yml"
+    listed.write_text("- a\n")
+    with pytest.raises(InputError, match="mapping"):
+        read_extra_vars(listed)
+
+
+def test_cli_refuses_a_bad_extra_vars_file_in_one_line(tmp_path):
+    path = write_manifest(tmp_path)
+    bad = tmp_path / "extra.yml"
+    bad.write_text("podsys_gpu: {replace_driver: true}\n")
+    result = invoke("upgrade", str(path), "--stack", "r570-cuda12.8", "--extra-vars", str(bad))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{bad}:1" in result.output and "podsys_gpu" in result.output
 
 
 def test_stack_override_refused_by_the_matrix_names_the_flag(tmp_path):
