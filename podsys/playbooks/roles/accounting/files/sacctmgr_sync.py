@@ -6,7 +6,7 @@ sacctmgr commands that change something, printing them as JSON ({"changes": [...
 Only what podsys created is ever removed: accounts and QOS whose description is marked
 "podsys:" and user associations under those accounts. The database itself is never dropped.
 Installed on the head by the accounting role; the pure planning (`plan`) is unit-tested by
-tests/unit/test_accounting_sync.py against real `sacctmgr -nP` output."""
+tests/unit/addons/test_accounting.py against real `sacctmgr -nP` output."""
 
 from __future__ import annotations
 

@@ -1,0 +1,135 @@
+"""podsys.provision.ramdisk and the ramdisk's scripts (podsys/data/ramdisk/): shellcheck-clean,
+their helper functions run for real under sh, the newc archive read back by a real cpio."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from podsys.provision.ramdisk import Entry, cpio_newc, parse_ldd, ramdisk_key, script_paths
+from tests.conftest import REPO_ROOT
+
+RAMDISK_DIR = REPO_ROOT / "podsys/data/ramdisk"
+FUNCTIONS = RAMDISK_DIR / "functions.sh"
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (Debian package shellcheck)")
+def test_scripts_are_shellcheck_clean():
+    paths = script_paths()
+    assert {p.name for p in paths} == {"init", "functions.sh"}
+    proc = subprocess.run(["shellcheck", "--shell=sh", "--external-sources", *[p.name for p in paths]],
+                          cwd=RAMDISK_DIR, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
+
+
+def run_function(snippet: str, shell: str = "sh") -> str:
+    """Source functions.sh in a real POSIX shell and run `snippet`; its stdout."""
+    proc = subprocess.run([shell, "-c", f'. "{FUNCTIONS}"; {snippet}'], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+CMDLINE = ("BOOT_IMAGE=vmlinuz console=ttyS0 podsys.image=http://10.0.0.1/boot/images/abc "
+           "podsys.status=http://10.0.0.1:8081/api/v1/callback podsys.disk=/dev/nvme0n1 podsys.hostname=cpu01 "
+           "podsys.ip=10.0.1.5/24 podsys.mac=52:54:00:00:00:01 podsys.firmware=uefi podsys.dns=10.0.0.1,10.0.0.2")
+
+
+def test_cmdline_parsing_in_sh():
+    out = run_function(f'parse_cmdline "{CMDLINE}"; '
+                       'printf "%s|%s|%s|%s|%s|%s|%s|%s" "$IMAGE_URL" "$DISK" "$NODE_NAME" "$IP" "$MAC" "$FIRMWARE" "$GATEWAY" "$DNS"')
+    assert out == ("http://10.0.0.1/boot/images/abc|/dev/nvme0n1|cpu01|10.0.1.5/24|52:54:00:00:00:01|uefi||"
+                   "10.0.0.1,10.0.0.2")
+
+
+def test_firmware_falls_back_to_what_the_machine_booted_with():
+    out = run_function('parse_cmdline "podsys.disk=/dev/sda"; printf "%s" "$FIRMWARE"')
+    assert out == ("uefi" if Path("/sys/firmware/efi").is_dir() else "bios")
+
+
+def test_run_step_reports_the_stage_and_stops_with_the_steps_reason():
+    # report and fail replaced: the real ones call the head and then wait forever.
+    out = run_function('report() { echo "report $1 $2"; }; fail() { echo "fail $1: $2"; exit 0; }; '
+                       'good() { echo ran good; }; bad() { FAIL_REASON="no disk /dev/sdz"; return 1; }; '
+                       'run_step write good; run_step partition bad; echo not reached')
+    assert out.splitlines() == ["report stage write", "ran good", "report stage partition", "fail partition: no disk /dev/sdz"]
+
+
+def test_init_runs_every_install_step_through_run_step():
+    init = (RAMDISK_DIR / "init").read_text()
+    steps = [line.split()[1:] for line in init.splitlines() if line.startswith("run_step ")]
+    assert steps == [["fetch", "fetch_image"], ["verify", "verify_image"], ["partition", "partition_disk"],
+                     ["write", "write_image"], ["bootloader", "install_bootloader"], ["identity", "write_identity"]]
+
+
+@pytest.mark.parametrize("disk, expected", [("/dev/sda", "/dev/sda2"), ("/dev/nvme0n1", "/dev/nvme0n1p2"),
+                                            ("/dev/vda", "/dev/vda2")])
+def test_partition_names_in_sh_match_python(disk, expected):
+    from podsys.provision.partition import partition_device
+
+    assert run_function(f'part_dev {disk} 2') == expected == partition_device(disk, 2)
+
+
+def test_callback_messages_are_url_encoded():
+    assert run_function('urlencode "sha256 mismatch: a&b=c #1 50%"') == "sha256%20mismatch:%20a%26b%3Dc%20%231%2050%25"
+
+
+def test_verify_refuses_a_corrupted_download(tmp_path):
+    image = tmp_path / "image.tar.zst"
+    image.write_bytes(b"the real bytes")
+    good = subprocess.run(["sha256sum", str(image)], capture_output=True, text=True, check=True).stdout.split()[0]
+    (tmp_path / "sums").write_text(f"{good}  image.tar.zst\n")
+    # verify_image reads /run/image.sha256; point a copy of the functions at our file instead.
+    body = FUNCTIONS.read_text().replace("/run/image.sha256", str(tmp_path / "sums"))
+    script = tmp_path / "f.sh"
+    script.write_text(body)
+    ok = subprocess.run(["sh", "-c", f'. "{script}"; IMAGE_FILE="{image}"; verify_image && echo OK'],
+                        capture_output=True, text=True)
+    assert ok.stdout.strip() == "OK"
+    image.write_bytes(b"the real bytez")
+    bad = subprocess.run(["sh", "-c", f'. "{script}"; IMAGE_FILE="{image}"; verify_image || echo "$FAIL_REASON"'],
+                         capture_output=True, text=True)
+    assert bad.stdout.startswith("sha256 mismatch: got ") and good in bad.stdout
+
+
+def test_parse_ldd_output():
+    # ldd output of /usr/sbin/sfdisk on Debian 12 (format: glibc's ldd(1))
+    text = ("\tlinux-vdso.so.1 (0x00007ffd6b7f2000)\n"
+            "\tlibfdisk.so.1 => /lib/x86_64-linux-gnu/libfdisk.so.1 (0x00007f2f8c6d5000)\n"
+            "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f2f8c4f4000)\n"
+            "\t/lib64/ld-linux-x86-64.so.2 (0x00007f2f8c77a000)\n")
+    assert parse_ldd(text) == ["/lib/x86_64-linux-gnu/libfdisk.so.1", "/lib/x86_64-linux-gnu/libc.so.6",
+                               "/lib64/ld-linux-x86-64.so.2"]
+
+
+CPIO = shutil.which("cpio") or (shutil.which("busybox") and "busybox")
+
+
+@pytest.mark.skipif(CPIO is None, reason="neither cpio nor busybox installed")
+def test_newc_archive_extracts_with_a_real_cpio(tmp_path):
+    entries = [Entry("bin", stat.S_IFDIR | 0o755), Entry("bin/hello", stat.S_IFREG | 0o755, b"#!/bin/sh\necho hi\n"),
+               Entry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"), Entry("etc", stat.S_IFDIR | 0o755),
+               Entry("etc/odd", stat.S_IFREG | 0o600, b"x" * 5)]
+    archive = cpio_newc(entries)
+    assert archive == cpio_newc(list(reversed(entries))), "same entries, same bytes"
+    cmd = ["busybox", "cpio"] if CPIO == "busybox" else ["cpio"]
+    subprocess.run(cmd + ["-i", "-d", "-m"], input=archive, cwd=tmp_path, check=True, capture_output=True)
+    assert (tmp_path / "bin/hello").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert (tmp_path / "bin/hello").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "bin/sh").is_symlink() and (tmp_path / "bin/sh").readlink() == Path("busybox")
+    assert (tmp_path / "etc/odd").read_bytes() == b"xxxxx"
+    assert gzip.decompress(gzip.compress(archive, mtime=0)) == archive
+
+
+def test_ramdisk_key_follows_the_scripts(monkeypatch):
+    import podsys.provision.ramdisk as ramdisk
+
+    before = ramdisk_key()
+    assert before == ramdisk_key()
+    original = ramdisk.script_text
+    monkeypatch.setattr(ramdisk, "script_text", lambda name: original(name) + b"\n# edited\n")
+    assert ramdisk_key() != before
