@@ -59,3 +59,11 @@ def problems_for(tmp: Path, text: str = VALID, macs: str | None = MACS):
     with pytest.raises(InputError) as info:
         load_cluster(path)
     return path, info.value.problems
+
+
+def assert_problem(problems, path, line, field, fragment):
+    """One of the problems is at path:line, names field and says fragment."""
+    for p in problems:
+        if p.file == str(path) and p.line == line and p.field == field and fragment in p.message:
+            return
+    pytest.fail(f"no {path}:{line} {field} {fragment!r} in:\n" + "\n".join(map(str, problems)))

@@ -12,7 +12,7 @@ import yaml
 
 from podsys.cluster.load import load_cluster
 from podsys.render.build import render_files
-from tests.unit.manifest_samples import MACS, VALID, line_of, problems_for, write_manifest
+from tests.unit.manifest_samples import MACS, VALID, assert_problem, line_of, problems_for, write_manifest
 
 ADDONS = VALID.replace("layers: [base, gpu, infiniband, slurm, monitoring]",
                        "layers: [base, gpu, infiniband, slurm, monitoring, accounting, storage, training]")
@@ -42,13 +42,6 @@ training:
   image_dir: /shared/images
   checkpoint_dir: /shared/checkpoints
 """, ADDONS, count=1, flags=re.MULTILINE)
-
-
-def assert_problem(problems, path, line, field, fragment):
-    for p in problems:
-        if p.file == str(path) and p.line == line and p.field == field and fragment in p.message:
-            return
-    pytest.fail(f"no {path}:{line} {field} {fragment!r} in:\n" + "\n".join(map(str, problems)))
 
 
 def test_the_addon_sections_load_and_render(tmp_path):

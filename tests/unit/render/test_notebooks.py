@@ -21,7 +21,7 @@ from podsys.cluster.web_checks import BATCHSPAWNER_WHEEL
 from podsys.errors import InputError
 from podsys.layout import FIXED_HEAD_PORTS, JUPYTERHUB_API_PORT, NOTEBOOKS_HEAD_PORTS
 from podsys.render.build import SECRETS_FILE, VARS_FILE, render_files
-from tests.unit.manifest_samples import MACS, VALID, line_of, write_manifest
+from tests.unit.manifest_samples import MACS, VALID, assert_problem, line_of, write_manifest
 from tests.conftest import REPO_ROOT
 
 ROLE = REPO_ROOT / "podsys" / "playbooks" / "roles" / "notebooks"
@@ -58,13 +58,6 @@ def problems_for(path: Path):
     with pytest.raises(InputError) as info:
         load_cluster(path)
     return info.value.problems
-
-
-def assert_problem(problems, path, line, field, fragment):
-    for p in problems:
-        if p.file == str(path) and p.line == line and p.field == field and fragment in p.message:
-            return
-    pytest.fail(f"no {path}:{line} {field} {fragment!r} in:\n" + "\n".join(map(str, problems)))
 
 
 def test_the_layer_renders_the_roles_variables_and_keeps_hashes_secret(tmp_path):
