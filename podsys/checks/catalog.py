@@ -36,7 +36,7 @@ CATALOG: tuple[CheckSpec, ...] = (
     CheckSpec("gpu.model", "passive", "gpu-model", "profile gpu.product_name", "the GPUs are the profile's model"),
     CheckSpec("gpu.xid", "passive", "gpu-xid", "NVIDIA Xid catalogue (hardware Xids)", "no new hardware Xid or fallen-off-the-bus event since the last run"),
     CheckSpec("gpu.fabric_manager", "prolog", "fm-stopped", "profile gpu.nvswitch", "nvidia-fabricmanager active on an NVSwitch board"),
-    CheckSpec("gpu.gpudirect", "passive", "peermem-missing", "profile gpu + InfiniBand hca", "GPUDirect RDMA path present (nvidia_peermem loaded)"),
+    CheckSpec("gpu.gpudirect", "passive", "peermem-missing", "profile gpu + InfiniBand hca", "GPUDirect RDMA path the plan names present: nvidia_peermem loaded, or DMA-BUF (open modules, kernel >= 5.12)"),
     CheckSpec("infiniband.ports", "prolog", "ib-port-down", "profile hca.count and hca.rate_gbps", "every IB port Active/LinkUp at the profile's rate"),
     CheckSpec("gpu.ecc_errors", "prolog", "row-remap-pending", "zero: any pending/failed remap or uncorrectable error", "no pending or failed row remap, no uncorrectable ECC error"),
     CheckSpec("gpu.ecc_mode", "passive", "ecc-off", "ECC enabled", "ECC on"),

@@ -80,14 +80,19 @@ class HealthConfig:
     disk_paths: tuple[str, ...] = ("/", "/var", "/tmp")
     disk_min_free_percent: float = 5.0
     memory_min_available_percent: float = 5.0
+    # The GPUDirect RDMA path the node's plan runs (stack_packages.gpudirect_path): nvidia_peermem
+    # with MLNX/DOCA OFED, dmabuf with the open modules on the inbox stack; None: not planned.
+    gpudirect: str | None = "nvidia_peermem"
 
 
-def config_data(node: str, profile, disk_min_free_percent: float = 5.0, memory_min_available_percent: float = 5.0) -> dict:
+def config_data(node: str, profile, disk_min_free_percent: float = 5.0, memory_min_available_percent: float = 5.0,
+                gpudirect: str | None = "nvidia_peermem") -> dict:
     """health.json for a node, from its resolved HardwareProfile (deploy renders this on the head)."""
     gpu = profile.gpu
     hca = profile.hca
     return {
         "node": node,
+        "gpudirect": gpudirect,
         "profile": {
             "id": profile.id,
             "gpu": None if gpu is None else {
@@ -129,7 +134,16 @@ def parse_config(data: object, source: str = "health.json") -> HealthConfig:
         node=need(data, "node", str, ""), profile=HealthProfile(id=need(profile, "id", str, "profile."), gpu=gpu, hca=hca),
         disk_min_free_percent=numbers.get("disk_min_free_percent", 5.0),
         memory_min_available_percent=numbers.get("memory_min_available_percent", 5.0),
+        gpudirect=_gpudirect_path(data),
     )
+
+
+def _gpudirect_path(data: dict) -> str | None:
+    # A health.json from before the key existed meant peermem, the only path podsys knew then.
+    path = data.get("gpudirect", "nvidia_peermem")
+    if path not in (None, "nvidia_peermem", "dmabuf"):
+        raise ValueError(f"health.json: gpudirect: {path!r} is not nvidia_peermem, dmabuf or null")
+    return path
 
 
 def load_config(path: Path) -> HealthConfig:
@@ -194,7 +208,8 @@ def _ib_sysfs() -> str:
 _QUERY_CHECKS = frozenset({"gpu.count", "gpu.model", "gpu.ecc_errors", "gpu.ecc_mode", "gpu.persistence", "gpu.clocks"})
 
 
-def commands_for(profile: HealthProfile, checks: frozenset[str] | None = None) -> dict[str, str]:
+def commands_for(profile: HealthProfile, checks: frozenset[str] | None = None,
+                 gpudirect: str | None = "nvidia_peermem") -> dict[str, str]:
     """The tool commands these checks (default: the whole passive set) need for this profile;
     they run in parallel. The prolog set needs only the quick ones (no kernel log, no -q)."""
     want = checks_for_tier("passive") if checks is None else checks
@@ -212,6 +227,8 @@ def commands_for(profile: HealthProfile, checks: frozenset[str] | None = None) -
             commands["fabricmanager"] = "systemctl is-active nvidia-fabricmanager"
         if profile.has_ib and "gpu.gpudirect" in want:
             commands["modules"] = "lsmod"
+            if gpudirect == "dmabuf":  # DMA-BUF needs the open kernel modules (MIT/GPL licence)
+                commands["nvidia-license"] = "modinfo -F license nvidia"
     if profile.hca is not None and "infiniband.ports" in want:
         commands["ibstat"] = "command -v ibstat >/dev/null 2>&1 && ibstat || echo 'podsys: no ibstat'"
     return commands
@@ -224,7 +241,7 @@ def run_checks(config: HealthConfig, run: Run = run_shell, facts: NodeFacts | No
     facts = facts or NodeFacts()
     profile, node = config.profile, config.node
     want = checks_for_tier(tier)
-    commands = commands_for(profile, want)
+    commands = commands_for(profile, want, config.gpudirect)
     with ThreadPoolExecutor(max_workers=max(1, len(commands))) as pool:
         outputs = dict(zip(commands, pool.map(run, commands.values())))
     out: list[Finding] = []
@@ -235,7 +252,7 @@ def run_checks(config: HealthConfig, run: Run = run_shell, facts: NodeFacts | No
         if "fabricmanager" in outputs:
             out.append(_fabric_manager(outputs["fabricmanager"], node))
         if "modules" in outputs:
-            out.append(_gpudirect(outputs["modules"], node))
+            out.append(_gpudirect(outputs["modules"], node, config.gpudirect, outputs.get("nvidia-license")))
     if "ibstat" in outputs:
         out += _infiniband(outputs["ibstat"][1], node, profile, facts)
     if "node.disk" in want:
@@ -353,13 +370,30 @@ def _fabric_manager(result: tuple[int, str], node: str) -> Finding:
                   "systemctl enable --now nvidia-fabricmanager (its version must equal the driver's)")
 
 
-def _gpudirect(result: tuple[int, str], node: str) -> Finding:
+def _gpudirect(result: tuple[int, str], node: str, path: str | None = "nvidia_peermem",
+               license_result: tuple[int, str] | None = None) -> Finding:
     rc, text = result
     loaded = {line.split()[0] for line in text.splitlines() if line.strip()}
     if rc != 0 or "Module" not in loaded:
         return skip(node, "gpu.gpudirect", f"lsmod failed: {_first_line(text)}")
+    if path is None:
+        return skip(node, "gpu.gpudirect", "the node's plan has no GPUDirect RDMA path (no MLNX/DOCA OFED for nvidia_peermem, "
+                                           "no open kernel modules for DMA-BUF)")
     if "nvidia_peermem" in loaded:
-        return passed(node, "gpu.gpudirect", detail="nvidia_peermem loaded")
+        return passed(node, "gpu.gpudirect", value="nvidia_peermem", detail="nvidia_peermem loaded")
+    if path == "dmabuf":
+        # Same rule as podsys check's versions.gpudirect (checks/gpudirect.py), on what a node can see cheaply.
+        licence = (license_result or (1, ""))[1].strip()
+        release = os.uname().release
+        kernel = re.match(r"(\d+)\.(\d+)", release)
+        if "nvidia" in loaded and "MIT" in licence and kernel and (int(kernel[1]), int(kernel[2])) >= (5, 12):
+            return passed(node, "gpu.gpudirect", value="dmabuf", detail=f"DMA-BUF: open kernel modules, kernel {release}")
+        why = "the nvidia module is not loaded" if "nvidia" not in loaded else \
+            f"the nvidia module is not the open one (license {licence or 'unknown'})" if "MIT" not in licence else \
+            f"kernel {release} is older than 5.12"
+        return failed(node, "gpu.gpudirect", value="dmabuf", detail=f"DMA-BUF planned but not possible: {why}",
+                      diagnosis="the plan uses DMA-BUF with the open kernel modules: podsys deploy --tags gpu reinstalls "
+                                "them; NCCL falls back to staging through host memory meanwhile")
     return failed(node, "gpu.gpudirect", value="nvidia_peermem", detail="nvidia_peermem not loaded: GPUDirect RDMA is off",
                   diagnosis="modprobe nvidia_peermem and list it in /etc/modules-load.d (needs MLNX/DOCA OFED); NCCL falls back to staging through host memory")
 

@@ -22,13 +22,25 @@ def runner_files() -> dict[str, str]:
 
 def node_configs(cluster) -> dict[str, str]:
     from podsys.checks.health import config_data
+    from podsys.checks.versions import expected_from_cluster
 
     settings = cluster.manifest.health
+    expected = expected_from_cluster(cluster)
+
+    def gpudirect(node, profile):
+        # The path the plan gives this hardware (as podsys check's versions area requires it),
+        # with or without podsys's infiniband layer: a site-managed RDMA stack needs one too.
+        if profile.gpu is None or not profile.has_ib:
+            return None
+        return expected.gpudirect_path(profile, (*node.layers, "infiniband"))
+
     return {
         f"health/nodes/{node.name}.json": json.dumps(
-            config_data(node.name, cluster.profile_of(node), settings.disk_min_free_percent, settings.memory_min_available_percent),
+            config_data(node.name, profile, settings.disk_min_free_percent, settings.memory_min_available_percent,
+                        gpudirect(node, profile)),
             indent=2, sort_keys=True) + "\n"
         for node in cluster.nodes
+        for profile in [cluster.profile_of(node)]
     }
 
 

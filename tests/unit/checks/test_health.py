@@ -2,6 +2,7 @@
 files `podsys lab fault` replays), the Xid cursor, the Slurm drain decision, the metrics."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from podsys.checks.catalog import CATALOG, fault_code, passive_checks, spec_for
 from podsys.checks.findings import Verdict
 from podsys.checks.health_main import run as run_main
 from tests.unit.checks.helpers import profile
-from tests.conftest import REPO_ROOT
+from tests.conftest import MANIFESTS, REPO_ROOT, write_manifest_variant
 
 CAPTURES = REPO_ROOT / "podsys" / "data" / "captures" / "hgx-h100-8gpu"
 XID79 = "[ 9001.123456] NVRM: Xid (PCI:0000:5d:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n"
@@ -257,3 +258,48 @@ def test_health_json_round_trips_from_every_builtin_profile():
         parsed = health.parse_config(data)
         assert parsed.profile.id == profile_id and parsed.profile.has_ib == spec.has_ib
         assert (parsed.profile.gpu is None) == (spec.gpu is None)
+
+
+# GPUDirect RDMA either way: the node's health.json names the path its plan runs.
+LSMOD_NO_PEERMEM = capture("lsmod.txt").replace("nvidia_peermem         16384  0\n", "")
+
+
+def dmabuf_run(tmp_path, monkeypatch, licence, release="6.8.0-45-generic"):
+    monkeypatch.setattr(health.os, "uname", lambda: os.uname_result(("Linux", "gpu001", release, "#1", "x86_64")))
+    cfg = health.parse_config(health.config_data("gpu001", profile("hgx-h100-8gpu"), gpudirect="dmabuf"))
+    node = FakeNode(lsmod=(0, LSMOD_NO_PEERMEM), **{"modinfo -F license nvidia": (0, licence)})
+    findings = health.run_checks(cfg, run=node, facts=facts(), state_dir=tmp_path)
+    return next(f for f in findings if f.check == "gpu.gpudirect"), node
+
+
+def test_a_dmabuf_node_passes_without_nvidia_peermem(tmp_path, monkeypatch):
+    finding, node = dmabuf_run(tmp_path, monkeypatch, "Dual MIT/GPL\n")
+    assert finding.verdict is Verdict.PASS and finding.value == "dmabuf", health.verdict_line(finding)
+    assert "modinfo -F license nvidia" in node.calls
+
+
+@pytest.mark.parametrize("licence, release, why", [
+    ("NVIDIA\n", "6.8.0-45-generic", "not the open one"),
+    ("Dual MIT/GPL\n", "5.4.0-200-generic", "older than 5.12"),
+])
+def test_a_dmabuf_node_that_cannot_do_dmabuf_fails(tmp_path, monkeypatch, licence, release, why):
+    finding, _ = dmabuf_run(tmp_path, monkeypatch, licence, release)
+    assert finding.verdict is Verdict.FAIL and why in finding.detail, health.verdict_line(finding)
+
+
+def test_a_peermem_node_runs_no_modinfo(tmp_path):
+    node = FakeNode()
+    run_with(tmp_path, node)
+    assert not any(c.startswith("modinfo") for c in node.calls)
+
+
+def test_the_rendered_health_config_names_the_plans_gpudirect_path(tmp_path):
+    from podsys.checks.health_files import node_configs
+    from podsys.cluster.load import load_cluster
+
+    matrix_ofed = node_configs(load_cluster(MANIFESTS / "hgx-h100-32.yaml"))
+    assert json.loads(matrix_ofed["health/nodes/gpu001.json"])["gpudirect"] == "nvidia_peermem"
+    inbox = write_manifest_variant(tmp_path, "hgx-h100-32", infiniband={"stack": "inbox"}, gpu={"flavour": "open"})
+    configs = node_configs(load_cluster(inbox))
+    assert json.loads(configs["health/nodes/gpu001.json"])["gpudirect"] == "dmabuf"
+    assert health.parse_config(json.loads(configs["health/nodes/gpu001.json"])).gpudirect == "dmabuf"
