@@ -204,3 +204,10 @@ def pytest_collection_modifyitems(session, config, items):
         return LAB_MODULE_ORDER.index(path.name) + 1
 
     items.sort(key=rank)  # stable: order inside a module and among the others is kept
+
+
+def crypt_hash(password: str, salt: str) -> str:
+    """A SHA-512 crypt(3) hash, as a site makes one (`openssl passwd -6`); a fixed salt keeps the
+    manifest, and so a second deploy, unchanged."""
+    return subprocess.run(["openssl", "passwd", "-6", "-salt", salt, password],
+                          capture_output=True, text=True, check=True).stdout.strip()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.integration.conftest import crypt_hash
 
 # The MLflow version the lab installs (pip download from PyPI on the test host: the lab does
 # not reach PyPI; roles/models/README.md "How a site gets the wheels").
@@ -48,8 +49,7 @@ def build_wheelhouses(directory: Path) -> None:
 
 
 def password_hash() -> str:
-    return subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=PASSWORD, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return crypt_hash(PASSWORD, "podsyslab3")
 
 
 # Lab nodes have no curl: the request is made with the host's python3 (urllib), verifying the

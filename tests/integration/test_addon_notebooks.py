@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, write_manifest_variant
-from tests.integration.conftest import deploy_json, own_lab, wait_for
+from tests.integration.conftest import crypt_hash, deploy_json, own_lab, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab, pytest.mark.slow]
 
@@ -34,13 +34,6 @@ USER, INTERN = "researcher", "intern"
 PASSWORDS = {USER: "notebook-pass-researcher", INTERN: "notebook-pass-intern"}
 SHARED_HOME = "/shared/home"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-
-
-def crypt_hash(password: str, salt: str) -> str:
-    """A SHA-512 crypt(3) hash, as a site makes one (`openssl passwd -6`); a fixed salt keeps the
-    manifest, and so a second deploy, unchanged."""
-    return subprocess.run(["openssl", "passwd", "-6", "-salt", salt, password],
-                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def batchspawner_wheelhouse(directory: Path) -> Path:
