@@ -12,8 +12,10 @@ lab: setup
 	podsys check lab/lab.yaml --output lab/report
 	@echo "next: podsys lab ssh --dir lab head -- srun -N3 hostname; open lab/report/report.html; podsys lab down --dir lab"
 
+# Three workers: each lab (and the modules sharing one) is one xdist group in one worker;
+# tests/conftest.py assigns the groups and starts the longest first.
 test: setup
-	python3 -m pytest -m "not slow"
+	python3 -m pytest -m "not slow" -n 3 --dist loadgroup --no-loadscope-reorder
 
 test-unit:
 	python3 -m pytest tests/unit

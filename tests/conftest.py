@@ -10,6 +10,7 @@ Two ways to run the CLI, both answering exit code, stdout and stderr:
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -98,3 +99,65 @@ def manifest_variant(tmp_path):
         return write_manifest_variant(tmp_path, source, name, **sections)
 
     return write
+
+
+# --- Order and parallel groups -------------------------------------------------------------
+# The session lab is shared, and some modules leave it changed on purpose: the provision role
+# installs boot services on the head, the stack-role tests point the head at a stand-in
+# repository. They run after the modules that need the lab as `podsys lab up` made it (first
+# the lab itself, then deploy, then check on the deployed lab), whatever their file names sort
+# to.
+LAB_MODULE_ORDER = (
+    "test_lab.py",
+    "test_deploy_lab.py",
+    "test_check_lab.py",
+    "test_provision_role.py",
+    "test_stack_roles.py",
+)
+SHARED_LAB_GROUP = "lab-shared"
+
+# The README's test command runs the suite in parallel workers (pytest-xdist, `--dist
+# loadgroup`): every item gets an xdist_group, so a lab and the modules that share it stay in
+# one worker process (a module-scoped lab is built once; the session lab once for its modules).
+# Most of a lab test's time is waiting (apt through the proxy, Slurm's timers, reboots), so labs
+# in parallel workers overlap well on 2 cores. Groups start longest first; these are each
+# group's minutes in the last CI run (README, testing), only used to order them.
+GROUP_MINUTES = {
+    "test_addon_models": 24,
+    "test_addon_notebooks": 22,
+    "test_addon_training": 14,
+    SHARED_LAB_GROUP: 13,
+    "test_health_lab": 11,
+    "test_upgrade_lab": 8,
+    "test_stack_dummy_repo": 7,
+    "test_deploy_bundle": 6,
+    "test_addon_accounting": 6,
+}
+
+
+def test_group(path: Path) -> str:
+    """The xdist group of a test file: a unit sub-package, the shared lab, or its own module."""
+    relative = path.resolve().relative_to(REPO_ROOT / "tests")
+    if relative.parts[0] == "unit":
+        return "unit-" + (relative.parts[1] if len(relative.parts) > 2 else "root")
+    if path.name in LAB_MODULE_ORDER:
+        return SHARED_LAB_GROUP
+    return path.stem
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
+def pytest_collection_modifyitems(session, config, items):
+    parallel = config.pluginmanager.hasplugin("xdist") and (
+        config.getoption("dist", "no") != "no" or "PYTEST_XDIST_WORKER" in os.environ)
+
+    def key(item):
+        path = Path(str(item.fspath))
+        group = test_group(path)
+        shared_rank = LAB_MODULE_ORDER.index(path.name) + 1 if group == SHARED_LAB_GROUP else 0
+        # Serial runs keep collection order (unit tests first); parallel ones start long groups first.
+        return (-GROUP_MINUTES.get(group, 0) if parallel else 0, group if parallel else "", shared_rank)
+
+    for item in items:
+        if parallel:
+            item.add_marker(pytest.mark.xdist_group(test_group(Path(str(item.fspath)))))
+    items.sort(key=key)  # stable: the order inside a module is kept

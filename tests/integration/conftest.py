@@ -182,30 +182,6 @@ def fresh_lab_cluster(tmp_path_factory) -> LabCluster:
         yield cluster
 
 
-# The session lab is shared, and some modules leave it changed on purpose: the provision role
-# installs boot services on the head, the stack-role tests point the head at a stand-in
-# repository. They run after the modules that need the lab as `podsys lab up` made it (first
-# the lab itself, then deploy, then check on the deployed lab), whatever their file names sort
-# to.
-LAB_MODULE_ORDER = (
-    "test_lab.py",
-    "test_deploy_lab.py",
-    "test_check_lab.py",
-    "test_provision_role.py",
-    "test_stack_roles.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    def rank(item) -> int:
-        path = Path(str(item.fspath))
-        if path.parent != Path(__file__).parent or path.name not in LAB_MODULE_ORDER:
-            return 0
-        return LAB_MODULE_ORDER.index(path.name) + 1
-
-    items.sort(key=rank)  # stable: order inside a module and among the others is kept
-
-
 def crypt_hash(password: str, salt: str) -> str:
     """A SHA-512 crypt(3) hash, as a site makes one (`openssl passwd -6`); a fixed salt keeps the
     manifest, and so a second deploy, unchanged."""

@@ -1,5 +1,5 @@
-"""Helpers for the models layer's lab tests (in test_addon_training.py, whose lab the layer
-joins): the wheels deploy installs, the lab user's web login, MLflow's REST API from a node and
+"""Helpers for the models layer's lab test (test_addon_models.py, on the training lab's layers
+plus accounting and models): the wheels deploy installs, the lab user's web login, MLflow's REST API from a node and
 the head, and a headless Chromium screenshot of a run page."""
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ its metrics and run; a request without a login, or with a wrong password, gets 4
 models list` shows the version without printing a password; a headless Chromium screenshot of
 the run page goes to test-artifacts/mlflow-run.png. Helpers: tests/integration/models_lab.py.
 
-Marked slow: installing MLflow from its wheels on the head and its client on the nodes adds
-about 11 minutes to the deploy on the 2-core machine, which does not fit CI's hour beside the
-other labs yet (see README, testing)."""
+In CI: the README's test command runs this lab in its own parallel worker (tests/conftest.py
+groups); its time is in README, testing."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from tests.conftest import podsys
 from tests.integration.conftest import deploy_json, own_lab, wait_for
 from tests.integration.test_addon_training import PREFIX, USER, _job, _log, write_variant
 
-pytestmark = [pytest.mark.integration, pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
 
 @pytest.fixture(scope="module")

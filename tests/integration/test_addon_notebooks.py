@@ -6,8 +6,8 @@ to the shared home (the file is on the node, owned by the user), another user ge
 server, stopping it ends the job, a wrong password is refused; the hub's screenshots go to
 test-artifacts/. A second deploy changes nothing.
 
-Marked slow: installing JupyterHub on three hosts makes this lab about 25 minutes on the 2-core
-machine, which does not fit CI's hour beside the other labs yet (see README, testing)."""
+In CI: the README's test command runs this lab in its own parallel worker (tests/conftest.py
+groups); its time is in README, testing."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import yaml
 from tests.conftest import REPO_ROOT, write_manifest_variant
 from tests.integration.conftest import crypt_hash, deploy_json, own_lab, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.lab, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
 TEAM = "vision"
 USER, INTERN = "researcher", "intern"
