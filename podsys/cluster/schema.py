@@ -475,6 +475,12 @@ class Web(Strict):
                                              description="PEM certificate (chain), relative to the manifest")
     tls_key_file: str | None = Field(default=None, pattern=PLAIN_RE,
                                      description="PEM private key, relative to the manifest")
+    # Users' browsers reach the head by a site name or an outside address that the manifest
+    # otherwise does not know; MLflow refuses any Host header it was not told about.
+    names: list[Annotated[str, Field(pattern=DNS_NAME, max_length=253)]] = Field(
+        default_factory=list, description="more DNS names or IPv4 addresses users reach the head by (the self-signed "
+                                          "certificate's SANs, the Host headers MLflow accepts); the hostname, "
+                                          "head.address and head.ssh_address are always in")
 
 
 class Notebooks(Strict):

@@ -11,7 +11,7 @@ from podsys.cluster.schema import SlurmLimits
 from podsys.render.storage import storage_vars
 from podsys.render.training import training_vars
 from podsys.layout import MLFLOW_PORT, MODELS_HTTPS_PORT, SLURMDBD_PORT
-from podsys.render.notebooks import web_layer_vars
+from podsys.render.notebooks import web_layer_vars, web_names
 
 # Source: slurm.conf(5) (AccountingStorage*, PriorityType, PreemptType/PreemptMode) and the
 # Slurm accounting guide, https://slurm.schedmd.com/accounting.html ("limits" implies associations).
@@ -84,7 +84,7 @@ def models_vars(cluster: Cluster) -> dict:
     whose jobs log without a login (the nodes' provision network)."""
     m = cluster.manifest
     base = cluster.manifest_path.parent
-    names = [m.head.hostname, str(m.head.address)] + ([f"{m.head.hostname}.{m.metadata.domain}"] if m.metadata.domain else [])
+    names = web_names(cluster)
     return {
         "wheelhouse": str((base / m.models.wheelhouse).resolve()),
         "client_wheelhouse": str((base / m.models.client_wheelhouse).resolve()),

@@ -8,15 +8,36 @@ lands in a rendered file. Password hashes stay in the secrets file
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 from podsys.cluster.model import Cluster
 from podsys.layout import JUPYTERHUB_API_PORT, JUPYTERHUB_PROXY_API_PORT, JUPYTERHUB_PROXY_PORT, NOTEBOOKS_HTTPS_PORT
 
 WEB_LAYERS = ("notebooks", "models")
 
 
+def web_names(cluster: Cluster) -> list[str]:
+    """Every name and address a browser may reach the head's web layers by: its hostname (and
+    FQDN), provision address, SSH address and the manifest's web.names; first seen first."""
+    m = cluster.manifest
+    names = [m.head.hostname]
+    if m.metadata.domain:
+        names.append(f"{m.head.hostname}.{m.metadata.domain}")
+    names += [str(m.head.address)] + ([str(m.head.ssh_address)] if m.head.ssh_address else []) + list(m.web.names)
+    return list(dict.fromkeys(names))
+
+
+def _is_address(name: str) -> bool:
+    try:
+        IPv4Address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def web_vars(cluster: Cluster) -> dict:
     """What web_tls needs: the manifest's certificate and key (absolute controller paths), or
-    none (the head makes a self-signed one for its hostname and provision address)."""
+    none (the head makes a self-signed one for its hostname, with every web name as a SAN)."""
     m = cluster.manifest
     web = m.web
     return {
@@ -24,6 +45,7 @@ def web_vars(cluster: Cluster) -> dict:
         "tls_key_file": str(cluster.base_dir / web.tls_key_file) if web.tls_key_file else None,
         "hostname": m.head.hostname,
         "address": str(m.head.address),
+        "alt_names": [("IP:" if _is_address(n) else "DNS:") + n for n in web_names(cluster)],
     }
 
 

@@ -71,7 +71,8 @@ def test_the_layer_renders_the_roles_variables_and_keeps_hashes_secret(tmp_path)
     assert nb["wheelhouse"] == str(tmp_path / "wheelhouse")
     assert nb["hub_address"] == "10.10.0.1" and nb["hub_api_port"] == JUPYTERHUB_API_PORT
     web = all_vars["podsys_web"]
-    assert web == {"tls_certificate_file": None, "tls_key_file": None, "hostname": "mu01", "address": "10.10.0.1"}
+    assert web == {"tls_certificate_file": None, "tls_key_file": None, "hostname": "mu01", "address": "10.10.0.1",
+                   "alt_names": ["DNS:mu01", "DNS:mu01.cluster.local", "IP:10.10.0.1"]}
     assert HASH not in files[VARS_FILE]
     secrets = yaml.safe_load(files[SECRETS_FILE])["podsys_secrets"]
     assert secrets["user_password_hashes"] == {"alice": HASH}
@@ -141,6 +142,28 @@ def test_provisioning_cannot_take_the_hub_api_port(tmp_path):
     path = write(tmp_path, text)
     assert_problem(problems_for(path), path, line_of(text, "provisioning:"), "provisioning.status_port",
                    "the JupyterHub API")
+
+
+def test_every_name_users_reach_the_head_by_is_a_san_and_an_allowed_mlflow_host(tmp_path):
+    text = NOTEBOOKS.replace("layers: [base, gpu, infiniband, slurm, monitoring, storage, notebooks]",
+                             "layers: [base, gpu, infiniband, slurm, monitoring, storage, accounting, notebooks, models]")
+    text = re.sub(r"^(head: .*)address: 10.10.0.1", r"\1address: 10.10.0.1, ssh_address: 192.0.2.7", text, count=1, flags=re.M)
+    assert "ssh_address: 192.0.2.7" in text
+    text += "web: {names: [ai.example.org, 198.51.100.4, mu01]}\n"
+    all_vars = yaml.safe_load(render_files(load_cluster(write(tmp_path, text)))[VARS_FILE])
+    assert all_vars["podsys_web"]["alt_names"] == ["DNS:mu01", "DNS:mu01.cluster.local", "IP:10.10.0.1",
+                                                   "IP:192.0.2.7", "DNS:ai.example.org", "IP:198.51.100.4"]
+    allowed = all_vars["podsys_models"]["allowed_hosts"]
+    for name in ("ai.example.org", "198.51.100.4", "192.0.2.7", "mu01"):
+        assert {name, f"{name}:*"} <= set(allowed), allowed
+    assert "https://ai.example.org:5443" in all_vars["podsys_models"]["cors_origins"]
+
+
+@pytest.mark.parametrize("names", ["[bad_name!]", "[-lead.example.org]", "[Example.ORG]"])
+def test_a_web_name_that_is_no_dns_name_or_address_names_the_field(tmp_path, names):
+    text = NOTEBOOKS + f"web: {{names: {names}}}\n"
+    path = write(tmp_path, text)
+    assert_problem(problems_for(path), path, line_of(text, "web:"), "web.names[0]", "")
 
 
 @pytest.mark.parametrize("web,field,fragment", [
