@@ -118,7 +118,7 @@ def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, ins
     if only is not None:
         return BundlePlan(os_key, cluster.name, tuple(layers), cluster.stack.id if cluster.stack else None,
                           sorted(set(only)), mirror=manifest.packages.upstream, wheels=wheels, installer=installer,
-                          ipxe="ipxe" in only, recommends=recommends)
+                          ipxe="ipxe" in only, recommends=recommends, wheel_sets=wheel_sets(layers) if wheels else [])
     wanted: list[str] = list(data["head"])
     for layer in layers:
         wanted += data.get(layer, [])

@@ -71,7 +71,7 @@ def build(
     ),
     vendor_dir: Optional[Path] = typer.Option(None, "--vendor-dir", help="where the vendor files are (default: vendor.lock's directory)"),
     only: Optional[List[str]] = typer.Option(
-        None, "--only", help="bundle only these distribution packages (and their closure) instead of the layers' sets; for quick test bundles"
+        None, "--only", help="bundle only these distribution packages (and their closure) instead of the layers' packages (wheels as usual); for quick test bundles"
     ),
     wheels: bool = typer.Option(
         True, "--wheels/--no-wheels",
@@ -95,8 +95,10 @@ def build(
     (signed)."""
     from podsys.bundle.build import build_bundle, plan_bundle
     from podsys.cluster.load import load_cluster
+    from podsys.cluster.web_checks import ADDON_WHEELS_CHECK
 
-    cluster = load_cluster(manifest)
+    # The add-on wheels are what this command fetches: their absence is no reason to refuse.
+    cluster = load_cluster(manifest, skip=frozenset({ADDON_WHEELS_CHECK}))
     if vendor_lock is None and (cluster.base_dir / "vendor.lock").is_file():
         vendor_lock = cluster.base_dir / "vendor.lock"
     plan = plan_bundle(cluster, only=list(only) if only else None, wheels=wheels, installer=installer, recommends=recommends)

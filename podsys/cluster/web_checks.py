@@ -83,9 +83,11 @@ def check_addon_wheels(manifest: Manifest, base_dir: Path, at: At) -> Iterator[P
             yield at(wheel_set.field, problem)
 
 
+ADDON_WHEELS_CHECK = "addon_wheels"  # `podsys bundle build` skips it: it fetches those wheels
+
 # (name, check, top-level sections it reads): podsys/cluster/checks.py registers these.
 WEB_CHECKS = (
     ("web", check_web, ("web",)),
-    ("addon_wheels", check_addon_wheels, ("notebooks", "models", "layers", "packages")),
+    (ADDON_WHEELS_CHECK, check_addon_wheels, ("notebooks", "models", "layers", "packages")),
     ("notebooks", check_notebooks, ("notebooks", "layers", "slurm", "storage", "users", "provisioning", "packages")),
 )

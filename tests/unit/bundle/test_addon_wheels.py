@@ -89,8 +89,12 @@ def test_the_plan_lists_the_enabled_layers_sets(tmp_path):
 
 
 def test_bundle_build_plan_prints_the_sets_and_fetches_nothing(tmp_path):
+    """The build machine has no wheels yet (fetching them is the point): no refusal for that."""
     from tests.unit.addons.test_models import _write as write_models
-    path = write_models(tmp_path, _models_manifest_text())
+    path = write_models(tmp_path, _models_manifest_text() + "packages: {source: bundle}\n", wheels=False)
+    assert not (tmp_path / "wheels").exists()
+    assert subprocess.run([sys.executable, "-m", "podsys.cli.main", "validate", str(path)], capture_output=True,
+                          cwd=REPO_ROOT).returncode == 2  # validate (and deploy) still want them
     out = tmp_path / "bundle"
     proc = subprocess.run([sys.executable, "-m", "podsys.cli.main", "bundle", "build", str(path), "--output", str(out),
                            "--plan", "--json"], capture_output=True, text=True, cwd=REPO_ROOT)
