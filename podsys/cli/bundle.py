@@ -13,7 +13,8 @@ from podsys.cli.common import command_group, console, err_console, guarded
 
 BUNDLE_HELP = (
     "The offline bundle: a signed apt repository with the full dependency closure for the target OS, "
-    "podsys's wheels, iPXE and installer media, and vendor files from vendor.lock.\n\n"
+    "podsys's wheels and the add-on layers' PyPI wheels (wheels/addons/), iPXE and installer media, and vendor "
+    "files from vendor.lock.\n\n"
     "Build it where there is internet (`podsys bundle build cluster.yaml --output bundle/`), check it "
     "(`podsys bundle verify bundle/`), carry it as an ISO (`podsys bundle iso bundle/ --output site.iso`); "
     "on the head: mount or copy it at /srv/podsys/bundle (packages.bundle_path), "
