@@ -28,6 +28,10 @@ class AptTarget:
     python: str  # the target's python3 (wheels must match it)
     # Netboot kernel + initrd, packaged by the distribution: (package, directory inside it)
     installer_package: tuple[str, str] | None = None
+    # The release's glibc: the newest manylinux_2_Y wheel tag it runs (PEP 600). Sources:
+    # packages.debian.org/bookworm/libc6 (2.36), packages.ubuntu.com/jammy/libc6 (2.35),
+    # packages.ubuntu.com/noble/libc6 (2.39); tabulated in github.com/mayeut/pep600_compliance.
+    glibc: tuple[int, int] = (2, 17)
 
     def source_lines(self, mirror: str | None = None) -> list[str]:
         mirror = (mirror or self.mirror).rstrip("/")
@@ -44,14 +48,15 @@ TARGETS: dict[str, AptTarget] = {
         "debian-12", "bookworm", "http://deb.debian.org/debian", ("main",),
         "/usr/share/keyrings/debian-archive-keyring.gpg", "http://deb.debian.org/debian-security", "3.11",
         ("debian-installer-12-netboot-amd64", "usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64"),
+        glibc=(2, 36),
     ),
     "ubuntu-22.04": AptTarget(
         "ubuntu-22.04", "jammy", "http://archive.ubuntu.com/ubuntu", ("main", "universe"),
-        "/usr/share/keyrings/ubuntu-archive-keyring.gpg", "http://security.ubuntu.com/ubuntu", "3.10",
+        "/usr/share/keyrings/ubuntu-archive-keyring.gpg", "http://security.ubuntu.com/ubuntu", "3.10", glibc=(2, 35),
     ),
     "ubuntu-24.04": AptTarget(
         "ubuntu-24.04", "noble", "http://archive.ubuntu.com/ubuntu", ("main", "universe"),
-        "/usr/share/keyrings/ubuntu-archive-keyring.gpg", "http://security.ubuntu.com/ubuntu", "3.12",
+        "/usr/share/keyrings/ubuntu-archive-keyring.gpg", "http://security.ubuntu.com/ubuntu", "3.12", glibc=(2, 39),
     ),
 }
 

@@ -5,6 +5,8 @@ Layout of a bundle directory:
     repo/                 signed apt repository (served): dists/<suite>/..., pool/main (distribution
                           closure), pool/vendor (vendor .debs), podsys-site.asc/.gpg (public key)
     wheels/               podsys and its Python dependencies (pip install --no-index)
+    wheels/addons/<set>/  the add-on layers' PyPI wheels (batchspawner, mlflow, mlflow-client), for
+                          the target's Python; deploy copies them when the manifest has none
     boot/ipxe/            iPXE binaries from Debian's ipxe package
     boot/<os>/            installer netboot kernel + initrd, where the distribution has them
     vendor/               vendor files that are not packages (pyxis, nccl-tests tarballs ...)
@@ -38,6 +40,7 @@ from typing import Callable, Iterable
 import yaml
 
 from podsys.bundle.addon_packages import addon_packages
+from podsys.bundle.addon_wheels import ADDONS_DIR, WheelSet, WheelSetResult, build_wheel_sets, wheel_sets
 from podsys.bundle.apt import AptFile, PrivateApt, target_for
 from podsys.bundle.repo import (
     PUBLIC_KEY_GPG,
@@ -81,6 +84,20 @@ class BundlePlan:
     # Recommends are not needed for apt to install (it skips unavailable ones); leaving them
     # out makes the bundle much smaller (python3-pip alone recommends a compiler toolchain).
     recommends: bool = False
+    # The add-on layers' PyPI wheels (podsys/bundle/addon_wheels.py), with --wheels only.
+    wheel_sets: list[WheelSet] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """What `podsys bundle build --plan --json` prints."""
+        return {
+            "os": self.os_key, "cluster": self.cluster, "layers": list(self.layers), "stack": self.stack_id,
+            "packages": self.packages,
+            "vendor_packages": [{"name": n, "version": v, "why": why} for n, v, why in self.vendor_packages],
+            "vendor_sources": [{"file": f, "why": why} for f, why in self.vendor_sources],
+            "wheels": self.wheels, "installer": self.installer, "ipxe": self.ipxe, "recommends": self.recommends,
+            "addon_wheels": [{"set": s.name, "layer": s.layer, "requirements": list(s.requirements),
+                              "directory": f"{ADDONS_DIR}/{s.name}/"} for s in self.wheel_sets],
+        }
 
 
 def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, installer: bool = True,
@@ -101,7 +118,7 @@ def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, ins
     if only is not None:
         return BundlePlan(os_key, cluster.name, tuple(layers), cluster.stack.id if cluster.stack else None,
                           sorted(set(only)), mirror=manifest.packages.upstream, wheels=wheels, installer=installer,
-                          ipxe="ipxe" in only, recommends=recommends)
+                          ipxe="ipxe" in only, recommends=recommends, wheel_sets=wheel_sets(layers) if wheels else [])
     wanted: list[str] = list(data["head"])
     for layer in layers:
         wanted += data.get(layer, [])
@@ -141,7 +158,7 @@ def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, ins
         os_key, cluster.name, tuple(layers), stack.id if stack else None, packages,
         vendor_packages=[(n, v, why) for n, (v, why) in sorted(vendor.items())],
         vendor_sources=sorted(sources.items()), mirror=manifest.packages.upstream, wheels=wheels, installer=installer,
-        recommends=recommends,
+        recommends=recommends, wheel_sets=wheel_sets(layers) if wheels else [],
     )
 
 
@@ -421,6 +438,7 @@ class BuildResult:
     vendor: int
     files: int
     bytes: int
+    addon_wheels: list[WheelSetResult] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -474,6 +492,7 @@ def build_bundle(plan: BundlePlan, output: Path, vendor_lock: Path | None = None
     build_repository(repo, target.suite, key, label=f"podsys-{plan.cluster}")
 
     wheels = build_wheels(output / "wheels", log, marker=work / "wheels.done") if plan.wheels else 0
+    addon_wheels = build_wheel_sets(plan.wheel_sets, output, work, target.python, target.glibc, log)
     boot: list[str] = []
     if plan.ipxe:
         boot += [f"ipxe/{n}" for n in _extract_ipxe(repo, output / "boot")]
@@ -493,6 +512,7 @@ def build_bundle(plan: BundlePlan, output: Path, vendor_lock: Path | None = None
         "built_with_python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "packages": len(files) + len(vendor_debs),
         "vendor": [{"name": a.name, "file": a.file, "sha256": a.sha256} for a in artifacts],
+        "addon_wheels": {s.name: list(s.requirements) for s in plan.wheel_sets},
     }
     if meta["python"] != meta["built_with_python"]:
         log(f"warning: wheels are built with Python {meta['built_with_python']}, the target has {meta['python']}")
@@ -503,7 +523,7 @@ def build_bundle(plan: BundlePlan, output: Path, vendor_lock: Path | None = None
     key.stop_agent()
     size = sum(p.stat().st_size for p in contents_files(output))
     return BuildResult(output, fingerprint, len(files) + len(vendor_debs), downloaded, reused, wheels, boot,
-                       len(artifacts), count, size)
+                       len(artifacts), count, size, addon_wheels)
 
 
 # ---------------------------------------------------------------- verifying

@@ -13,7 +13,8 @@ from podsys.cli.common import command_group, console, err_console, guarded
 
 BUNDLE_HELP = (
     "The offline bundle: a signed apt repository with the full dependency closure for the target OS, "
-    "podsys's wheels, iPXE and installer media, and vendor files from vendor.lock.\n\n"
+    "podsys's wheels and the add-on layers' PyPI wheels (wheels/addons/), iPXE and installer media, and vendor "
+    "files from vendor.lock.\n\n"
     "Build it where there is internet (`podsys bundle build cluster.yaml --output bundle/`), check it "
     "(`podsys bundle verify bundle/`), carry it as an ISO (`podsys bundle iso bundle/ --output site.iso`); "
     "on the head: mount or copy it at /srv/podsys/bundle (packages.bundle_path), "
@@ -71,13 +72,17 @@ def build(
     ),
     vendor_dir: Optional[Path] = typer.Option(None, "--vendor-dir", help="where the vendor files are (default: vendor.lock's directory)"),
     only: Optional[List[str]] = typer.Option(
-        None, "--only", help="bundle only these distribution packages (and their closure) instead of the layers' sets; for quick test bundles"
+        None, "--only", help="bundle only these distribution packages (and their closure) instead of the layers' packages (wheels as usual); for quick test bundles"
     ),
-    wheels: bool = typer.Option(True, "--wheels/--no-wheels", help="include podsys and its Python dependencies as wheels"),
+    wheels: bool = typer.Option(
+        True, "--wheels/--no-wheels",
+        help="include podsys and its Python dependencies, and the add-on layers' PyPI wheels (notebooks, models), as wheels"
+    ),
     installer: bool = typer.Option(True, "--installer/--no-installer", help="include the installer's netboot kernel and initrd"),
     recommends: bool = typer.Option(
         False, "--recommends/--no-recommends", help="also bundle Recommends (apt installs fine without them; much larger)"
     ),
+    plan_only: bool = typer.Option(False, "--plan", help="print what the bundle would hold (packages, vendor files, wheel sets); fetch nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Build (or update) the offline bundle for a manifest.
@@ -86,14 +91,21 @@ def build(
     closure for the TARGET release (a private apt configuration, not this machine's), downloads
     them (reusing what is already there), adds the vendor files of vendor.lock, builds a
     repository signed with the site key (generated on first build into DIR/keys, never served),
-    and writes CONTENTS.sha256 (signed)."""
+    downloads the add-on layers' PyPI wheels (notebooks: batchspawner; models: mlflow and
+    mlflow-client) for the target's Python into DIR/wheels/addons/, and writes CONTENTS.sha256
+    (signed)."""
     from podsys.bundle.build import build_bundle, plan_bundle
     from podsys.cluster.load import load_cluster
+    from podsys.cluster.web_checks import ADDON_WHEELS_CHECK
 
-    cluster = load_cluster(manifest)
+    # The add-on wheels are what this command fetches: their absence is no reason to refuse.
+    cluster = load_cluster(manifest, skip=frozenset({ADDON_WHEELS_CHECK}))
     if vendor_lock is None and (cluster.base_dir / "vendor.lock").is_file():
         vendor_lock = cluster.base_dir / "vendor.lock"
     plan = plan_bundle(cluster, only=list(only) if only else None, wheels=wheels, installer=installer, recommends=recommends)
+    if plan_only:
+        _print_plan(plan, as_json)
+        return
     log = (lambda m: err_console.print(m, markup=False)) if not as_json else (lambda m: None)
     with _Bars(enabled=not as_json) as bars:
         result = build_bundle(plan, output, vendor_lock, vendor_dir, on_progress=bars, log=log)
@@ -105,7 +117,28 @@ def build(
         f"{result.wheels} wheels, {len(result.boot)} boot files, {result.vendor} vendor files; "
         f"{result.files} files, {result.bytes / 1e6:.1f} MB"
     )
+    for wheel_set in result.addon_wheels:
+        console.print(f"wheels/addons/{wheel_set.name}: {wheel_set.files} wheels "
+                      f"({'downloaded' if wheel_set.downloaded else 'reused'})", markup=False)
     console.print(f"site key {result.fingerprint} (private key in {result.bundle / 'keys'}, 0600, not served)")
+
+
+def _print_plan(plan, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(plan.as_dict(), indent=2))
+        return
+    console.print(f"bundle for {plan.cluster}: {plan.os_key}, layers {', '.join(plan.layers)}, stack {plan.stack_id or 'none'}",
+                  markup=False)
+    console.print(f"packages ({len(plan.packages)}, with their dependency closure): {' '.join(plan.packages)}", markup=False)
+    for name, version, why in plan.vendor_packages:
+        console.print(f"vendor package {name}{' ' + version if version else ''} ({why})", markup=False)
+    for file, why in plan.vendor_sources:
+        console.print(f"vendor file {file} ({why})", markup=False)
+    console.print(f"podsys wheels: {'yes' if plan.wheels else 'no'}; installer: {'yes' if plan.installer else 'no'}",
+                  markup=False)
+    for wheel_set in plan.wheel_sets:
+        console.print(f"wheels/addons/{wheel_set.name}/ (layer {wheel_set.layer}): {' '.join(wheel_set.requirements)}",
+                      markup=False)
 
 
 @guarded

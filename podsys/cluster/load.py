@@ -12,8 +12,10 @@ from podsys.cluster.resolve import validate_and_resolve
 from podsys.cluster.yaml_source import load_yaml_file
 
 
-def load_cluster(path: Path | str) -> Cluster:
-    """Load, validate and resolve a manifest. Raises InputError listing every problem."""
+def load_cluster(path: Path | str, skip: frozenset[str] = frozenset()) -> Cluster:
+    """Load, validate and resolve a manifest. Raises InputError listing every problem. `skip`
+    names checks a command makes true itself (`podsys bundle build` fetches the wheels that
+    the `addon_wheels` check asks for)."""
     path = Path(path).absolute()
     data, smap = load_yaml_file(path)
-    return validate_and_resolve(data, smap, path, previous=read_allocation(path))
+    return validate_and_resolve(data, smap, path, previous=read_allocation(path), skip=skip)

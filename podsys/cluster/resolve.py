@@ -9,7 +9,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from podsys.cluster.checks import run_checks
+from podsys.cluster.checks import CHECKS, run_checks
 from podsys.cluster.context import Context
 from podsys.cluster.matrix import Matrix, load_matrix
 from podsys.cluster.model import Cluster, NodeSpec
@@ -19,14 +19,14 @@ from podsys.errors import InputError, Problem
 
 
 def validate(data, smap: SourceMap, manifest_path: Path, previous: dict[str, int] | None = None,
-             matrix: Matrix | None = None) -> tuple[Context | None, list[Problem]]:
-    """Schema and every semantic check in one pass: (context, all problems)."""
+             matrix: Matrix | None = None, skip: frozenset[str] = frozenset()) -> tuple[Context | None, list[Problem]]:
+    """Schema and every semantic check (but those named in `skip`) in one pass: (context, all problems)."""
     manifest, broken, schema_problems = parse_manifest_partial(data, smap)
     if manifest is None:
         return None, schema_problems
     ctx = Context(manifest=manifest, smap=smap, manifest_path=manifest_path, matrix=matrix or load_matrix(),
                   previous=previous or {}, broken=broken, schema_problems=schema_problems)
-    return ctx, run_checks(ctx)
+    return ctx, run_checks(ctx, tuple(check for check in CHECKS if check.name not in skip))
 
 
 def resolve_cluster(ctx: Context) -> Cluster:
@@ -57,9 +57,9 @@ def resolve_cluster(ctx: Context) -> Cluster:
 
 
 def validate_and_resolve(data, smap: SourceMap, manifest_path: Path, previous: dict[str, int] | None = None,
-                         matrix: Matrix | None = None) -> Cluster:
+                         matrix: Matrix | None = None, skip: frozenset[str] = frozenset()) -> Cluster:
     """The resolved cluster, or InputError listing every problem from every check."""
-    ctx, problems = validate(data, smap, manifest_path, previous, matrix)
+    ctx, problems = validate(data, smap, manifest_path, previous, matrix, skip)
     if problems or ctx is None:
         raise InputError(problems)
     return resolve_cluster(ctx)

@@ -493,13 +493,15 @@ class Notebooks(Strict):
     gpus: int = Field(default=0, ge=0, le=64)
     time: str = Field(default="8:00:00", pattern=SLURM_TIME_RE, description="the job's time limit")
     wheelhouse: str = Field(default="wheelhouse", pattern=PLAIN_RE,
-                            description="directory holding the batchspawner wheel, relative to the manifest")
+                            description="directory holding the batchspawner wheel, relative to the manifest; "
+                                        "when absent, the offline bundle's (packages.source: bundle)")
 
 
 class Models(Strict):
     """Layer `models`: the MLflow tracking server and model registry on the head. PyPI is not
     reachable from a cluster, so the wheels come from directories next to the manifest
-    (`pip download` on a machine that reaches PyPI: README of roles/models)."""
+    (`pip download` on a machine that reaches PyPI: README of roles/models) or, when those are
+    absent and packages.source is bundle, from the offline bundle's wheels/addons/."""
 
     wheelhouse: str = Field(default="wheels/mlflow", description="directory of wheels for the server (mlflow, "
                                                                   "PyMySQL and their dependencies), relative to the manifest")

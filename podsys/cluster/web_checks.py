@@ -1,20 +1,21 @@
 """Semantic checks for the web section and the `notebooks` layer.
 
-Their own module (not podsys/cluster/addons.py) because the certificate, key and wheelhouse are
-files next to the manifest: these checks need the manifest's directory, which the add-on checks
-`(manifest, at)` do not get. Each is `check_x(manifest, base_dir, at)` yielding Problems."""
+Their own module (not podsys/cluster/addons.py) because the certificate, key and wheelhouses are
+files next to the manifest (or in the offline bundle): these checks need the manifest's
+directory, which the add-on checks `(manifest, at)` do not get. Each is
+`check_x(manifest, base_dir, at)` yielding Problems."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Iterator
 
+from podsys.bundle.addon_wheels import wheel_sets, wheelhouse_problem
 from podsys.cluster.schema import Manifest
 from podsys.errors import Problem
 from podsys.layout import NOTEBOOKS_HEAD_PORTS
 
 At = Callable[[tuple, str], Problem]
-BATCHSPAWNER_WHEEL = "batchspawner-1.3.0-py3-none-any.whl"
 PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 PEM_KEY_MARK = "PRIVATE KEY-----"
 
@@ -47,8 +48,8 @@ def check_web(manifest: Manifest, base_dir: Path, at: At) -> Iterator[Problem]:
 
 
 def check_notebooks(manifest: Manifest, base_dir: Path, at: At) -> Iterator[Problem]:
-    """The layer needs Slurm and a shared home; its partition exists; some user can log in; the
-    wheelhouse holds batchspawner; provisioning's ports leave the hub's free."""
+    """The layer needs Slurm and a shared home; its partition exists; some user can log in;
+    provisioning's ports leave the hub's free."""
     m = manifest
     if "notebooks" not in m.layers:
         return
@@ -64,10 +65,6 @@ def check_notebooks(manifest: Manifest, base_dir: Path, at: At) -> Iterator[Prob
                  f"partition '{m.notebooks.partition}' is not in slurm.partitions ({', '.join(partitions) or 'none'})")
     if not any(u.password_hash for u in m.users):
         yield at(("users",), "layer 'notebooks' logs users in with their password_hash: give at least one user one")
-    wheel = base_dir / m.notebooks.wheelhouse / BATCHSPAWNER_WHEEL
-    if not wheel.is_file():
-        yield at(("notebooks", "wheelhouse"),
-                 f"{wheel} is missing (pip download --no-deps batchspawner==1.3.0 -d {base_dir / m.notebooks.wheelhouse})")
     for key in ("http_port", "status_port"):
         port = getattr(m.provisioning, key)
         if port in NOTEBOOKS_HEAD_PORTS:
@@ -77,8 +74,20 @@ def check_notebooks(manifest: Manifest, base_dir: Path, at: At) -> Iterator[Prob
                                               f"{NOTEBOOKS_HEAD_PORTS[m.packages.bundle_port]} (layer notebooks)")
 
 
+def check_addon_wheels(manifest: Manifest, base_dir: Path, at: At) -> Iterator[Problem]:
+    """Each enabled layer's PyPI wheel set is in its wheelhouse next to the manifest or, with
+    packages.source: bundle, in the offline bundle (podsys/bundle/addon_wheels.py)."""
+    for wheel_set in wheel_sets(manifest.layers):
+        problem = wheelhouse_problem(manifest, base_dir, wheel_set)
+        if problem:
+            yield at(wheel_set.field, problem)
+
+
+ADDON_WHEELS_CHECK = "addon_wheels"  # `podsys bundle build` skips it: it fetches those wheels
+
 # (name, check, top-level sections it reads): podsys/cluster/checks.py registers these.
 WEB_CHECKS = (
     ("web", check_web, ("web",)),
+    (ADDON_WHEELS_CHECK, check_addon_wheels, ("notebooks", "models", "layers", "packages")),
     ("notebooks", check_notebooks, ("notebooks", "layers", "slurm", "storage", "users", "provisioning", "packages")),
 )

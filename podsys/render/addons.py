@@ -6,6 +6,7 @@ The accounting and training layers also decide the slurm.conf lines they need
 
 from __future__ import annotations
 
+from podsys.bundle.addon_wheels import wheel_sets, wheelhouse_for
 from podsys.cluster.model import Cluster
 from podsys.cluster.schema import SlurmLimits
 from podsys.render.storage import storage_vars
@@ -78,16 +79,22 @@ def accounting_slurm_config(cluster: Cluster) -> dict[str, str]:
 
 
 def models_vars(cluster: Cluster) -> dict:
-    """The models role's settings: wheel directories resolved next to the manifest, the Host
+    """The models role's settings: wheel directories (next to the manifest, else the offline
+    bundle's: podsys/bundle/addon_wheels.py wheelhouse_for), the Host
     headers and origins MLflow's security middleware must accept behind nginx (its default is
     localhost and private addresses: `mlflow server --help`, --allowed-hosts), and the networks
     whose jobs log without a login (the nodes' provision network)."""
     m = cluster.manifest
     base = cluster.manifest_path.parent
+<<<<<<< HEAD
     names = web_names(cluster)
+=======
+    server, client = wheel_sets(["models"])
+    names = [m.head.hostname, str(m.head.address)] + ([f"{m.head.hostname}.{m.metadata.domain}"] if m.metadata.domain else [])
+>>>>>>> bundlewheels
     return {
-        "wheelhouse": str((base / m.models.wheelhouse).resolve()),
-        "client_wheelhouse": str((base / m.models.client_wheelhouse).resolve()),
+        "wheelhouse": str(wheelhouse_for(m, base, server).resolve()),
+        "client_wheelhouse": str(wheelhouse_for(m, base, client).resolve()),
         "artifact_dir": m.models.artifact_dir,
         "https_port": MODELS_HTTPS_PORT,
         "mlflow_port": MLFLOW_PORT,

@@ -1,7 +1,8 @@
 """Inventory variables for the web front door (`podsys_web`, the web_tls role) and the
 `notebooks` layer (`podsys_notebooks`, the notebooks role). Pure.
 
-The site certificate, key and batchspawner wheelhouse stay files next to the manifest: render
+The site certificate, key and batchspawner wheelhouse stay files next to the manifest (the
+wheelhouse, when absent there, the offline bundle's: podsys/bundle/addon_wheels.py): render
 hands the roles their absolute paths and Ansible copies them from the controller, so no key
 lands in a rendered file. Password hashes stay in the secrets file
 (`podsys_secrets.user_password_hashes`, podsys/render/build.py)."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+from podsys.bundle.addon_wheels import wheel_sets, wheelhouse_for
 from podsys.cluster.model import Cluster
 from podsys.layout import JUPYTERHUB_API_PORT, JUPYTERHUB_PROXY_API_PORT, JUPYTERHUB_PROXY_PORT, NOTEBOOKS_HTTPS_PORT
 
@@ -60,6 +62,7 @@ def notebooks_vars(cluster: Cluster) -> dict:
     live (storage.home/<user>), the spawn form's choices and defaults, and the ports."""
     m = cluster.manifest
     nb = m.notebooks
+    (batchspawner,) = wheel_sets(["notebooks"])
     return {
         "users": sorted(u.name for u in m.users if u.password_hash),
         "home_parent": m.storage.home,
@@ -68,7 +71,7 @@ def notebooks_vars(cluster: Cluster) -> dict:
         "cpus": nb.cpus,
         "gpus": nb.gpus,
         "time": nb.time,
-        "wheelhouse": str(cluster.base_dir / nb.wheelhouse),
+        "wheelhouse": str(wheelhouse_for(m, cluster.base_dir, batchspawner)),
         "hub_address": str(m.head.address),
         "hub_hostname": m.head.hostname,
         "hub_api_port": JUPYTERHUB_API_PORT,

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from podsys.bundle.addon_wheels import wheel_sets
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import crypt_hash
 
-# The MLflow version the lab installs (pip download from PyPI on the test host: the lab does
-# not reach PyPI; roles/models/README.md "How a site gets the wheels").
-MLFLOW_VERSION = "3.17.2"
+# What the lab installs: the models role's pinned requirements (its defaults, the one place they
+# are declared), pip-downloaded from PyPI on the test host: the lab does not reach PyPI
+# (roles/models/README.md "How a site gets the wheels").
+MODELS_WHEEL_SETS = {s.name: s.requirements for s in wheel_sets(["models"])}
+MLFLOW_VERSION = next(r.split("==")[1] for r in MODELS_WHEEL_SETS["mlflow"] if r.startswith("mlflow=="))
 # A lab-only login for the lab user; only its crypt(3) hash goes into the manifest.
 PASSWORD = "lab-models-login"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -34,8 +37,7 @@ WHEEL_CACHE = Path("/var/cache/podsys/lab/wheels")
 def build_wheelhouses(directory: Path) -> None:
     """wheels/mlflow and wheels/mlflow-client next to the manifest (the models section's
     defaults), as a site would make them (roles/models/README.md)."""
-    for target, requirements in (("mlflow", [f"mlflow=={MLFLOW_VERSION}", "PyMySQL"]),
-                                 ("mlflow-client", [f"mlflow-skinny=={MLFLOW_VERSION}"])):
+    for target, requirements in MODELS_WHEEL_SETS.items():
         cached = WHEEL_CACHE / f"{target}-{MLFLOW_VERSION}"
         if not (cached / "complete").exists():
             shutil.rmtree(cached, ignore_errors=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from podsys.bundle.addon_wheels import missing_wheels, wheel_sets
 from tests.conftest import REPO_ROOT, write_manifest_variant
 from tests.integration.conftest import crypt_hash, deploy_json, own_lab, wait_for
 
@@ -40,8 +41,9 @@ def batchspawner_wheelhouse(directory: Path) -> Path:
     """PyPI is reachable from this host only: the wheel the notebooks role installs on the lab's
     head and nodes, downloaded as the role README tells a site to."""
     wheelhouse = directory / "wheelhouse"
-    if not (wheelhouse / "batchspawner-1.3.0-py3-none-any.whl").exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "batchspawner==1.3.0",
+    (batchspawner,) = wheel_sets(["notebooks"])  # the role defaults' pin
+    if missing_wheels(wheelhouse, batchspawner.requirements):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *batchspawner.requirements,
                         "-d", str(wheelhouse)], capture_output=True, text=True, check=True, timeout=300)
     return wheelhouse
 

@@ -20,6 +20,7 @@ import yaml
 from podsys import layout
 from podsys.addons import mlflow_rest
 from podsys.addons.models import format_metrics, model_versions
+from podsys.bundle.addon_wheels import wheel_sets
 from podsys.cluster.layer_catalogue import layer_info
 from podsys.cluster.load import load_cluster
 from podsys.render.build import SECRETS_FILE, VARS_FILE, render_files
@@ -45,8 +46,16 @@ def cluster(tmp_path):
     return load_cluster(_write(tmp_path, MODELS))
 
 
-def _write(tmp_path, text):
+def _write(tmp_path, text, wheels: bool = True):
+    """The manifest, and (wheels) the wheelhouses validate asks for: a file per pinned requirement
+    of the role's defaults, named as pip download names it (its contents are never read here)."""
     from tests.unit.manifest_samples import write_manifest
+    if wheels:
+        for wheel_set, directory in zip(wheel_sets(["models"]), ("wheels/mlflow", "wheels/mlflow-client")):
+            (tmp_path / directory).mkdir(parents=True, exist_ok=True)
+            for requirement in wheel_set.requirements:
+                name, version = requirement.split("==")
+                (tmp_path / directory / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"PK")
     return write_manifest(tmp_path, text, MACS)
 
 

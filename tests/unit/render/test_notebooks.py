@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from podsys.cluster.load import load_cluster
-from podsys.cluster.web_checks import BATCHSPAWNER_WHEEL
+from podsys.bundle.addon_wheels import wheel_sets
 from podsys.errors import InputError
 from podsys.layout import FIXED_HEAD_PORTS, JUPYTERHUB_API_PORT, NOTEBOOKS_HEAD_PORTS
 from podsys.render.build import SECRETS_FILE, VARS_FILE, render_files
@@ -44,6 +44,10 @@ notebooks:
   gpus: 1
   time: "4:00:00"
 """, NOTEBOOKS, count=1, flags=re.MULTILINE)
+
+
+# The wheel file the role defaults' pin (notebooks_wheel_requirements) names.
+BATCHSPAWNER_WHEEL = "batchspawner-{}-py3-none-any.whl".format(wheel_sets(["notebooks"])[0].requirements[0].split("==")[1])
 
 
 def write(tmp_path: Path, text: str = NOTEBOOKS, wheel: bool = True) -> Path:
