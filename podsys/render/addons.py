@@ -86,12 +86,8 @@ def models_vars(cluster: Cluster) -> dict:
     whose jobs log without a login (the nodes' provision network)."""
     m = cluster.manifest
     base = cluster.manifest_path.parent
-<<<<<<< HEAD
-    names = web_names(cluster)
-=======
     server, client = wheel_sets(["models"])
-    names = [m.head.hostname, str(m.head.address)] + ([f"{m.head.hostname}.{m.metadata.domain}"] if m.metadata.domain else [])
->>>>>>> bundlewheels
+    names = web_names(cluster)
     return {
         "wheelhouse": str(wheelhouse_for(m, base, server).resolve()),
         "client_wheelhouse": str(wheelhouse_for(m, base, client).resolve()),
