@@ -67,3 +67,15 @@ def assert_problem(problems, path, line, field, fragment):
         if p.file == str(path) and p.line == line and p.field == field and fragment in p.message:
             return
     pytest.fail(f"no {path}:{line} {field} {fragment!r} in:\n" + "\n".join(map(str, problems)))
+
+
+def write_model_wheels(directory: Path) -> None:
+    """The models layer's default wheelhouses next to a manifest: a file per pinned requirement
+    of the role's defaults, named as pip download names it (its contents are never read)."""
+    from podsys.bundle.addon_wheels import wheel_sets
+
+    for wheel_set, folder in zip(wheel_sets(["models"]), ("wheels/mlflow", "wheels/mlflow-client")):
+        (directory / folder).mkdir(parents=True, exist_ok=True)
+        for requirement in wheel_set.requirements:
+            name, version = requirement.split("==")
+            (directory / folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"PK")

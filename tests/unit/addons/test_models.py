@@ -49,13 +49,9 @@ def cluster(tmp_path):
 def _write(tmp_path, text, wheels: bool = True):
     """The manifest, and (wheels) the wheelhouses validate asks for: a file per pinned requirement
     of the role's defaults, named as pip download names it (its contents are never read here)."""
-    from tests.unit.manifest_samples import write_manifest
+    from tests.unit.manifest_samples import write_manifest, write_model_wheels
     if wheels:
-        for wheel_set, directory in zip(wheel_sets(["models"]), ("wheels/mlflow", "wheels/mlflow-client")):
-            (tmp_path / directory).mkdir(parents=True, exist_ok=True)
-            for requirement in wheel_set.requirements:
-                name, version = requirement.split("==")
-                (tmp_path / directory / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"PK")
+        write_model_wheels(tmp_path)
     return write_manifest(tmp_path, text, MACS)
 
 

@@ -21,7 +21,7 @@ from podsys.bundle.addon_wheels import wheel_sets
 from podsys.errors import InputError
 from podsys.layout import FIXED_HEAD_PORTS, JUPYTERHUB_API_PORT, NOTEBOOKS_HEAD_PORTS
 from podsys.render.build import SECRETS_FILE, VARS_FILE, render_files
-from tests.unit.manifest_samples import MACS, VALID, assert_problem, line_of, write_manifest
+from tests.unit.manifest_samples import MACS, VALID, assert_problem, line_of, write_manifest, write_model_wheels
 from tests.conftest import REPO_ROOT
 
 ROLE = REPO_ROOT / "podsys" / "playbooks" / "roles" / "notebooks"
@@ -154,6 +154,7 @@ def test_every_name_users_reach_the_head_by_is_a_san_and_an_allowed_mlflow_host(
     text = re.sub(r"^(head: .*)address: 10.10.0.1", r"\1address: 10.10.0.1, ssh_address: 192.0.2.7", text, count=1, flags=re.M)
     assert "ssh_address: 192.0.2.7" in text
     text += "web: {names: [ai.example.org, 198.51.100.4, mu01]}\n"
+    write_model_wheels(tmp_path)
     all_vars = yaml.safe_load(render_files(load_cluster(write(tmp_path, text)))[VARS_FILE])
     assert all_vars["podsys_web"]["alt_names"] == ["DNS:mu01", "DNS:mu01.cluster.local", "IP:10.10.0.1",
                                                    "IP:192.0.2.7", "DNS:ai.example.org", "IP:198.51.100.4"]
