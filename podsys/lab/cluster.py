@@ -128,8 +128,8 @@ def missing_requirements(vms: int = 0) -> list[str]:
     return problems
 
 
-def _require(vms: int = 0) -> None:
-    problems = missing_requirements(vms)
+def _require() -> None:
+    problems = missing_requirements()
     if problems:
         raise PodsysError("; ".join(problems))
 
@@ -237,7 +237,11 @@ def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
     if not lab_vms.valid_disk_size(vm_disk_size):
         raise InputError(Problem("command line", None, "--vm-disk-size",
                                  f"{vm_disk_size!r} is not a size like 8G or 20480M (1M to 2T)"))
-    _require(vms)
+    _require()
+    if vms:
+        missing = sorted(set(lab_vms.missing_tools().values()))
+        if missing:
+            raise PodsysError(f"--vms needs tools this host lacks; install: apt-get install {' '.join(missing)}")
     paths = paths_for(directory)
     with _exclusive(paths):
         return _up(paths, nodes, mirror, progress, vms, vm_disk_size)

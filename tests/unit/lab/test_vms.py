@@ -9,6 +9,7 @@ import yaml
 
 from podsys.cluster.load import load_cluster
 from podsys.lab import plan as lab_plan, vms as lab_vms
+from tests.conftest import podsys
 
 
 def test_vm_plan_is_stable_and_keeps_out_of_the_containers_way(tmp_path):
@@ -165,3 +166,15 @@ def test_vm_spec_names_both_command_lines_and_the_short_stop(tmp_path):
                                      ("0G", False), ("8", False), ("8g", False), ("-1G", False), ("G", False)])
 def test_disk_size(size, ok):
     assert lab_vms.valid_disk_size(size) is ok
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--vms", "17"), "error: command line: --vms: must be between 0 and 16 (got 17)"),
+    (("--vms", "1", "--vm-disk-size", "8gb"),
+     "error: command line: --vm-disk-size: '8gb' is not a size like 8G or 20480M (1M to 2T)"),
+])
+def test_cli_bad_vm_options_are_one_line_exit_2(tmp_path, args, message):
+    res = podsys("lab", "up", "--nodes", "1", *args, "--dir", tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == message
+    assert not (tmp_path / "lab.yaml").exists()
