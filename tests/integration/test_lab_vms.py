@@ -13,6 +13,7 @@ import atexit
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,14 @@ def qemu_pid(directory, vm) -> int | None:
     return pid if pid in lab_vms.qemu_pids_with_prefix(vm.machine.rsplit("-", 1)[0]) else None
 
 
+def _boots(directory, vm, offset: int) -> list[str]:
+    """The devices SeaBIOS tried, in order, from `offset` of the console log on."""
+    with open(lab_vms.vm_dir(lab.paths_for(directory).lab_dir, vm) / "console.log", "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return re.findall(r"Booting from (ROM|Hard Disk)", text)
+
+
 def chassis_log(directory, vm) -> str:
     return (lab_vms.vm_dir(lab.paths_for(directory).lab_dir, vm) / "chassis.log").read_text()
 
@@ -131,10 +140,17 @@ def test_bios_vm_pxe_boots_once_resets_over_qmp_and_powers_off(vm_lab):
     finally:
         listener.kill()
 
+    # SeaBIOS names each device it tries on the serial console: the NIC's iPXE is "ROM".
+    first_boot = wait_for("the PXE boot to try a device", lambda: _boots(directory, vm, 0), timeout=120)
+    assert first_boot[0] == "ROM", f"bootdev pxe must try the NIC first: {first_boot}"
+
+    before_reset = (lab_vms.vm_dir(lab.paths_for(directory).lab_dir, vm) / "console.log").stat().st_size
     assert ipmi(plan, directory, vm, "chassis", "power", "reset") == "Chassis Power Control: Reset"
     assert "reset, boot default" in chassis_log(directory, vm)
     assert qemu_pid(directory, vm) == pid, "reset must not restart the QEMU process"
     assert qmp(plan, vm, "query-status")["status"] == "running"
+    after_reset = wait_for("the reset VM to try a device", lambda: _boots(directory, vm, before_reset), timeout=120)
+    assert after_reset[0] == "Hard Disk", f"the one-shot PXE must not outlive its boot: {after_reset}"
 
     assert ipmi(plan, directory, vm, "chassis", "power", "off") == "Chassis Power Control: Down/Off"
     assert qemu_pid(directory, vm) is None

@@ -2,7 +2,6 @@
 section, and QEMU's command lines (podsys/lab/plan.py, podsys/lab/vms.py). No root needed."""
 
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 
 import pytest
 import yaml
