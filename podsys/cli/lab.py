@@ -65,17 +65,26 @@ def up_cmd(
     mirror: str = typer.Option(
         None, "--mirror", help="Debian mirror URL (default: the host's, read from /etc/apt/sources.list{,.d})."
     ),
+    vms: int = typer.Option(0, "--vms", help="Number of QEMU VMs (virtual bare metal, PXE-installed, "
+                            "each with an IPMI BMC); they stay powered off."),
+    vm_disk_size: str = typer.Option("8G", "--vm-disk-size", help="Each VM's blank disk (qemu-img size: 8G, 20480M)."),
 ) -> None:
     """Build and boot the lab, write lab.yaml (a manifest for it) and print the next command.
 
     The Debian 12 root is debootstrapped once and cached in /var/cache/podsys/lab
-    (PODSYS_LAB_CACHE overrides); each node boots a copy-on-write clone of it."""
+    (PODSYS_LAB_CACHE overrides); each node boots a copy-on-write clone of it.
+
+    With --vms N the lab also gets N QEMU machines (software emulation; the first BIOS, the
+    second UEFI, alternating) with blank disks on the provision network, in lab.yaml's `vms`
+    group, and one IPMI-over-LAN BMC each (ipmi_sim) in lab.yaml's `bmc` section. Nothing
+    starts them but their BMC: e.g. ipmitool -I lanplus -C 3 ... chassis power on."""
     if mirror is not None:
         check_url("--mirror", mirror, "http://deb.debian.org/debian")
     directory.mkdir(parents=True, exist_ok=True)
     progress = _Progress()
     try:
-        state = lab.up(directory, nodes=nodes, mirror=mirror, progress=progress)
+        state = lab.up(directory, nodes=nodes, mirror=mirror, progress=progress, vms=vms,
+                       vm_disk_size=vm_disk_size)
     finally:
         progress.close()
     info = lab.status(directory)
@@ -104,7 +113,8 @@ def status_cmd(
     directory: Path = DirOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show each node's container and sshd state, and the apt proxy's. Exit 1 if degraded."""
+    """Show each node's container and sshd state, each VM's power and BMC, and the apt proxy's.
+    Exit 1 if degraded (a VM that is off is not degraded: off is where VMs start)."""
     info = lab.status(directory)
     if as_json:
         console.print_json(json.dumps(info))
@@ -174,6 +184,22 @@ def _print_status(info: dict) -> None:
     proxy = info["proxy"]
     console.print(f"apt proxy {proxy['url']} -> {proxy['upstream']}: "
                   f"{'running' if proxy['running'] else '[red]stopped[/red]'}")
+    if info.get("vms"):
+        _print_vms(info)
+
+
+def _print_vms(info: dict) -> None:
+    table = Table(title="VMs (powered through their BMCs)", title_justify="left")
+    for col in ("vm", "address", "mac", "firmware", "power", "bmc"):
+        table.add_column(col, no_wrap=True)
+    for vm in info["vms"]:
+        table.add_row(vm["name"], vm["address"], vm["mac"], vm["firmware"], vm["power"],
+                      f"{vm['bmc_address']}:{vm['bmc_port']}")
+    console.print(table)
+    bmc = info["bmc"]
+    console.print(f"BMCs (ipmi_sim, IPMI lanplus, cipher suite {bmc['cipher_suite']}, user {bmc['user']}, "
+                  f"password file {bmc['password_file']}): "
+                  f"{'running' if bmc['running'] else '[red]stopped[/red]'}", markup=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from podsys.lab import net as lab_net, plan as lab_plan, proc as lab_proc, proxy as lab_proxy, rootfs as lab_rootfs
+from podsys.lab import bmc as lab_bmc, net as lab_net, plan as lab_plan, proc as lab_proc, proxy as lab_proxy, rootfs as lab_rootfs
+from podsys.lab import vms as lab_vms
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.layout import Workspace
 from podsys.lab.plan import LabPlan
@@ -94,6 +95,19 @@ class LabPaths:
     def manifest(self) -> Path:
         return self.directory / "lab.yaml"
 
+    @property
+    def vms_dir(self) -> Path:
+        return self.lab_dir / "vms"
+
+    @property
+    def bmc_dir(self) -> Path:
+        return self.lab_dir / "bmc"
+
+    @property
+    def bmc_password(self) -> Path:
+        """The VMs' BMC password (0600), named in lab.yaml's bmc.password_file; kept across `up`s."""
+        return self.bmc_dir / "password"
+
 
 def paths_for(directory: Path | str) -> LabPaths:
     return LabPaths(Path(directory).resolve())
@@ -102,12 +116,13 @@ def paths_for(directory: Path | str) -> LabPaths:
 # --- preconditions ----------------------------------------------------------------------------
 
 
-def missing_requirements() -> list[str]:
+def missing_requirements(vms: int = 0) -> list[str]:
     """Why the lab cannot run here (empty when it can)."""
     problems = []
     if os.geteuid() != 0:
         problems.append("the lab needs root (network namespaces, mounts, systemd-nspawn)")
-    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None}
+                     | (set(lab_vms.missing_tools().values()) if vms else set()))
     if missing:
         problems.append(f"missing tools; install: apt-get install {' '.join(missing)}")
     return problems
@@ -144,13 +159,13 @@ def _registered_prefixes(directory: Path) -> list[str]:
     return sorted(f.name for f in REGISTRY.iterdir() if f.is_file() and f.read_text().strip() == str(directory))
 
 
-def _choose_plan(directory: Path, nodes: int) -> LabPlan:
+def _choose_plan(directory: Path, nodes: int, vms: int = 0) -> LabPlan:
     """The directory's own slot unless another live lab holds it or its uplink subnet meets one
     of the host's networks; then the next free one."""
     slot = lab_plan.lab_slot(directory)
     reasons = []
     for attempt in range(64):
-        plan = lab_plan.plan_lab(directory, nodes, slot=(slot + attempt) % lab_plan.LAB_SLOTS)
+        plan = lab_plan.plan_lab(directory, nodes, slot=(slot + attempt) % lab_plan.LAB_SLOTS, vms=vms)
         owner = REGISTRY / plan.prefix
         if owner.exists() and owner.read_text().strip() != str(directory):
             reasons.append(f"{plan.prefix} belongs to the lab in {owner.read_text().strip()}")
@@ -192,6 +207,8 @@ def lab_is_up(state: dict | None) -> bool:
     if not state or state.get("phase") != "up":
         return False
     procs = [n.get("pid") for n in state.get("nodes", {}).values()] + [state.get("proxy", {}).get("pid")]
+    if state["plan"].get("vms"):
+        procs.append(state.get("bmc", {}).get("pid"))
     return all(lab_proc.proc_alive(p) for p in procs)
 
 
@@ -208,23 +225,36 @@ def _exclusive(paths: LabPaths):
 
 
 def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
-       progress: Progress = lambda msg: None) -> dict:
+       progress: Progress = lambda msg: None, vms: int = 0,
+       vm_disk_size: str = lab_vms.DEFAULT_DISK_SIZE) -> dict:
     """Bring the lab up (or report the one already running there) and return its state."""
     if not 1 <= nodes <= lab_plan.MAX_NODES:
         raise InputError(Problem("command line", None, "--nodes",
                                  f"must be between 1 and {lab_plan.MAX_NODES} (got {nodes})"))
+    if not 0 <= vms <= lab_plan.MAX_VMS:
+        raise InputError(Problem("command line", None, "--vms",
+                                 f"must be between 0 and {lab_plan.MAX_VMS} (got {vms})"))
+    if not lab_vms.valid_disk_size(vm_disk_size):
+        raise InputError(Problem("command line", None, "--vm-disk-size",
+                                 f"{vm_disk_size!r} is not a size like 8G or 20480M (1M to 2T)"))
     _require()
+    if vms:
+        missing = sorted(set(lab_vms.missing_tools().values()))
+        if missing:
+            raise PodsysError(f"--vms needs tools this host lacks; install: apt-get install {' '.join(missing)}")
     paths = paths_for(directory)
     with _exclusive(paths):
-        return _up(paths, nodes, mirror, progress)
+        return _up(paths, nodes, mirror, progress, vms, vm_disk_size)
 
 
-def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress) -> dict:
+def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress, vms: int = 0,
+        vm_disk_size: str = lab_vms.DEFAULT_DISK_SIZE) -> dict:
     state = load_state(paths)
     if lab_is_up(state):
-        if len(state["plan"]["nodes"]) - 1 != nodes:
-            raise PodsysError(f"a lab with {len(state['plan']['nodes']) - 1} compute nodes is already up in "
-                              f"{paths.directory}; run `podsys lab down` first to change its size")
+        running_vms = len(state["plan"].get("vms", []))
+        if len(state["plan"]["nodes"]) - 1 != nodes or running_vms != vms:
+            raise PodsysError(f"a lab with {len(state['plan']['nodes']) - 1} compute nodes and {running_vms} VMs "
+                              f"is already up in {paths.directory}; run `podsys lab down` first to change its size")
         progress("lab already up")
         if not paths.manifest.exists():
             _write_manifest(paths, LabPlan.from_dict(state["plan"]), state["mirror"])
@@ -238,13 +268,13 @@ def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress) -> 
         raise InputError(Problem("/etc/apt/sources.list", None, "",
                                  "no Debian mirror configured here (nor in sources.list.d); pass --mirror URL"))
 
-    plan = _choose_plan(paths.directory, nodes)
+    plan = _choose_plan(paths.directory, nodes, vms)
     REGISTRY.mkdir(parents=True, exist_ok=True)
     (REGISTRY / plan.prefix).write_text(str(paths.directory) + "\n")
     state = {
         "version": STATE_VERSION, "directory": str(paths.directory), "phase": "creating",
         "prefix": plan.prefix, "mirror": mirror, "plan": plan.to_dict(),
-        "netns": [], "host_links": [], "nodes": {}, "proxy": {},
+        "netns": [], "host_links": [], "nodes": {}, "proxy": {}, "vms": {}, "bmc": {},
         "manifest": str(paths.manifest), "ssh_config": str(paths.ssh_config),
     }
     save_state(paths, state)
@@ -256,7 +286,7 @@ def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress) -> 
             save_state(paths, state)
 
     try:
-        _bring_up(paths, plan, mirror, state, record, progress)
+        _bring_up(paths, plan, mirror, state, record, progress, vm_disk_size)
     except BaseException:
         progress("bring-up failed; removing what was created (logs stay in " f"{paths.logs})")
         try:
@@ -283,7 +313,8 @@ def _raise_host_limits(progress: Progress) -> dict[str, list[int]]:
     return changed
 
 
-def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, progress: Progress) -> None:
+def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, progress: Progress,
+              vm_disk_size: str = lab_vms.DEFAULT_DISK_SIZE) -> None:
     lab_key = _ensure_keypair(paths)
     state["host_sysctls_raised"] = _raise_host_limits(progress)
     progress(f"base root: Debian 12 from {mirror} (built once, cached in {lab_rootfs.cache_root()})")
@@ -300,6 +331,9 @@ def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, 
     save_state(paths, state)
     state["proxy"]["pid"] = lab_proxy.start_proxy(plan, paths.proxy_dir, mirror)
     save_state(paths, state)
+
+    if plan.vms:
+        _prepare_vms(paths, plan, state, progress, vm_disk_size)
 
     apt_settings = lab_rootfs.host_apt_settings()
     host_keys = {}
@@ -331,6 +365,27 @@ def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, 
     save_state(paths, state)
 
 
+def _prepare_vms(paths: LabPaths, plan: LabPlan, state: dict, progress: Progress, disk_size: str) -> None:
+    """Disks, taps and BMCs; the VMs stay off until something powers them on through a BMC."""
+    vm_dirs = {}
+    for vm in plan.vms:
+        progress(f"VM {vm.hostname}: {vm.firmware.upper()}, {disk_size} blank disk, MAC {vm.mac}, "
+                 f"tap {vm.tap}; powered off")
+        state["vms"][vm.hostname] = {"dir": str(lab_vms.vm_dir(paths.lab_dir, vm))}
+        save_state(paths, state)
+        lab_vms.add_tap(plan, vm)
+        vm_dirs[vm.hostname] = lab_vms.prepare_vm(plan, vm, paths.lab_dir, disk_size)
+    progress(f"BMCs: ipmi_sim (IPMI lanplus, cipher suite {lab_bmc.CIPHER_SUITE}) on "
+             + ", ".join(f"{vm.bmc_address}:{vm.bmc_port}" for vm in plan.vms)
+             + f"; password in {paths.bmc_password}")
+    lab_bmc.write_config(plan, paths.bmc_dir, vm_dirs, paths.bmc_password)
+    lab_bmc.add_addresses(plan)
+    state["bmc"] = {"pid": None, "dir": str(paths.bmc_dir)}
+    save_state(paths, state)
+    state["bmc"]["pid"] = lab_bmc.start(plan, paths.bmc_dir, paths.bmc_password)
+    save_state(paths, state)
+
+
 def _binds(paths: LabPaths) -> tuple[tuple[Path, str], ...]:
     return ((paths.shared, lab_plan.LAB_SHARED_PATH),) if paths.shared.is_dir() else ()
 
@@ -340,6 +395,7 @@ def _write_manifest(paths: LabPaths, plan: LabPlan, mirror: str) -> None:
         plan, mirror,
         str(paths.private_key.relative_to(paths.directory)),
         str(paths.known_hosts.relative_to(paths.directory)),
+        str(paths.bmc_password.relative_to(paths.directory)) if plan.vms else None,
     ))
 
 
@@ -413,7 +469,7 @@ def status(directory: Path | str) -> dict:
     paths = paths_for(directory)
     state = load_state(paths)
     if not state or "plan" not in state:
-        return {"directory": str(paths.directory), "state": "down", "nodes": [], "proxy": None}
+        return {"directory": str(paths.directory), "state": "down", "nodes": [], "proxy": None, "vms": [], "bmc": None}
     plan = LabPlan.from_dict(state["plan"])
     nodes = []
     for node in plan.nodes:
@@ -428,13 +484,24 @@ def status(directory: Path | str) -> dict:
     proxy_pid = state.get("proxy", {}).get("pid")
     proxy = {"url": plan.proxy_url, "pid": proxy_pid, "running": lab_proc.proc_alive(proxy_pid),
              "upstream": state.get("mirror")}
-    healthy = state.get("phase") == "up" and proxy["running"] and all(n["sshd"] for n in nodes)
+    bmc_pid = state.get("bmc", {}).get("pid")
+    bmc = {"pid": bmc_pid, "running": bool(bmc_pid and bmc_pid in lab_bmc.ipmi_sim_pids_for(paths.bmc_dir)),
+           "user": lab_plan.BMC_USER, "password_file": str(paths.bmc_password),
+           "cipher_suite": lab_bmc.CIPHER_SUITE} if plan.vms else None
+    vms = [{
+        "name": vm.hostname, "address": vm.address, "mac": vm.mac, "firmware": vm.firmware,
+        "bmc_address": vm.bmc_address, "bmc_port": vm.bmc_port,
+        # From the process state, as the BMC reports it; "on" means QEMU runs, not that it booted.
+        "power": "on" if lab_vms.is_running(plan, vm, paths.lab_dir) else "off",
+    } for vm in plan.vms]
+    healthy = (state.get("phase") == "up" and proxy["running"] and all(n["sshd"] for n in nodes)
+               and (bmc is None or bmc["running"]))
     return {
         "directory": str(paths.directory), "prefix": plan.prefix,
         "state": "up" if healthy else "degraded",
         "manifest": state.get("manifest"), "ssh_config": str(paths.ssh_config),
         "provision_cidr": plan.provision_cidr, "uplink_cidr": plan.uplink_cidr,
-        "proxy": proxy, "nodes": nodes,
+        "proxy": proxy, "nodes": nodes, "vms": vms, "bmc": bmc, "bmc_cidr": plan.bmc_cidr,
     }
 
 
@@ -504,6 +571,38 @@ def _stop_proxy(paths: LabPaths, state: dict, progress: Progress) -> list[int]:
     return pids
 
 
+def _remove_vms(paths: LabPaths, state: dict, prefixes: set[str], progress: Progress) -> list[str]:
+    removed = []
+    pids = []
+    for rec in state.get("vms", {}).values():
+        pid = lab_vms.read_pid(Path(rec.get("dir", "")) / "qemu.pid")
+        if pid and lab_proc.proc_alive(pid) and pid in lab_vms.qemu_pids_with_prefix(state.get("prefix", "")):
+            pids.append(pid)
+    for prefix in prefixes:
+        pids += [p for p in lab_vms.qemu_pids_with_prefix(prefix) if p not in pids]
+    if pids:
+        progress(f"powering off {len(pids)} VM(s)")
+        lab_proc.terminate(pids, 10)
+        removed += [f"qemu pid {p}" for p in pids]
+    bmc_pids = lab_bmc.ipmi_sim_pids_for(paths.bmc_dir)
+    if bmc_pids:
+        progress("stopping the BMCs (ipmi_sim)")
+        lab_proc.terminate(bmc_pids, 5)
+        removed += [f"ipmi_sim pid {p}" for p in bmc_pids]
+    if paths.vms_dir.exists():
+        progress("removing VM disks")
+        lab_rootfs.remove_tree(paths.vms_dir)
+        removed.append(f"directory {paths.vms_dir}")
+    if paths.bmc_dir.exists():
+        for entry in paths.bmc_dir.iterdir():  # the password stays, like the lab key
+            if entry != paths.bmc_password:
+                lab_rootfs.remove_tree(entry) if entry.is_dir() else entry.unlink()
+    for prefix in prefixes:
+        for sock in lab_vms.SOCKET_DIR.glob(f"{prefix}-*.qmp"):
+            sock.unlink(missing_ok=True)
+    return removed
+
+
 def stop_proxy(directory: Path | str, progress: Progress = lambda msg: None) -> list[int]:
     """Cut the lab off: stop the host's apt proxy, the head's only way out (an air-gapped site).
     The lab keeps running; `lab down` still removes everything. Returns the stopped pids."""
@@ -518,6 +617,9 @@ def _down(paths: LabPaths, progress: Progress) -> list[str]:
         prefixes.add(state["prefix"])
     removed: list[str] = []
     plan = LabPlan.from_dict(state["plan"]) if "plan" in state else None
+
+    # 0. VMs (as a pulled plug would: they have nothing to save) and their BMCs
+    removed += _remove_vms(paths, state, prefixes, progress)
 
     # 1. containers: recorded pids (checked to still be our nspawn), then any nspawn by prefix
     pids = []

@@ -54,11 +54,12 @@ def host_networks() -> list[tuple[str, IPv4Network]]:
 
 
 def uplink_conflict(plan: LabPlan) -> str | None:
-    """Why the plan's uplink subnet cannot be used on this host, or None."""
-    uplink = IPv4Network(plan.uplink_cidr)
+    """Why the plan's uplink subnet (or BMC network) cannot be used on this host, or None."""
+    mine = [IPv4Network(plan.uplink_cidr)] + ([IPv4Network(plan.bmc_cidr)] if plan.bmc_cidr else [])
     for dev, net in host_networks():
-        if dev != plan.host_uplink_link and net.overlaps(uplink):
-            return f"{uplink} overlaps {net} on host interface {dev}"
+        for own in mine:
+            if dev != plan.host_uplink_link and net.overlaps(own):
+                return f"{own} overlaps {net} on host interface {dev}"
     return None
 
 

@@ -20,9 +20,18 @@ import yaml
 # root namespace, so only those could ever meet the host's own networks (checked at `up`).
 PROVISION_POOL = IPv4Network("10.64.0.0/10")  # 2**14 /24s
 UPLINK_POOL = IPv4Network("10.254.0.0/16")  # 2**14 /30s
+# The VMs' BMCs: one /24 per lab, its addresses held by the host on the uplink link (so podsys
+# on the host and the head through its uplink both reach them); checked against the host's
+# networks at `up` like the uplink.
+BMC_POOL = IPv4Network("10.128.0.0/10")  # 2**14 /24s
 LAB_SLOTS = 2**14
 MAX_NODES = 200  # provision addresses .11 .. .210 of the lab's /24
 FIRST_NODE_HOST = 11
+MAX_VMS = 16  # provision addresses .211 .. .226, after the container nodes' range
+FIRST_VM_HOST = 211
+VM_GROUP = "vms"
+BMC_PORT = 623  # each BMC has its own address, so all keep IPMI's standard port
+BMC_USER = "podsys"
 PROXY_PORT = 3142  # apt-cacher-ng's usual port; alternatives when the host's own holds it
 PROXY_PORT_ALTERNATIVES = range(13142, 13242)
 
@@ -40,7 +49,7 @@ LAB_SHARED_PATH = "/shared"
 
 # Locally administered, unicast: first octet 0x02. Second octet marks "podsys lab".
 MAC_OUI = (0x02, 0x70)
-ROLE_PROVISION, ROLE_UPLINK_HEAD, ROLE_UPLINK_HOST = 0x01, 0x02, 0x03
+ROLE_PROVISION, ROLE_UPLINK_HEAD, ROLE_UPLINK_HOST, ROLE_VM = 0x01, 0x02, 0x03, 0x04
 
 
 def lab_slot(directory: Path) -> int:
@@ -82,6 +91,30 @@ class LabNode:
     uplink_address: str | None = None  # head only
 
 
+def vm_hostname(index: int, count: int) -> str:
+    return f"vm{index:0{max(2, len(str(count)))}d}"
+
+
+def vm_hostlist(count: int) -> str:
+    width = max(2, len(str(count)))
+    return vm_hostname(1, count) if count == 1 else f"vm[{1:0{width}d}-{count:0{width}d}]"
+
+
+@dataclass(frozen=True)
+class LabVM:
+    """A QEMU machine on the provision bridge that installs over PXE, with its own IPMI BMC."""
+
+    hostname: str
+    machine: str  # QEMU's -name, unique on the host (how `lab down` finds strays)
+    tap: str  # tap device on the lab bridge, inside the bridge namespace
+    mac: str
+    address: str  # provision address (the DHCP reservation a deploy gives it)
+    firmware: str  # "bios" (SeaBIOS) or "uefi" (OVMF): VMs alternate, the first is BIOS
+    bmc_address: str
+    bmc_port: int
+    bmc_mc: int  # the IPMB address of its management controller inside the one ipmi_sim
+
+
 @dataclass(frozen=True)
 class LabPlan:
     directory: str
@@ -96,6 +129,8 @@ class LabPlan:
     host_uplink_address: str
     nodes: tuple[LabNode, ...] = field(default_factory=tuple)
     proxy_port: int = PROXY_PORT  # another port when something on the host holds *:3142
+    vms: tuple[LabVM, ...] = field(default_factory=tuple)
+    bmc_cidr: str = ""
 
     @property
     def head(self) -> LabNode:
@@ -115,20 +150,29 @@ class LabPlan:
                 return n
         raise KeyError(name)
 
+    def vm(self, name: str) -> LabVM:
+        for v in self.vms:
+            if v.hostname == name:
+                return v
+        raise KeyError(name)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "LabPlan":
         nodes = tuple(LabNode(**n) for n in data["nodes"])
-        return cls(**{**data, "nodes": nodes})
+        vms = tuple(LabVM(**v) for v in data.get("vms", ()))
+        return cls(**{**data, "nodes": nodes, "vms": vms})
 
 
-def plan_lab(directory: Path, compute_nodes: int, slot: int | None = None) -> LabPlan:
+def plan_lab(directory: Path, compute_nodes: int, slot: int | None = None, vms: int = 0) -> LabPlan:
     """The whole lab, derived from its directory (and optionally a slot chosen by the caller when
     the derived one is taken on this host)."""
     if not 1 <= compute_nodes <= MAX_NODES:
         raise ValueError(f"--nodes must be between 1 and {MAX_NODES} (got {compute_nodes})")
+    if not 0 <= vms <= MAX_VMS:
+        raise ValueError(f"--vms must be between 0 and {MAX_VMS} (got {vms})")
     slot = lab_slot(directory) if slot is None else slot
     prefix = lab_prefix(slot)
     provision = IPv4Network((int(PROVISION_POOL.network_address) + slot * 256, 24))
@@ -159,6 +203,23 @@ def plan_lab(directory: Path, compute_nodes: int, slot: int | None = None) -> La
                 address=str(net + FIRST_NODE_HOST + i - 1),
             )
         )
+    bmc_net = IPv4Network((int(BMC_POOL.network_address) + slot * 256, 24))
+    machines = []
+    for i in range(1, vms + 1):
+        name = vm_hostname(i, vms)
+        host = FIRST_VM_HOST + i - 1
+        machines.append(LabVM(
+            hostname=name,
+            machine=f"{prefix}-{name}",
+            tap=f"t-{name}"[:15],
+            mac=lab_mac(slot, ROLE_VM, i),
+            address=str(net + host),
+            firmware="bios" if i % 2 else "uefi",
+            # Same host offset as its provision address: what networks.bmc derives anyway.
+            bmc_address=str(bmc_net.network_address + host),
+            bmc_port=BMC_PORT,
+            bmc_mc=0x20 + 2 * (i - 1),
+        ))
     return LabPlan(
         directory=str(Path(directory).resolve()),
         slot=slot,
@@ -171,6 +232,8 @@ def plan_lab(directory: Path, compute_nodes: int, slot: int | None = None) -> La
         host_uplink_mac=lab_mac(slot, ROLE_UPLINK_HOST, 0),
         host_uplink_address=str(uplink.network_address + 1),
         nodes=tuple(nodes),
+        vms=tuple(machines),
+        bmc_cidr=str(bmc_net) if machines else "",
     )
 
 
@@ -284,6 +347,9 @@ def networkd_units(plan: LabPlan, node: LabNode) -> dict[str, str]:
             f"[Network]\nAddress={node.uplink_address}/{up_prefix}\n"
             "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
         )
+        if plan.bmc_cidr:
+            # The VMs' BMCs are addresses of the host's end of the uplink: on-link from here.
+            units["20-uplink.network"] += f"\n[Route]\nDestination={plan.bmc_cidr}\nScope=link\n"
     return units
 
 
@@ -323,11 +389,12 @@ def ssh_config(plan: LabPlan, private_key: Path, known_hosts_file: Path, config_
     return "\n".join(blocks)
 
 
-def lab_manifest(plan: LabPlan, mirror: str, private_key_rel: str, known_hosts_rel: str) -> dict:
+def lab_manifest(plan: LabPlan, mirror: str, private_key_rel: str, known_hosts_rel: str,
+                 bmc_password_rel: str | None = None) -> dict:
     """lab.yaml as data: a podsys/v1 manifest describing exactly the lab that was built."""
     head = plan.head
     compute = plan.compute
-    return {
+    manifest = {
         "apiVersion": "podsys/v1",
         "kind": "Cluster",
         "metadata": {"name": CLUSTER_NAME, "domain": "lab.local"},
@@ -368,10 +435,35 @@ def lab_manifest(plan: LabPlan, mirror: str, private_key_rel: str, known_hosts_r
             "known_hosts_file": known_hosts_rel,
         },
     }
+    if plan.vms:
+        if bmc_password_rel is None:
+            raise ValueError("a lab with VMs needs its BMC password file")
+        _add_vms(manifest, plan, bmc_password_rel)
+    return manifest
 
 
-def lab_manifest_text(plan: LabPlan, mirror: str, private_key_rel: str, known_hosts_rel: str) -> str:
-    data = lab_manifest(plan, mirror, private_key_rel, known_hosts_rel)
+def _add_vms(manifest: dict, plan: LabPlan, bmc_password_rel: str) -> None:
+    """The VMs' node group (PXE-installed from an image, like bare metal), their BMC network and
+    the BMC credentials (a file; the password itself is never in lab.yaml)."""
+    manifest["networks"]["bmc"] = {"cidr": plan.bmc_cidr}
+    manifest["node_groups"].append({
+        "name": VM_GROUP,
+        "hosts": vm_hostlist(len(plan.vms)),
+        "hardware": "cpu-only",
+        "start_address": plan.vms[0].address,
+        # QEMU's disk is a virtio-scsi disk: /dev/sda, the schema's default install disk.
+        "disk": "/dev/sda",
+        "provisioning": {"method": "image"},
+        "nodes": {v.hostname: {"mac": v.mac, "address": v.address, "bmc_address": v.bmc_address}
+                  for v in plan.vms},
+    })
+    manifest["slurm"]["partitions"][0]["node_groups"].append(VM_GROUP)
+    manifest["bmc"] = {"protocol": "ipmi", "username": BMC_USER, "password_file": bmc_password_rel}
+
+
+def lab_manifest_text(plan: LabPlan, mirror: str, private_key_rel: str, known_hosts_rel: str,
+                      bmc_password_rel: str | None = None) -> str:
+    data = lab_manifest(plan, mirror, private_key_rel, known_hosts_rel, bmc_password_rel)
     header = (
         f"{MANIFEST_HEADER} for the lab in {plan.directory}.\n"
         "# It describes the running lab (real MACs and addresses); `podsys lab up` rewrites it.\n"
