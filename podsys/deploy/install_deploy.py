@@ -188,8 +188,10 @@ def run_install_deploy(build_dir: Path, options: DeployOptions, settings: Instal
                 break
 
     missed = {p.node for p in out.installs if p.phase is not Phase.REACHABLE}
-    # Nodes of a batch never reached (a rollout that stopped) stay as they were: not installed now.
+    # Nodes of a batch never reached (a rollout that stopped) stay as they were, recorded as
+    # failed so that `deploy --resume` re-images them.
     pending = [n for n in plan.nodes if n not in done]
+    stopped_at = out.batches[-1] if out.batches else {}
     hosts = [h for h in (selected if selected is not None else known)
              if h not in missed and h not in pending and (not rolling or h not in done)]
     if any(p.phase is Phase.REACHABLE for p in out.installs) and settings.head not in hosts and not rolling:
@@ -197,7 +199,10 @@ def run_install_deploy(build_dir: Path, options: DeployOptions, settings: Instal
     if hosts and (not rolling or [h for h in hosts if h != settings.head]):
         runs.append(steps.run_deploy(DeployOptions(limit=",".join(hosts), forks=options.forks,
                                                    verbosity=options.verbosity)))
-    failures = install_failures(out.installs)
+    failures = install_failures(out.installs) + [
+        HostResult(n, FAILED, 0, 0, 1, 0, 0, f"not reinstalled: the rolling re-image stopped at batch "
+                                             f"{len(out.batches)} ({stopped_at.get('result', '')})")
+        for n in pending]
     if failures:
         write_state(build_dir, merge_state(load_state(build_dir), failures, _now()))
     combined = _combine(runs)
