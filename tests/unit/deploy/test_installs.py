@@ -490,3 +490,23 @@ def test_rolling_reimage_waits_for_jobs_and_reinstalls_nothing_while_they_still_
     assert clock.now > 60
     assert not out.result.succeeded
     assert out.result.results[0].reason == "not reinstalled: the rolling re-image stopped at batch 1 (jobs still running)"
+
+
+def test_live_table_on_a_terminal_stops_once_every_node_is_final():
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=120)
+    show, close = install_deploy.make_display(console)
+    show([installs.Progress("n1", Phase.INSTALLING, "write", 2048, 65.0)])
+    show([installs.Progress("n1", Phase.FAILED, "verify", None, 70.0, "sha256 mismatch")])
+    # A second live display (the Ansible run after the installs) may start now: rich allows one.
+    from rich.live import Live
+
+    with Live(console=console):
+        pass
+    close()
+    text = buffer.getvalue()
+    assert "installing" in text and "sha256 mismatch" in text and "2.0 KiB" in text
