@@ -100,9 +100,9 @@ def install_failures(progress: list[Progress]) -> list[HostResult]:
     return [HostResult(p.node, FAILED, 0, 0, 1, 0, 0, failure_reason(p)) for p in progress if p.phase is not Phase.REACHABLE]
 
 
-def _wait_for_idle(steps: InstallSteps, nodes: list[str], timeout_s: float, poll_s: float) -> bool:
+def _wait_for_idle(steps: InstallSteps, slurm, nodes: list[str], timeout_s: float, poll_s: float) -> bool:
     start = steps.clock()
-    while jobs_on(steps.slurm.jobs(), nodes):
+    while jobs_on(slurm.jobs(), nodes):
         if steps.clock() - start > timeout_s:
             return False
         steps.sleep(poll_s)
@@ -144,19 +144,28 @@ def run_install_deploy(build_dir: Path, options: DeployOptions, settings: Instal
     if plan.watch:
         batches = [list(plan.watch) + (batches[0] if batches else []), *batches[1:]]
     rolling = settings.batch is not None
+    slurm = steps.slurm
+    if rolling and slurm is not None:
+        try:
+            slurm.nodes()
+        except PodsysError as exc:
+            # A first install has no slurmctld yet: nothing runs jobs, nothing to drain.
+            steps.say(f"Slurm does not answer ({exc}): batches are not drained")
+            slurm = None
     done: list[str] = []
     for index, batch in enumerate(batches, 1):
         label = f"batch {index}/{len(batches)} [{collapse_hosts(batch)}]"
         drained: list[str] = []
-        if rolling and steps.slurm is not None:
-            known_slurm = steps.slurm.nodes()
+        if rolling and slurm is not None:
+            known_slurm = slurm.nodes()
             drained = [n for n in batch if n in known_slurm and not known_slurm[n].drain_set
                        and known_slurm[n].state not in ("down", "future")]
             if drained:
-                steps.slurm.drain(drained, REINSTALL_REASON)
+                slurm.drain(drained, REINSTALL_REASON)
                 steps.say(f"{label}: drained {collapse_hosts(drained)} (reason {REINSTALL_REASON!r})")
-            if not _wait_for_idle(steps, batch, settings.timeout_s, settings.poll_s):
-                steps.slurm.resume(drained)
+            if not _wait_for_idle(steps, slurm, batch, settings.timeout_s, settings.poll_s):
+                if drained:
+                    slurm.resume(drained)
                 steps.say(f"{label}: jobs still running after {settings.timeout_s:.0f} s: nothing reinstalled, "
                           "the rollout stops here")
                 out.batches.append({"nodes": batch, "result": "jobs still running"})
@@ -177,10 +186,10 @@ def run_install_deploy(build_dir: Path, options: DeployOptions, settings: Instal
             if batch_run is not None:
                 runs.append(batch_run)
             ok = {h.name for h in (batch_run.results if batch_run else []) if h.status == "ok"}
-            if steps.slurm is not None:
-                back = [n for n in drained if n in ok and _ours(steps.slurm, n, REINSTALL_REASON)]
+            if slurm is not None:
+                back = [n for n in drained if n in ok and _ours(slurm, n, REINSTALL_REASON)]
                 if back:
-                    steps.slurm.resume(back)
+                    slurm.resume(back)
                     steps.say(f"{label}: resumed {collapse_hosts(back)}")
             out.batches.append({"nodes": batch, "came_up": up, "result": "ok" if set(batch) <= ok else "failed"})
             if not set(batch) <= ok:

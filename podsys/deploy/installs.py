@@ -243,10 +243,6 @@ class InstallOutcome:
     def did_not(self) -> list[Progress]:
         return [p for p in self.progress if p.phase is not Phase.REACHABLE]
 
-    def as_dict(self) -> dict:
-        return {"nodes": [p.as_dict() for p in self.progress], "came_up": self.came_up,
-                "did_not": [p.node for p in self.did_not], "powered_by_hand": self.manual}
-
 
 def failure_reason(p: Progress) -> str:
     """What the deploy summary and its resume record say about a node that did not come up."""

@@ -510,3 +510,20 @@ def test_live_table_on_a_terminal_stops_once_every_node_is_final():
     close()
     text = buffer.getvalue()
     assert "installing" in text and "sha256 mismatch" in text and "2.0 KiB" in text
+
+
+def test_rolling_reimage_without_a_running_slurmctld_drains_nothing_and_proceeds(tmp_path):
+    class Silent(FakeSlurm):
+        def nodes(self):
+            raise PodsysError("mu01: `scontrol show node` failed: slurm_load_node error: Unable to contact slurm controller")
+
+    build = build_dir(tmp_path, ["n1"])
+    clock = Clock()
+    said: list[str] = []
+    slurm = Silent(["n1"])
+    out = run_install_deploy(build, DeployOptions(), InstallSettings(head="head", timeout_s=600, batch=1),
+                             steps_for(clock, Timeline(clock, {"n1": PENDING}, happy("n1", 5)), Runs(build, ["head", "n1"]),
+                                       slurm=slurm, said=said))
+    assert slurm.log == []
+    assert said[0].startswith("Slurm does not answer (mu01: `scontrol show node` failed")
+    assert out.result.succeeded and out.batches == [{"nodes": ["n1"], "came_up": ["n1"], "result": "ok"}]
