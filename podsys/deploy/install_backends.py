@@ -20,9 +20,6 @@ from podsys.layout import HEAD_PATHS
 HEAD_SERVICE_DIR = "/opt/podsys-provision"
 HEAD_NODES_FILE = "/etc/podsys/provision/nodes.json"
 
-# Every drain a rolling re-image makes carries exactly this reason; only such drains are resumed.
-REINSTALL_REASON = "podsys:reinstall"
-
 
 def state_command(action: str, names: list[str] = ()) -> str:
     """The provision role's own state tool on the head (the one its `init` task runs)."""

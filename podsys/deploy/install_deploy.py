@@ -42,6 +42,9 @@ from podsys.deploy.runner import (
 )
 from podsys.errors import PodsysError
 
+# Every drain a rolling re-image makes carries exactly this reason; only such drains are resumed.
+REINSTALL_REASON = "podsys:reinstall"
+
 # The plays the head's boot services need before any node can PXE-boot (site.yml's tags).
 HEAD_BOOT_TAGS = "packages,provision"
 
@@ -110,8 +113,6 @@ def _wait_for_idle(steps: InstallSteps, slurm, nodes: list[str], timeout_s: floa
 
 
 def run_install_deploy(build_dir: Path, options: DeployOptions, settings: InstallSettings, steps: InstallSteps) -> InstallDeploy:
-    from podsys.deploy.install_backends import REINSTALL_REASON
-
     build_dir = build_dir.resolve()
     known = inventory_hosts(build_dir / "inventory" / "hosts.yml")
     state = load_state(build_dir)
@@ -157,17 +158,8 @@ def run_install_deploy(build_dir: Path, options: DeployOptions, settings: Instal
         label = f"batch {index}/{len(batches)} [{collapse_hosts(batch)}]"
         drained: list[str] = []
         if rolling and slurm is not None:
-            known_slurm = slurm.nodes()
-            drained = [n for n in batch if n in known_slurm and not known_slurm[n].drain_set
-                       and known_slurm[n].state not in ("down", "future")]
-            if drained:
-                slurm.drain(drained, REINSTALL_REASON)
-                steps.say(f"{label}: drained {collapse_hosts(drained)} (reason {REINSTALL_REASON!r})")
-            if not _wait_for_idle(steps, slurm, batch, settings.timeout_s, settings.poll_s):
-                if drained:
-                    slurm.resume(drained)
-                steps.say(f"{label}: jobs still running after {settings.timeout_s:.0f} s: nothing reinstalled, "
-                          "the rollout stops here")
+            drained = _drain(slurm, batch, steps, settings, label)
+            if drained is None:
                 out.batches.append({"nodes": batch, "result": "jobs still running"})
                 break
         if rolling:
@@ -180,19 +172,9 @@ def run_install_deploy(build_dir: Path, options: DeployOptions, settings: Instal
             steps.say(f"{p.node}: did not come up: {failure_reason(p)}")
         done.extend(batch)
         if rolling:
-            up = outcome.came_up
-            batch_run = steps.run_deploy(DeployOptions(limit=",".join([settings.head, *up]), forks=options.forks,
-                                                       verbosity=options.verbosity)) if up else None
-            if batch_run is not None:
-                runs.append(batch_run)
-            ok = {h.name for h in (batch_run.results if batch_run else []) if h.status == "ok"}
-            if slurm is not None:
-                back = [n for n in drained if n in ok and _ours(slurm, n, REINSTALL_REASON)]
-                if back:
-                    slurm.resume(back)
-                    steps.say(f"{label}: resumed {collapse_hosts(back)}")
-            out.batches.append({"nodes": batch, "came_up": up, "result": "ok" if set(batch) <= ok else "failed"})
-            if not set(batch) <= ok:
+            back = _configure_and_resume(batch, outcome.came_up, drained, slurm, steps, settings, options, runs, label)
+            out.batches.append({"nodes": batch, "came_up": outcome.came_up, "result": "ok" if back else "failed"})
+            if not back:
                 steps.say(f"{label}: not every node came back; the rollout stops here")
                 break
 
@@ -223,6 +205,43 @@ def run_install_deploy(build_dir: Path, options: DeployOptions, settings: Instal
                                 combined.rc, combined.status, combined.log_file, combined.selected)
     out.result = combined
     return out
+
+
+def _drain(slurm, batch: list[str], steps: InstallSteps, settings: InstallSettings, label: str) -> list[str] | None:
+    """Drain the batch's nodes that are in service and wait for their jobs; the drained nodes,
+    or None when jobs still run at the timeout (the drains are lifted again)."""
+    current = slurm.nodes()
+    # An admin's drain (or a down node) keeps its own reason: never overwritten, never resumed.
+    drained = [n for n in batch if n in current and not current[n].drain_set
+               and current[n].state not in ("down", "future")]
+    if drained:
+        slurm.drain(drained, REINSTALL_REASON)
+        steps.say(f"{label}: drained {collapse_hosts(drained)} (reason {REINSTALL_REASON!r})")
+    if _wait_for_idle(steps, slurm, batch, settings.timeout_s, settings.poll_s):
+        return drained
+    if drained:
+        slurm.resume(drained)
+    steps.say(f"{label}: jobs still running after {settings.timeout_s:.0f} s: nothing reinstalled, "
+              "the rollout stops here")
+    return None
+
+
+def _configure_and_resume(batch: list[str], up: list[str], drained: list[str], slurm, steps: InstallSteps, settings: InstallSettings,
+                          options: DeployOptions, runs: list[DeployResult], label: str) -> bool:
+    """The layers on the head and the batch's nodes that came up, then resume those the
+    Ansible run left ok; True when every node of the batch is back."""
+    ok: set[str] = set()
+    if up:
+        run = steps.run_deploy(DeployOptions(limit=",".join([settings.head, *up]), forks=options.forks,
+                                             verbosity=options.verbosity))
+        runs.append(run)
+        ok = {h.name for h in run.results if h.status == "ok"}
+    if slurm is not None:
+        back = [n for n in drained if n in ok and _ours(slurm, n, REINSTALL_REASON)]
+        if back:
+            slurm.resume(back)
+            steps.say(f"{label}: resumed {collapse_hosts(back)}")
+    return set(batch) <= ok
 
 
 def _ours(slurm, node: str, reason: str) -> bool:

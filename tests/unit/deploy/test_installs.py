@@ -527,3 +527,16 @@ def test_rolling_reimage_without_a_running_slurmctld_drains_nothing_and_proceeds
     assert slurm.log == []
     assert said[0].startswith("Slurm does not answer (mu01: `scontrol show node` failed")
     assert out.result.succeeded and out.batches == [{"nodes": ["n1"], "came_up": ["n1"], "result": "ok"}]
+
+
+def test_rolling_reimage_leaves_an_admins_drain_alone(tmp_path):
+    build = build_dir(tmp_path, ["n1", "n2"])
+    clock = Clock()
+    slurm = FakeSlurm(["n1", "n2"])
+    slurm.state["n2"] = SlurmNode("n2", "idle", frozenset({"drain"}), "bad DIMM, ticket 4711")
+    out = run_install_deploy(build, DeployOptions(), InstallSettings(head="head", timeout_s=600, batch=2),
+                             steps_for(clock, Timeline(clock, {"n1": PENDING, "n2": PENDING}, happy("n1", 5) + happy("n2", 5)),
+                                       Runs(build, ["head", "n1", "n2"]), slurm=slurm))
+    assert slurm.log == ["drain n1", "resume n1"]
+    assert slurm.state["n2"].reason == "bad DIMM, ticket 4711"
+    assert out.result.succeeded
