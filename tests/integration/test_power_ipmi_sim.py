@@ -5,14 +5,12 @@ and stop QEMU), the other has none, so its BMC refuses `chassis bootdev` while i
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from podsys.provision.power import IPMI, BMCTarget, run_power
+from tests.integration.ipmi_sim import ipmi_sim, require_tools
 
 pytestmark = pytest.mark.integration
 
@@ -32,56 +30,14 @@ case "$1" in
 esac
 """
 
-LAN = """name "podsys-power-test"
-set_working_mc {mc}
-  startlan 1
-    addr {address} 623
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcd{guid}
-  endlan
-{control}  user 2 true "admin" "{password}" admin 10 none md2 md5 straight
-"""
-
-
 @pytest.fixture
 def bmcs(tmp_path):
-    for tool in ("ipmi_sim", "ipmitool"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (apt install openipmi ipmitool)")
+    require_tools()
     control = tmp_path / "chassis-control"
     control.write_text(CHASSIS_CONTROL.format(dir=tmp_path))
     control.chmod(0o755)
-    conf = LAN.format(mc="0x20", address=WITH_CONTROL, guid="01", password=PASSWORD,
-                      control=f'  chassis_control "{control} vm1"\n')
-    conf += LAN.format(mc="0x30", address=WITHOUT_CONTROL, guid="02", password=PASSWORD, control="").split("\n", 1)[1]
-    (tmp_path / "lan.conf").write_text(conf)
-    (tmp_path / "cmds.emu").write_text("mc_setbmc 0x20\n"
-                                       "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n"
-                                       "mc_add 0x30 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x30\n")
-    (tmp_path / "state").mkdir()
-    password_file = tmp_path / "bmc-password"
-    password_file.write_text(PASSWORD + "\n")
-    password_file.chmod(0o600)
-    sim = subprocess.Popen(["ipmi_sim", "-c", "lan.conf", "-f", "cmds.emu", "-s", "state", "-n"], cwd=tmp_path,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while not _listening(WITHOUT_CONTROL) and time.monotonic() < deadline:
-            assert sim.poll() is None, sim.stdout.read().decode(errors="replace")
-            time.sleep(0.2)
+    with ipmi_sim(tmp_path, PASSWORD, [("vm1", WITH_CONTROL, control), ("vm2", WITHOUT_CONTROL, None)]) as password_file:
         yield tmp_path, password_file
-    finally:
-        sim.terminate()
-        sim.wait(timeout=10)
-
-
-def _listening(address: str) -> bool:
-    out = subprocess.run(["ss", "-Hulnp", f"src {address}:623"], capture_output=True, text=True).stdout
-    return "ipmi_sim" in out
 
 
 def test_pxe_sets_boot_device_and_powers_on_and_a_refused_bootdev_fails_without_a_power_cycle(bmcs):
