@@ -159,7 +159,11 @@ def reinstall(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Switch nodes back to boot state `install`: their next PXE boot wipes the manifest's
-    install disk and installs the OS again. Nothing is rebooted; use `podsys power pxe HOSTLIST`."""
+    install disk and installs the OS again. Nothing is rebooted here: `podsys deploy` then
+    PXE-boots and re-images them (`--batch N` for a rolling re-image, N at a time, each batch
+    drained in Slurm first), or power them yourself with `podsys power pxe HOSTLIST`.
+    Run where the head's state directory is missing (a workstation), the head does the switch
+    over SSH."""
     from podsys.cluster.load import load_cluster
     from podsys.provision.state import StateError
 
@@ -169,6 +173,17 @@ def reinstall(
     if not_pxe:
         raise InputError(Problem(str(cluster.manifest_path), None, "HOSTLIST",
                                  f"these nodes do not PXE-install (pxe: false): {', '.join(not_pxe)}"))
+    if state_dir == Path(HEAD_PATHS.state_dir) and not state_dir.is_dir():
+        # The default path and no such directory: this is not the head (the provision role creates it there).
+        from podsys.deploy.install_backends import set_install_on_head
+
+        said = set_install_on_head(cluster, names)  # the state tool's "changed: N"
+        if as_json:
+            print(json.dumps({"boot": "install", "nodes": names, "on_head": said}))
+        else:
+            console.print(f"{len(names)} node(s) set to install on next PXE boot (on the head: {said}); "
+                          "`podsys deploy` re-images them", markup=False, highlight=False)
+        return
     try:
         changed = _store(cluster, state_dir, boot_root).set_boot_state(names, "install")
     except StateError as exc:
@@ -270,7 +285,7 @@ def power(
         password = read_password(password_file)
     except BMCError as exc:
         raise InputError(Problem(str(cluster.manifest_path), None, "bmc.password_file", str(exc))) from None
-    backend = (IPMI(bmc.username, password_file) if bmc.protocol == "ipmi"
+    backend = (IPMI(bmc.username, password_file, cipher_suite=bmc.cipher_suite) if bmc.protocol == "ipmi"
                else Redfish(bmc.username, password, verify_tls=verify_tls))
     targets = [BMCTarget(n, cluster.node(n).bmc_ip or "") for n in names]
     with console.status(f"power {action} on {len(targets)} node(s)"):

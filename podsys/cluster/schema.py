@@ -355,6 +355,9 @@ class BMCCredentials(Strict):
     protocol: Literal["ipmi", "redfish"] = "ipmi"
     username: str = Field(pattern=PLAIN_RE)
     password_file: str = Field(pattern=PLAIN_RE, description="file holding the BMC password (0600); never inline")
+    cipher_suite: int | None = Field(
+        default=None, ge=0, le=17,
+        description="IPMI: ipmitool -C (3 for BMCs that refuse suite 17); default: ipmitool's own choice")
 
 
 class Access(Strict):

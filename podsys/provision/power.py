@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import ssl
 import subprocess
 import urllib.error
@@ -62,15 +63,45 @@ def _default_runner(argv: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
 
+# ipmitool prints a refused "Set Chassis Boot Parameter" on stderr and still exits 0 (seen with
+# ipmitool 1.8.19 against OpenIPMI's ipmi_sim 2.0.33 without a chassis_control program:
+# "Set Chassis Boot Parameter 5 failed: Invalid data field in request"); only a boot device
+# that was really set prints "Set Boot Device to pxe" on stdout.
+BOOTDEV_FAILED = re.compile(r"^Set Chassis Boot Parameter \d+ failed: (?P<why>.*)$", re.MULTILINE)
+BOOTDEV_SET = "Set Boot Device to "
+
+
+def bootdev_failure(stdout: str, stderr: str) -> str | None:
+    """Why `ipmitool chassis bootdev` did not set the boot device, or None when it did."""
+    refused = BOOTDEV_FAILED.search(stderr) or BOOTDEV_FAILED.search(stdout)
+    if refused:
+        return f"the BMC refused the boot device: {refused.group('why').strip()}"
+    if BOOTDEV_SET not in stdout:
+        return f"ipmitool did not confirm the boot device ({(stdout or stderr).strip()[-200:] or 'no output'})"
+    return None
+
+
 class IPMI:
-    def __init__(self, username: str, password_file: Path, ipmitool: str = "ipmitool", runner: Runner = _default_runner):
+    """`cipher_suite` is passed as `ipmitool -C`. Without it ipmitool 1.8.19 first asks the BMC
+    for its cipher suites to pick the best (ipmitool PR #32, "Auto selection of 'best' cipher
+    suite"); a BMC that ignores that request (ipmi_sim 2.0.33 does) costs 10 s on every call
+    before ipmitool falls back to suite 3 (ipmitool issue #199). Suite 3 (RAKP-HMAC-SHA1) is the
+    one the IPMI 2.0 specification requires, so `bmc.cipher_suite: 3` is the safe pin."""
+
+    def __init__(self, username: str, password_file: Path, ipmitool: str = "ipmitool", runner: Runner = _default_runner,
+                 cipher_suite: int | None = None):
         self.username = username
         self.password_file = password_file
         self.ipmitool = ipmitool
         self.runner = runner
+        self.cipher_suite = cipher_suite
 
     def _run(self, address: str, *args: str) -> str:
-        argv = [self.ipmitool, "-I", "lanplus", "-H", address, "-U", self.username,
+        return self._call(address, *args).stdout.strip()
+
+    def _call(self, address: str, *args: str) -> subprocess.CompletedProcess:
+        cipher = ["-C", str(self.cipher_suite)] if self.cipher_suite is not None else []
+        argv = [self.ipmitool, "-I", "lanplus", *cipher, "-H", address, "-U", self.username,
                 "-f", str(self.password_file), *args]
         try:
             proc = self.runner(argv)
@@ -81,7 +112,7 @@ class IPMI:
         if proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise BMCError(f"ipmitool {' '.join(args)}: {detail[-1] if detail else f'exit {proc.returncode}'}")
-        return proc.stdout.strip()
+        return proc
 
     def is_on(self, address: str) -> bool:
         out = self._run(address, "chassis", "power", "status")  # "Chassis Power is on"
@@ -97,7 +128,11 @@ class IPMI:
         if action in ("on", "off"):
             return self._run(address, "chassis", "power", action)
         if action == "pxe":
-            self._run(address, "chassis", "bootdev", "pxe")
+            proc = self._call(address, "chassis", "bootdev", "pxe")
+            why = bootdev_failure(proc.stdout or "", proc.stderr or "")
+            if why:
+                # Power-cycling now would boot the disk: stop before touching the power.
+                raise BMCError(f"ipmitool chassis bootdev pxe: {why}")
         # A powered-off chassis refuses "cycle": turn it on instead, which is what was meant.
         if self.is_on(address):
             return self._run(address, "chassis", "power", "cycle")

@@ -238,3 +238,59 @@ def test_power_command_fails_when_a_bmc_refuses(tmp_path, fake_ipmitool, monkeyp
     rows = json.loads(result.stdout)
     assert rows == [{"node": "gpu01", "ok": False,
                      "message": "ipmitool chassis power status: Error: Unable to establish IPMI v2 / RMCP+ session"}]
+
+
+# ipmitool 1.8.19 against OpenIPMI's ipmi_sim 2.0.33 on this machine, `-I lanplus -C 3 ... chassis
+# bootdev pxe`: with no chassis_control program the BMC refuses both boot parameters, ipmitool
+# says so on stderr, prints nothing on stdout and exits 0; with one, stdout says it was set.
+BOOTDEV_REFUSED_STDERR = ("Set Chassis Boot Parameter 4 failed: Invalid data field in request\n"
+                          "Set Chassis Boot Parameter 5 failed: Invalid data field in request\n")
+BOOTDEV_SET_STDOUT = "Set Boot Device to pxe\n"
+
+
+class Replay:
+    """A runner answering each ipmitool command with recorded (rc, stdout, stderr)."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.argv: list[list[str]] = []
+
+    def __call__(self, argv):
+        import subprocess
+
+        self.argv.append(argv)
+        command = " ".join(argv[argv.index("-f") + 2:])
+        rc, out, err = self.answers[command]
+        return subprocess.CompletedProcess(argv, rc, out, err)
+
+
+def test_bootdev_refused_with_exit_0_is_an_error_and_nothing_is_power_cycled(tmp_path):
+    replay = Replay({"chassis bootdev pxe": (0, "", BOOTDEV_REFUSED_STDERR),
+                     "chassis power status": (0, "Chassis Power is on\n", ""),
+                     "chassis power cycle": (0, "Chassis Power Control: Cycle\n", "")})
+    [result] = run_power([BMCTarget("n1", "10.60.1.1")], "pxe", IPMI("admin", tmp_path / "pw", runner=replay))
+    assert not result.ok
+    assert result.message == ("ipmitool chassis bootdev pxe: the BMC refused the boot device: "
+                              "Invalid data field in request")
+    assert [a[a.index("-f") + 2:] for a in replay.argv] == [["chassis", "bootdev", "pxe"]]
+
+
+def test_bootdev_without_confirmation_is_an_error():
+    from podsys.provision.power import bootdev_failure
+
+    assert bootdev_failure(BOOTDEV_SET_STDOUT, "") is None
+    assert bootdev_failure("", "") == "ipmitool did not confirm the boot device (no output)"
+    assert bootdev_failure(BOOTDEV_SET_STDOUT, BOOTDEV_REFUSED_STDERR).startswith("the BMC refused")
+
+
+def test_bootdev_set_then_cycle_with_the_cipher_suite_pinned(tmp_path):
+    replay = Replay({"chassis bootdev pxe": (0, BOOTDEV_SET_STDOUT, ""),
+                     "chassis power status": (0, "Chassis Power is off\n", ""),
+                     "chassis power on": (0, "Chassis Power Control: Up/On\n", "")})
+    [result] = run_power([BMCTarget("n1", "10.60.1.1")], "pxe",
+                         IPMI("admin", tmp_path / "pw", runner=replay, cipher_suite=3))
+    assert (result.ok, result.message) == (True, "Chassis Power Control: Up/On")
+    assert all(a[1:5] == ["-I", "lanplus", "-C", "3"] for a in replay.argv)
+    default = Replay({"chassis power status": (0, "Chassis Power is off\n", "")})
+    IPMI("admin", tmp_path / "pw", runner=default).act("10.60.1.1", "status")
+    assert "-C" not in default.argv[0]
