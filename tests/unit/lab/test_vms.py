@@ -87,7 +87,8 @@ def test_lab_yaml_puts_the_vms_in_an_image_group_with_their_bmcs(tmp_path):
     group = data["node_groups"][1]
     assert group["name"] == "vms" and group["hosts"] == "vm[01-02]"
     assert group["provisioning"] == {"method": "image"} and "pxe" not in group  # PXE: the default
-    assert data["bmc"] == {"protocol": "ipmi", "username": "podsys", "password_file": ".podsys/lab/bmc/password"}
+    assert data["bmc"] == {"protocol": "ipmi", "username": "podsys", "password_file": ".podsys/lab/bmc/password",
+                           "cipher_suite": 3}
     assert data["networks"]["bmc"] == {"cidr": plan.bmc_cidr}
     assert data["slurm"]["partitions"][0]["node_groups"] == ["compute", "vms"]
 
