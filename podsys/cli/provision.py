@@ -265,8 +265,7 @@ def power(
     one result per node. The BMC password comes from bmc.password_file and is never shown.
     Exit 1 if any node failed."""
     from podsys.cluster.load import load_cluster
-    from podsys.cluster.secret_files import refuse_open_permissions
-    from podsys.provision.power import ACTIONS, IPMI, BMCError, BMCTarget, Redfish, read_password, run_power
+    from podsys.provision.power import ACTIONS, BMCTarget, backend_for, run_power
 
     if action not in ACTIONS:
         raise InputError(Problem("", None, "ACTION", f"unknown action '{action}' (expected {' | '.join(ACTIONS)})"))
@@ -279,14 +278,7 @@ def power(
     if no_bmc:
         raise InputError(Problem(str(cluster.manifest_path), None, "networks.bmc",
                                  f"no BMC address for: {', '.join(no_bmc[:10])}"))
-    password_file = cluster.base_dir / bmc.password_file
-    refuse_open_permissions(password_file, "bmc.password_file")
-    try:
-        password = read_password(password_file)
-    except BMCError as exc:
-        raise InputError(Problem(str(cluster.manifest_path), None, "bmc.password_file", str(exc))) from None
-    backend = (IPMI(bmc.username, password_file, cipher_suite=bmc.cipher_suite) if bmc.protocol == "ipmi"
-               else Redfish(bmc.username, password, verify_tls=verify_tls))
+    backend, password = backend_for(cluster, verify_tls=verify_tls)
     targets = [BMCTarget(n, cluster.node(n).bmc_ip or "") for n in names]
     with console.status(f"power {action} on {len(targets)} node(s)"):
         results = run_power(targets, action, backend, secret=password, parallel=parallel)

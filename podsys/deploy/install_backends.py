@@ -50,20 +50,11 @@ def bmc_power(cluster: Cluster):
     """(power function, nodes it reaches), or (None, []) without a `bmc` section. The function
     sets next boot to PXE and power-cycles (or powers on) every node at once; it returns each
     node's error, "" when it worked, with the password masked."""
-    from podsys.cluster.secret_files import refuse_open_permissions
-    from podsys.provision.power import IPMI, BMCError, BMCTarget, Redfish, read_password, run_power
+    from podsys.provision.power import BMCTarget, backend_for, run_power
 
-    bmc = cluster.manifest.bmc
-    if bmc is None:
+    if cluster.manifest.bmc is None:
         return None, []
-    password_file = cluster.base_dir / bmc.password_file
-    refuse_open_permissions(password_file, "bmc.password_file")
-    try:
-        password = read_password(password_file)
-    except BMCError as exc:
-        raise InputError(Problem(str(cluster.manifest_path), None, "bmc.password_file", str(exc))) from None
-    backend = (IPMI(bmc.username, password_file, cipher_suite=bmc.cipher_suite) if bmc.protocol == "ipmi"
-               else Redfish(bmc.username, password))
+    backend, password = backend_for(cluster)
     reachable = [n.name for n in cluster.nodes if n.bmc_ip]
 
     def power(names: list[str]) -> Mapping[str, str]:

@@ -224,3 +224,22 @@ def run_power(targets: list[BMCTarget], action: str, backend, secret: str = "", 
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(targets)))) as pool:
         return list(pool.map(one, targets))
+
+
+def backend_for(cluster, verify_tls: bool = False):
+    """(backend, password) for the manifest's `bmc` section, which the caller has checked is
+    there: the password file must be private (like ssh's keys) and readable, else bad input
+    naming bmc.password_file."""
+    from podsys.cluster.secret_files import refuse_open_permissions
+    from podsys.errors import InputError, Problem
+
+    bmc = cluster.manifest.bmc
+    password_file = cluster.base_dir / bmc.password_file
+    refuse_open_permissions(password_file, "bmc.password_file")
+    try:
+        password = read_password(password_file)
+    except BMCError as exc:
+        raise InputError(Problem(str(cluster.manifest_path), None, "bmc.password_file", str(exc))) from None
+    backend = (IPMI(bmc.username, password_file, cipher_suite=bmc.cipher_suite) if bmc.protocol == "ipmi"
+               else Redfish(bmc.username, password, verify_tls=verify_tls))
+    return backend, password
