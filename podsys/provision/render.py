@@ -130,8 +130,15 @@ def _dns_servers(cluster: Cluster) -> tuple[str, ...]:
     return tuple(servers)
 
 
-def node_view(cluster: Cluster, node: NodeSpec, urls: Urls) -> NodeView:
+def _network_fields(cluster: Cluster) -> dict:
+    """What every node's view shares: the provision network's settings, as strings."""
     net = cluster.manifest.networks.provision
+    return {"prefix": net.cidr.prefixlen, "netmask": str(net.cidr.netmask),
+            "gateway": str(net.gateway) if net.gateway else None, "dns": _dns_servers(cluster), "mtu": net.mtu}
+
+
+def node_view(cluster: Cluster, node: NodeSpec, urls: Urls, network: dict | None = None) -> NodeView:
+    """`network`: _network_fields(cluster), computed once by a caller with thousands of nodes."""
     disk = node.disk
     return NodeView(
         name=node.name,
@@ -139,11 +146,7 @@ def node_view(cluster: Cluster, node: NodeSpec, urls: Urls) -> NodeView:
         mac=node.mac or "",
         mac_file=mac_filename(node.mac or ""),
         ip=node.provision_ip,
-        prefix=net.cidr.prefixlen,
-        netmask=str(net.cidr.netmask),
-        gateway=str(net.gateway) if net.gateway else None,
-        dns=_dns_servers(cluster),
-        mtu=net.mtu,
+        **(network or _network_fields(cluster)),
         disk=disk,
         disk_short=disk[len("/dev/"):] if disk.startswith("/dev/") else disk,
         pxe=node.pxe,
@@ -275,9 +278,9 @@ def node_table_text(cluster: Cluster, urls: Urls, views: list[NodeView], boot_en
     m = cluster.manifest
     head = {"boot": boot_shared(cluster, urls, with_ramdisk), "cluster": cluster.name,
             "default_boot_state": m.provisioning.default_boot_state}
-    lines = [f"  {json.dumps(v.name)}: " + json.dumps(
-        {"ip": v.ip, "mac": v.mac, "pxe": True, "disk": v.disk, **boot_entries[v.name]}, sort_keys=True)
-        for v in views if v.pxe]
+    encode = json.JSONEncoder(sort_keys=True).encode  # one encoder: json.dumps builds one per call
+    lines = [f"  {encode(v.name)}: " + encode({"ip": v.ip, "mac": v.mac, "pxe": True, "disk": v.disk, **boot_entries[v.name]})
+             for v in views if v.pxe]
     head_text = json.dumps(head, indent=1, sort_keys=True)[:-2]  # reopen the object for "nodes"
     return head_text + ',\n "nodes": {\n' + ",\n".join(lines) + ("\n" if lines else "") + " }\n}\n"
 
@@ -314,7 +317,8 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
     keys = root_authorized_keys(cluster)
     pw_hash = m.provisioning.root_password_hash
     net = m.networks.provision
-    views = [node_view(cluster, n, urls) for n in boot_nodes(cluster)]
+    network = _network_fields(cluster)
+    views = [node_view(cluster, n, urls, network) for n in boot_nodes(cluster)]
     discovery = None
     if m.provisioning.discovery.enabled:
         d = m.provisioning.discovery

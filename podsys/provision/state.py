@@ -117,6 +117,7 @@ class StateStore:
         self.nodes = nodes
         self.default_boot = default_boot
         self._by_ip = {n.ip: n.name for n in nodes.values()}
+        self._boot_cache: tuple[bytes, dict[str, str | None]] | None = None
 
     @property
     def path(self) -> Path:
@@ -154,8 +155,24 @@ class StateStore:
 
     def boot_state(self, name: str) -> str:
         """The node's boot state now (the default for a node never seen): what its next PXE
-        boot is answered with."""
-        return self._read().get(name, {}).get("boot", self.default_boot)
+        boot is answered with. Every boot request asks, and thousands of nodes may boot at
+        once: the file is read each time (any process may have switched a node), but parsed
+        again only when its bytes changed. Not by inode and mtime: a reused inode within one
+        timestamp tick would serve a stale state, and a stale `install` wipes a disk."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return self.default_boot
+        except OSError as exc:
+            raise StateError(f"{self.path}: unreadable state file ({exc})") from None
+        cached = self._boot_cache
+        if cached is None or cached[0] != raw:
+            try:
+                records = json.loads(raw).get("nodes", {})
+            except ValueError as exc:
+                raise StateError(f"{self.path}: unreadable state file ({exc})") from None
+            cached = self._boot_cache = (raw, {n: r.get("boot") for n, r in records.items()})
+        return cached[1].get(name) or self.default_boot
 
     def set_boot_state(self, names: list[str], boot: str) -> list[str]:
         """Switch nodes to `install` or `local`; returns the names whose boot state changed.

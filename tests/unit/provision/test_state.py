@@ -76,6 +76,19 @@ def test_finish_switches_to_local_and_reinstall_switches_back(tmp_path):
     assert not root.exists()
 
 
+def test_the_service_sees_every_switch_made_by_another_process(tmp_path):
+    # The status service keeps its own store; `podsys reinstall` and the callbacks write
+    # through others. Its cached boot states must follow every replaced state file.
+    service = StateStore(tmp_path / "state", None, NODES, "install")
+    cli = StateStore(tmp_path / "state", None, NODES, "install")
+    assert service.boot_state("n1") == "install"
+    for boot in ("local", "install", "local"):
+        cli.set_boot_state(["n1"], boot)
+        assert service.boot_state("n1") == boot
+    cli.record_event("n2", "finish")
+    assert (service.boot_state("n1"), service.boot_state("n2")) == ("local", "local")
+
+
 def test_a_node_never_seen_boots_in_the_default_state(tmp_path):
     assert StateStore(tmp_path / "state", None, NODES, "local").boot_state("n2") == "local"
     assert StateStore(tmp_path / "state", None, NODES, "install").boot_state("n2") == "install"
