@@ -324,6 +324,7 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
         d = m.provisioning.discovery
         discovery = {"start": str(d.range_start), "end": str(d.range_end)}
     port = m.provisioning.http_port
+    image_of = image_boot.image_nodes(cluster)  # provisioning.method: image -> the deploy ramdisk
     files: dict[str, str] = {}
     files["provision/dnsmasq.conf"] = _render(
         "dnsmasq.conf.j2", cluster_name=cluster.name, dns=m.provisioning.dns, domain=m.metadata.domain,
@@ -340,10 +341,10 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
         cidr=str(net.cidr), paths=paths,
         repo_proxy=_repo_backend(cluster),
         boot_scripts_backend=f"{urls.status}/boot",
-        installer_nodes=[{"name": v.name, "ip": v.ip} for v in views if v.pxe],
+        # image nodes have no installer config: no location of their own
+        installer_nodes=[{"name": v.name, "ip": v.ip} for v in views if v.pxe and v.name not in image_of],
     )
     files["provision/boot/ipxe/boot.ipxe"] = _render("boot.ipxe.j2", cluster_name=cluster.name, boot_url=urls.boot)
-    image_of = image_boot.image_nodes(cluster)  # provisioning.method: image -> the deploy ramdisk
     if image_of:
         files[f"provision/boot/{image_boot.KEYS_FILE}"] = image_boot.keys_file(keys)
     boot_entries: dict[str, dict] = {}

@@ -96,3 +96,6 @@ def test_render_writes_no_script_files_per_node(tmp_path):
     # image nodes need nothing per node in the boot tree; installer nodes keep their configs
     assert not any(rel.startswith("provision/boot/nodes/vm") for rel in files)
     assert "provision/boot/nodes/gpu01/preseed.cfg" in files
+    # nginx: a location for each installer node's config, none for image nodes
+    nginx = files["provision/nginx-site.conf"]
+    assert "location /boot/nodes/gpu01/ {" in nginx and "location /boot/nodes/vm" not in nginx
