@@ -49,6 +49,9 @@ def write_cluster(directory: Path, nodes: int) -> Path:
 
 
 FILES: dict[int, int] = {}  # nodes -> files in the last build directory
+# nodes -> least CPU time (user+system of this process) of the runs: on a machine other jobs
+# load, wall time mostly measures the wait for a core; CPU time stays close to the quiet figure.
+CPU: dict[int, float] = {}
 
 
 def run_once(nodes: int, warm: bool = False, where: str | None = None) -> float:
@@ -57,10 +60,11 @@ def run_once(nodes: int, warm: bool = False, where: str | None = None) -> float:
         path = write_cluster(directory, nodes)
         if warm:
             render.render_cluster(load_cluster(path), directory / "build")
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         cluster = load_cluster(path)
         result = render.render_cluster(cluster, directory / "build")
         elapsed = time.perf_counter() - start
+        CPU[nodes] = min(CPU.get(nodes, float("inf")), time.process_time() - cpu_start)
         assert len(cluster.nodes) == nodes, len(cluster.nodes)
         assert result.touched != warm
         FILES[nodes] = sum(len(names) for _, _, names in os.walk(directory / "build"))
@@ -73,7 +77,9 @@ def report(label: str, times: dict[int, float], goal_s: float = 2.0) -> None:
     ratio = times[4096] / times[512]
     print(f"{label}:  512 nodes {times[512]:.3f} s | 4096 nodes {times[4096]:.3f} s"
           f" (goal < {goal_s:g} s: {'met' if times[4096] < goal_s else 'MISSED'}) | ratio {ratio:.2f}"
-          f" (goal <= 9: {'met' if ratio <= 9 else 'MISSED'}) | {FILES[4096]:,} files at 4096")
+          f" (goal <= 9: {'met' if ratio <= 9 else 'MISSED'}) | {FILES[4096]:,} files at 4096"
+          f" | CPU time 4096 nodes {CPU[4096]:.3f} s")
+    CPU.clear()
 
 
 def main() -> int:
@@ -81,6 +87,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     run_once(64)  # warm imports and template caches
+    CPU.clear()
     everything = list(render.RENDERERS)
     render.RENDERERS[:] = [render.render_core_files]
     report("validate+render, core build  ", {n: min(run_once(n) for _ in range(args.repeat)) for n in (512, 4096)})
