@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -146,7 +147,31 @@ def _gpudirect_path(data: dict) -> str | None:
     return path
 
 
-def load_config(path: Path) -> HealthConfig:
+def this_node() -> str:
+    """The name this node has in the manifest: the base role sets the hostname to it."""
+    return socket.gethostname().split(".")[0]
+
+
+def node_entry(data: object, node: str | None, source: str = "health.json") -> object:
+    """The cluster's table (render writes one file for every node: {"configs": {key: config},
+    "nodes": {name: key}}, as thousands of nodes share a few profiles) -> this node's config.
+    A file that holds one node's config (what deploy installed before) is returned as it is."""
+    if not (isinstance(data, dict) and "nodes" in data and "configs" in data):
+        return data
+    name = node or this_node()
+    nodes, configs = data["nodes"], data["configs"]
+    if not isinstance(nodes, dict) or not isinstance(configs, dict):
+        raise ValueError(f"{source}: nodes, configs: not mappings")
+    key = nodes.get(name)
+    if key is None:
+        raise ValueError(f"{source}: nodes: {name!r} is not a node of this cluster (pass --node NAME)")
+    if key not in configs:
+        raise ValueError(f"{source}: nodes.{name}: config {key!r} missing from configs")
+    return {**configs[key], "node": name}
+
+
+def load_config(path: Path, node: str | None = None) -> HealthConfig:
+    """The config of `node` (default: this host's name) from the health.json deploy installed."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -155,7 +180,7 @@ def load_config(path: Path) -> HealthConfig:
         data = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{path}: not JSON: {exc}") from None
-    return parse_config(data, str(path))
+    return parse_config(node_entry(data, node, str(path)), str(path))
 
 
 # --- running the tools ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """What deploy installs for `podsys health`: the runner (these stdlib-only modules, as a tiny
-`podsys` package, since nodes carry no podsys install) and each node's health.json, rendered
-from the resolved cluster into the build directory; roles/health copies them out."""
+`podsys` package, since nodes carry no podsys install) and the cluster's health.json (every
+node's profile and thresholds, one file), rendered from the resolved cluster into the build
+directory; roles/health copies them out."""
 
 from __future__ import annotations
 
@@ -20,7 +21,14 @@ def runner_files() -> dict[str, str]:
     return files
 
 
+CLUSTER_CONFIG = "health/nodes.json"
+
+
 def node_configs(cluster) -> dict[str, str]:
+    """One health.json for every node: the few distinct configs once (thresholds are the
+    cluster's, so a config follows from the hardware profile and the GPUDirect path) and each
+    node's key into them. The runner picks its own by hostname (podsys.checks.health.node_entry);
+    at thousands of nodes, one file instead of one per node."""
     from podsys.checks.health import config_data
     from podsys.checks.versions import expected_from_cluster
 
@@ -34,14 +42,23 @@ def node_configs(cluster) -> dict[str, str]:
             return None
         return expected.gpudirect_path(profile, (*node.layers, "infiniband"))
 
-    return {
-        f"health/nodes/{node.name}.json": json.dumps(
-            config_data(node.name, profile, settings.disk_min_free_percent, settings.memory_min_available_percent,
-                        gpudirect(node, profile)),
-            indent=2, sort_keys=True) + "\n"
-        for node in cluster.nodes
-        for profile in [cluster.profile_of(node)]
-    }
+    configs: dict[str, dict] = {}
+    nodes: dict[str, str] = {}
+    keys: dict[tuple, str] = {}  # (profile, layers) -> key: a node group's nodes share it
+    for node in cluster.nodes:
+        profile = cluster.profile_of(node)
+        if (profile.id, node.layers) in keys:
+            nodes[node.name] = keys[profile.id, node.layers]
+            continue
+        path = gpudirect(node, profile)
+        key = keys[profile.id, node.layers] = f"{profile.id}/{path or 'none'}"
+        if key not in configs:
+            config = config_data(node.name, profile, settings.disk_min_free_percent,
+                                 settings.memory_min_available_percent, path)
+            del config["node"]
+            configs[key] = config
+        nodes[node.name] = key
+    return {CLUSTER_CONFIG: json.dumps({"configs": configs, "nodes": nodes}, indent=1, sort_keys=True) + "\n"}
 
 
 def render_files(cluster) -> dict[str, str]:

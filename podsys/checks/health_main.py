@@ -18,10 +18,10 @@ EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
 
 def run(config_path: Path, state_dir: Path, as_json: bool = False, slurm: bool = False, textfile: Path | None = None,
-        clear_xid: bool = False, out=None, err=None, tier: str = "passive") -> int:
+        clear_xid: bool = False, out=None, err=None, tier: str = "passive", node: str | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        config = health.load_config(config_path)
+        config = health.load_config(config_path, node)
     except ValueError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_INPUT
@@ -55,6 +55,7 @@ def run(config_path: Path, state_dir: Path, as_json: bool = False, slurm: bool =
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="podsys-health", description="podsys passive node health checks")
     parser.add_argument("--config", type=Path, default=health.DEFAULT_CONFIG, help="health.json deploy installed")
+    parser.add_argument("--node", help="this node's name in the cluster's health.json (default: the hostname)")
     parser.add_argument("--state-dir", type=Path, default=health.DEFAULT_STATE_DIR, help="where the Xid cursor lives")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--slurm", action="store_true", help="drain/resume this node in Slurm (HealthCheckProgram)")
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tier == "prolog" and args.textfile is not None:
         # the prolog sees a subset: its metrics file would hide the other checks' failures
         parser.error("--textfile belongs to the passive run")
-    return run(args.config, args.state_dir, args.json, args.slurm, args.textfile, args.clear_xid, tier=args.tier)
+    return run(args.config, args.state_dir, args.json, args.slurm, args.textfile, args.clear_xid, tier=args.tier,
+               node=args.node)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,14 @@
 
 `render_files(cluster)` is pure and deterministic: the same cluster gives the same bytes. Its
 output lands under `provision/` in the build directory; the `provision` Ansible role copies it
-onto the head (dnsmasq, nginx, the boot tree) and `podsys.provision.state` picks each node's
-active iPXE script from the two rendered variants (`install` / `local`).
+onto the head (dnsmasq, nginx, the boot tree) and the status service there answers each node's
+iPXE script from the node table (provision/nodes.json) and the node's boot state.
 
 Boot tree layout (served by nginx at http://HEAD[:PORT]/boot/):
   ipxe/boot.ipxe                entry script every iPXE client gets from DHCP
-  ipxe/install/<mac>.ipxe       boots the installer with this node's config URL
-  ipxe/local/<mac>.ipxe         boots from the local disk
-  ipxe/nodes/<mac>.ipxe         the active one (a copy written on the head by state.py)
+  ipxe/nodes/<mac>.ipxe         not a file: nginx forwards it to the status service, which
+                                answers the install or local script for the node's boot state
+                                (podsys.provision.boot_scripts) and 404 for an unknown MAC
   nodes/<name>/...              installer config (user-data + meta-data | ks.cfg | preseed.cfg)
   media/<os>/vmlinuz, initrd    installer kernel and initrd (`podsys provision media add`)
 """
@@ -27,7 +27,7 @@ import jinja2
 
 from podsys.cluster.model import Cluster, NodeSpec
 from podsys.layout import HEAD_PATHS, PACKAGE_CACHE_PORT, HeadPaths
-from podsys.provision import image_boot
+from podsys.provision import boot_scripts, image_boot
 
 DEBIAN_SUITES = {"12": "bookworm"}
 CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8"
@@ -73,6 +73,7 @@ class Urls:
     repo: str
     callback: str
     webhook: str
+    status: str  # the status service's API root
 
 
 # packages.source: online -> installers fetch from the distribution's own mirror.
@@ -96,7 +97,8 @@ def urls_for(cluster: Cluster) -> Urls:
         repo = f"{base}/repo"  # nginx hands /repo/ to the bundle's own repository
     else:
         repo = f"{base}/repo/{m.os.distro}"
-    return Urls(base=base, boot=f"{base}/boot", repo=repo, callback=f"{status}/callback", webhook=f"{status}/webhook")
+    return Urls(base=base, boot=f"{base}/boot", repo=repo, callback=f"{status}/callback", webhook=f"{status}/webhook",
+                status=status)
 
 
 def _repo_backend(cluster: Cluster) -> str | None:
@@ -128,8 +130,15 @@ def _dns_servers(cluster: Cluster) -> tuple[str, ...]:
     return tuple(servers)
 
 
-def node_view(cluster: Cluster, node: NodeSpec, urls: Urls) -> NodeView:
+def _network_fields(cluster: Cluster) -> dict:
+    """What every node's view shares: the provision network's settings, as strings."""
     net = cluster.manifest.networks.provision
+    return {"prefix": net.cidr.prefixlen, "netmask": str(net.cidr.netmask),
+            "gateway": str(net.gateway) if net.gateway else None, "dns": _dns_servers(cluster), "mtu": net.mtu}
+
+
+def node_view(cluster: Cluster, node: NodeSpec, urls: Urls, network: dict | None = None) -> NodeView:
+    """`network`: _network_fields(cluster), computed once by a caller with thousands of nodes."""
     disk = node.disk
     return NodeView(
         name=node.name,
@@ -137,11 +146,7 @@ def node_view(cluster: Cluster, node: NodeSpec, urls: Urls) -> NodeView:
         mac=node.mac or "",
         mac_file=mac_filename(node.mac or ""),
         ip=node.provision_ip,
-        prefix=net.cidr.prefixlen,
-        netmask=str(net.cidr.netmask),
-        gateway=str(net.gateway) if net.gateway else None,
-        dns=_dns_servers(cluster),
-        mtu=net.mtu,
+        **(network or _network_fields(cluster)),
         disk=disk,
         disk_short=disk[len("/dev/"):] if disk.startswith("/dev/") else disk,
         pxe=node.pxe,
@@ -258,7 +263,37 @@ def status_nodes(cluster: Cluster) -> dict[str, dict]:
     return {n.name: {"ip": n.provision_ip, "mac": n.mac, "pxe": n.pxe} for n in boot_nodes(cluster)}
 
 
-SERVICE_MODULES = ("state.py", "status.py")
+def boot_shared(cluster: Cluster, urls: Urls, with_ramdisk: bool) -> dict[str, str]:
+    """The cluster-wide fields of every node's iPXE script (podsys.provision.boot_scripts)."""
+    return {"callback_url": urls.callback, "os_key": cluster.manifest.os.key,
+            "media_url": f"{urls.boot}/media/{cluster.manifest.os.key}",
+            "ramdisk_url": image_boot.ramdisk_url(urls.boot) if with_ramdisk else ""}
+
+
+def node_table_text(cluster: Cluster, urls: Urls, views: list[NodeView], boot_entries: dict[str, dict],
+                    with_ramdisk: bool) -> str:
+    """provision/nodes.json: what the status service and state.py work from on the head (no
+    manifest parsing there) and what the service makes each node's iPXE script from. One line
+    per node: at thousands of nodes an indented dump would be most of the render's time."""
+    m = cluster.manifest
+    head = {"boot": boot_shared(cluster, urls, with_ramdisk), "cluster": cluster.name,
+            "default_boot_state": m.provisioning.default_boot_state}
+    encode = json.JSONEncoder(sort_keys=True).encode  # one encoder: json.dumps builds one per call
+    lines = [f"  {encode(v.name)}: " + encode({"ip": v.ip, "mac": v.mac, "pxe": True, "disk": v.disk, **boot_entries[v.name]})
+             for v in views if v.pxe]
+    head_text = json.dumps(head, indent=1, sort_keys=True)[:-2]  # reopen the object for "nodes"
+    return head_text + ',\n "nodes": {\n' + ",\n".join(lines) + ("\n" if lines else "") + " }\n}\n"
+
+
+def boot_script(files: dict[str, str], mac: str, boot: str) -> str | None:
+    """The iPXE script the head serves to MAC in boot state `boot`, from render's output (what
+    the status service answers; None where it answers 404)."""
+    table = boot_scripts.BootTable.from_data(json.loads(files["provision/nodes.json"]))
+    name = table.node_for_mac(mac)
+    return None if name is None else table.script(name, boot)
+
+
+SERVICE_MODULES = ("boot_scripts.py", "state.py", "status.py")
 
 
 def service_files() -> dict[str, str]:
@@ -282,12 +317,14 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
     keys = root_authorized_keys(cluster)
     pw_hash = m.provisioning.root_password_hash
     net = m.networks.provision
-    views = [node_view(cluster, n, urls) for n in boot_nodes(cluster)]
+    network = _network_fields(cluster)
+    views = [node_view(cluster, n, urls, network) for n in boot_nodes(cluster)]
     discovery = None
     if m.provisioning.discovery.enabled:
         d = m.provisioning.discovery
         discovery = {"start": str(d.range_start), "end": str(d.range_end)}
     port = m.provisioning.http_port
+    image_of = image_boot.image_nodes(cluster)  # provisioning.method: image -> the deploy ramdisk
     files: dict[str, str] = {}
     files["provision/dnsmasq.conf"] = _render(
         "dnsmasq.conf.j2", cluster_name=cluster.name, dns=m.provisioning.dns, domain=m.metadata.domain,
@@ -303,34 +340,27 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
         "nginx-site.conf.j2", cluster_name=cluster.name, listen=f"{m.head.address}:{port}",
         cidr=str(net.cidr), paths=paths,
         repo_proxy=_repo_backend(cluster),
-        installer_nodes=[{"name": v.name, "ip": v.ip} for v in views if v.pxe],
+        boot_scripts_backend=f"{urls.status}/boot",
+        # image nodes have no installer config: no location of their own
+        installer_nodes=[{"name": v.name, "ip": v.ip} for v in views if v.pxe and v.name not in image_of],
     )
     files["provision/boot/ipxe/boot.ipxe"] = _render("boot.ipxe.j2", cluster_name=cluster.name, boot_url=urls.boot)
-    media_url = f"{urls.boot}/media/{m.os.key}"
-    image_of = image_boot.image_nodes(cluster)  # provisioning.method: image -> the deploy ramdisk
-    ramdisk_url = image_boot.ramdisk_url(urls.boot) if image_of else ""
     if image_of:
         files[f"provision/boot/{image_boot.KEYS_FILE}"] = image_boot.keys_file(keys)
+    boot_entries: dict[str, dict] = {}
     for view in views:
         if not view.pxe:
             continue
-        files[f"provision/boot/ipxe/local/{view.mac_file}.ipxe"] = _render("node-local.ipxe.j2", node=view)
         if view.name in image_of:
             key, name = image_of[view.name]
-            files[f"provision/boot/ipxe/install/{view.mac_file}.ipxe"] = _render(
-                "node-image.ipxe.j2", node=view, image_name=name, ramdisk_url=ramdisk_url,
-                kernel_args=image_boot.ramdisk_args(cluster, view, key, urls.boot))
+            boot_entries[view.name] = {"method": "image", "image": name,
+                                       "kernel_args": image_boot.ramdisk_args(cluster, view, key, urls.boot)}
             continue
-        files[f"provision/boot/ipxe/install/{view.mac_file}.ipxe"] = _render(
-            "node-install.ipxe.j2", node=view, os_key=m.os.key, media_url=media_url,
-            kernel_args=_kernel_args(cluster, view, urls),
-        )
+        boot_entries[view.name] = {"method": "installer", "image": None,
+                                   "kernel_args": _kernel_args(cluster, view, urls)}
         for rel, content in installer_files(cluster, view, urls, keys, pw_hash).items():
             files[f"provision/boot/{rel}"] = content
     files.update(service_files())
-    files["provision/nodes.json"] = json.dumps(
-        {"cluster": cluster.name, "default_boot_state": m.provisioning.default_boot_state,
-         "nodes": {k: v for k, v in status_nodes(cluster).items() if v["pxe"]}},
-        indent=2, sort_keys=True) + "\n"
+    files["provision/nodes.json"] = node_table_text(cluster, urls, views, boot_entries, bool(image_of))
     return files
 

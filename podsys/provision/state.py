@@ -1,9 +1,9 @@
 """Per-node boot and install state, kept on the head.
 
 Two things per node, in one JSON file under the state directory:
-  - the boot state, `install` (the next PXE boot runs the installer) or `local` (it boots the
-    disk). The active iPXE script `<boot root>/ipxe/nodes/<mac>.ipxe` is a copy of the rendered
-    variant for that state, so nginx serves plain files and needs no logic;
+  - the boot state, `install` (the next PXE boot runs the installer or the deploy ramdisk) or
+    `local` (it boots the disk). The status service reads it on every boot request and answers
+    the matching iPXE script (podsys.provision.boot_scripts), so a switch is one write here;
   - the install progress the installer reports back (state, stage, started, finished, message).
 
 The install-finished callback switches a node to `local`, so a reboot never re-installs;
@@ -104,9 +104,11 @@ def load_nodes_file(path: Path) -> tuple[dict[str, NodeInfo], str]:
 
 
 class StateStore:
-    """The JSON state file plus the active iPXE scripts. Every change happens under an
-    exclusive lock and lands with an atomic rename, so the status service and the CLI can
-    write at the same time."""
+    """The JSON state file. Every change happens under an exclusive lock and lands with an
+    atomic rename, so the status service and the CLI can write at the same time.
+
+    `boot_root` is no longer used (the status service makes the iPXE scripts; nothing is
+    copied into the boot tree): it stays in the signature for the callers that pass it."""
 
     def __init__(self, state_dir: Path, boot_root: Path | None, nodes: dict[str, NodeInfo],
                  default_boot: str = "install"):
@@ -115,6 +117,7 @@ class StateStore:
         self.nodes = nodes
         self.default_boot = default_boot
         self._by_ip = {n.ip: n.name for n in nodes.values()}
+        self._boot_cache: tuple[bytes, dict[str, str | None]] | None = None
 
     @property
     def path(self) -> Path:
@@ -150,22 +153,26 @@ class StateStore:
         stored = self._read()
         return {name: {**new_record(self.default_boot), **stored.get(name, {})} for name in self.nodes}
 
-    def _activate(self, name: str, boot: str) -> bool:
-        """Make the served script the one for `boot`; True if the file changed."""
-        if self.boot_root is None:
-            return False
-        mac_file = self.nodes[name].mac.lower().replace(":", "-") + ".ipxe"
-        source = self.boot_root / "ipxe" / boot / mac_file
+    def boot_state(self, name: str) -> str:
+        """The node's boot state now (the default for a node never seen): what its next PXE
+        boot is answered with. Every boot request asks, and thousands of nodes may boot at
+        once: the file is read each time (any process may have switched a node), but parsed
+        again only when its bytes changed. Not by inode and mtime: a reused inode within one
+        timestamp tick would serve a stale state, and a stale `install` wipes a disk."""
         try:
-            content = source.read_bytes()
-        except OSError:
-            raise StateError(f"{source}: no rendered '{boot}' boot script for {name} (run the provision role)") from None
-        target = self.boot_root / "ipxe" / "nodes" / mac_file
-        current = target.read_bytes() if target.exists() else None
-        if current == content:
-            return False
-        _atomic_write(target, content, 0o644)
-        return True
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return self.default_boot
+        except OSError as exc:
+            raise StateError(f"{self.path}: unreadable state file ({exc})") from None
+        cached = self._boot_cache
+        if cached is None or cached[0] != raw:
+            try:
+                records = json.loads(raw).get("nodes", {})
+            except ValueError as exc:
+                raise StateError(f"{self.path}: unreadable state file ({exc})") from None
+            cached = self._boot_cache = (raw, {n: r.get("boot") for n, r in records.items()})
+        return cached[1].get(name) or self.default_boot
 
     def set_boot_state(self, names: list[str], boot: str) -> list[str]:
         """Switch nodes to `install` or `local`; returns the names whose boot state changed.
@@ -185,26 +192,19 @@ class StateStore:
                 if boot == "install" and rec["boot"] != "install":
                     rec = new_record("install")
                 rec["boot"] = boot
-                self._activate(name, boot)
                 stored[name] = rec
             self._write(stored)
         return changed
 
     def init_boot_states(self) -> list[str]:
-        """Give every node without a record its default boot state and bring every served
-        script in line with the rendered one for the node's state (a re-render may have
-        changed it). Returns the nodes whose record or script changed: a second run, []."""
+        """Give every node without a record its default boot state. Returns the nodes that got
+        one: a second run, []."""
         with self._locked():
             stored = self._read()
-            changed, created = [], False
-            for name in self.nodes:
-                if name not in stored:
-                    stored[name] = new_record(self.default_boot)
-                    created = True
-                    changed.append(name)
-                if self._activate(name, stored[name]["boot"]) and name not in changed:
-                    changed.append(name)
-            if created:
+            changed = [name for name in self.nodes if name not in stored]
+            for name in changed:
+                stored[name] = new_record(self.default_boot)
+            if changed:
                 self._write(stored)
         return changed
 
@@ -213,8 +213,6 @@ class StateStore:
             stored = self._read()
             rec = {**new_record(self.default_boot), **stored.get(name, {})}
             new = apply_event(rec, event, stage, message)
-            if new["boot"] != rec["boot"]:
-                self._activate(name, new["boot"])
             stored[name] = new
             self._write(stored)
         return new
@@ -242,11 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*")
     parser.add_argument("--nodes", required=True, type=Path, help="rendered provision/nodes.json")
     parser.add_argument("--state-dir", required=True, type=Path)
-    parser.add_argument("--boot-root", required=True, type=Path)
+    # Scripts were once copied into the boot tree: the option is still accepted, and unused.
+    parser.add_argument("--boot-root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         nodes, default = load_nodes_file(args.nodes)
-        store = StateStore(args.state_dir, args.boot_root, nodes, default)
+        store = StateStore(args.state_dir, None, nodes, default)
         if args.action == "init":
             changed = store.init_boot_states()
             print(f"changed: {len(changed)}")

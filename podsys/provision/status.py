@@ -1,14 +1,18 @@
-"""Install status service on the head: receives installer callbacks, serves a status page.
+"""Install status service on the head: receives installer callbacks, serves a status page and
+each node's iPXE script.
 
   GET|POST /api/v1/callback?event=start|stage|finish|fail&stage=..&message=..
       from the installers (curl / wget / iPXE). The node is the caller's address; a caller whose
       address is not a manifest node's provision IP gets 403 and nothing is recorded.
   POST /api/v1/webhook   Subiquity's reporting webhook (JSON events) -> stages.
   GET  /api/v1/status    every node's record as JSON.
+  GET  /api/v1/boot/<mac>.ipxe   the node's iPXE script for its boot state (install or local),
+      made from the node table (podsys.provision.boot_scripts); nginx forwards the boot tree's
+      ipxe/nodes/ here. A MAC that is not a PXE node of the manifest gets 404 and no script.
   GET  /                 read-only HTML table that refreshes itself.
 
 Stdlib only (http.server): the provision role runs it on the head as
-`python3 -m podsys.provision.status --nodes nodes.json --state-dir ... --boot-root ...`."""
+`python3 -m podsys.provision.status --nodes nodes.json --state-dir ...`."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from podsys.provision.boot_scripts import BootTable, load_boot_table
 from podsys.provision.state import (
     EVENTS,
     StateError,
@@ -31,6 +36,7 @@ from podsys.provision.state import (
 
 COLUMNS = ("node", "boot", "state", "stage", "started", "finished", "duration", "message")
 MAX_BODY = 64 * 1024
+BOOT_PREFIX = "/api/v1/boot/"
 
 
 def status_rows(store: StateStore) -> list[dict]:
@@ -136,11 +142,26 @@ class StatusHandler(BaseHTTPRequestHandler):
             rows = status_rows(self.server.store)
             self._send(200, json.dumps({"cluster": self.server.cluster, "nodes": rows}, indent=2) + "\n",
                        "application/json")
+        elif url.path.startswith(BOOT_PREFIX):
+            self._boot_script(url.path[len(BOOT_PREFIX):])
         elif url.path in ("/", "/index.html"):
             self._send(200, render_html(self.server.cluster, status_rows(self.server.store), self.server.refresh_s),
                        "text/html; charset=utf-8")
         else:
             self._send(404, "not found\n")
+
+    def _boot_script(self, file_name: str) -> None:
+        table = self.server.boot_table
+        name = table.node_for_mac(file_name[:-len(".ipxe")]) if table and file_name.endswith(".ipxe") else None
+        if name is None or name not in self.server.store.nodes:
+            self._send(404, f"no boot script: {file_name} is not a PXE node of this cluster\n")
+            return
+        try:
+            script = table.script(name, self.server.store.boot_state(name))
+        except (StateError, ValueError) as exc:
+            self._send(500, f"{exc}\n")
+            return
+        self._send(200, script)
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlsplit(self.path)
@@ -175,8 +196,9 @@ class StatusServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], store: StateStore, cluster: str,
-                 refresh_s: int = 10, quiet: bool = False):
+                 refresh_s: int = 10, quiet: bool = False, boot_table: BootTable | None = None):
         self.store = store
+        self.boot_table = boot_table  # None: no boot scripts served (every MAC gets 404)
         self.cluster = cluster
         self.refresh_s = refresh_s
         self.quiet = quiet
@@ -187,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="podsys-provision-status", description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", required=True, type=Path, help="rendered provision/nodes.json")
     parser.add_argument("--state-dir", required=True, type=Path)
-    parser.add_argument("--boot-root", type=Path, help="boot tree whose ipxe/nodes/ scripts follow the state")
     parser.add_argument("--listen", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--quiet", action="store_true")
@@ -195,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nodes, default = load_nodes_file(args.nodes)
         cluster = json.loads(args.nodes.read_text()).get("cluster", "")
+        boot_table = load_boot_table(args.nodes)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {args.nodes}: {exc}", file=sys.stderr)
         return 2
-    store = StateStore(args.state_dir, args.boot_root, nodes, default)
-    server = StatusServer((args.listen, args.port), store, cluster, quiet=args.quiet)
+    store = StateStore(args.state_dir, None, nodes, default)
+    server = StatusServer((args.listen, args.port), store, cluster, quiet=args.quiet, boot_table=boot_table)
     print(f"podsys status service for {cluster} on http://{args.listen}:{args.port}/", flush=True)
     try:
         server.serve_forever()

@@ -129,11 +129,12 @@ def test_boot_tree_install_then_local_after_the_callback(provisioned):
     spec = provisioned["cluster"].node(node)
     script_url = f"http://{head}/boot/ipxe/nodes/{spec.mac.replace(':', '-')}.ipxe"
     lab.ssh(lab.head, f"PYTHONPATH=/opt/podsys-provision python3 -m podsys.provision.state install {node} "
-                      "--nodes /etc/podsys/provision/nodes.json --state-dir /var/lib/podsys/provision "
-                      "--boot-root /srv/podsys/boot")
+                      "--nodes /etc/podsys/provision/nodes.json --state-dir /var/lib/podsys/provision")
     code, body = http(lab, node, script_url)
     if code != 200:
-        served = lab.ssh(lab.head, "ls -la /srv/podsys/boot/ipxe/nodes; tail -5 /var/log/nginx/error.log", check=False)
+        # nginx forwards the script's path to the status service, which makes it from nodes.json
+        served = lab.ssh(lab.head, "journalctl -u podsys-provision-status -n 20 --no-pager; "
+                                   "tail -5 /var/log/nginx/error.log", check=False)
         pytest.fail(f"{script_url}: HTTP {code}\n{served.stdout}{served.stderr}")
     assert f"url=http://{head}/boot/nodes/{node}/preseed.cfg" in body
     assert http(lab, node, f"http://{head}/boot/nodes/{node}/preseed.cfg")[0] == 200

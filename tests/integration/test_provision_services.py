@@ -23,7 +23,7 @@ import pytest
 
 from podsys.cluster.load import load_cluster
 from podsys.layout import HeadPaths
-from podsys.provision.render import render_files
+from podsys.provision.render import boot_script, render_files
 from podsys.provision.state import StateStore, load_nodes_file
 from tests.conftest import podsys
 
@@ -116,6 +116,7 @@ class Lab:
         manifest.write_text(MANIFEST)
         self.cluster = load_cluster(manifest)
         files = render_files(self.cluster, self.paths)
+        self.files = files
         for rel, content in files.items():
             target = self.root / "build" / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -149,8 +150,7 @@ class Lab:
         )
         self.start(self.srv, ["nginx", "-c", str(wrapper), "-e", str(self.root / "nginx-error.log")], "nginx.log")
         self.start(self.srv, [sys.executable, "-m", "podsys.provision.status", "--nodes", str(build / "nodes.json"),
-                              "--state-dir", str(self.state_dir), "--boot-root", self.paths.boot_root,
-                              "--listen", HEAD, "--port", "8081"], "status.log")
+                              "--state-dir", str(self.state_dir), "--listen", HEAD, "--port", "8081"], "status.log")
         sh("ip", "-n", self.c1, "addr", "add", f"{SUBNET}.11/24", "dev", "eth0")
         sh("ip", "-n", self.c2, "addr", "add", f"{SUBNET}.99/24", "dev", "eth0")
         for url in (f"http://{HEAD}/boot/ipxe/boot.ipxe", f"http://{HEAD}:8081/api/v1/status"):
@@ -285,6 +285,9 @@ def test_node_in_install_state_boots_the_installer(lab):
     assert f"kernel http://{HEAD}/boot/media/debian-12/vmlinuz" in body
     assert f"url=http://{HEAD}/boot/nodes/n2/preseed.cfg" in body
     assert "sanboot" not in body
+    # nginx hands over the status service's script unchanged: what render's table makes
+    assert body == boot_script(lab.files, MACS["n2"], "install")
+    assert not (Path(lab.paths.boot_root) / "ipxe/nodes").exists()  # made per request, no files
     # The installer config (root keys, hash) is served to its own node's address only.
     code, preseed = lab.curl(lab.c1, f"http://{HEAD}/boot/nodes/n2/preseed.cfg")
     assert code == 403 and "netcfg" not in preseed
@@ -305,6 +308,16 @@ def test_node_in_local_state_boots_the_disk(lab):
     code, body = lab.curl(lab.c1, f"http://{HEAD}/boot/ipxe/nodes/02-50-53-00-00-03.ipxe")
     assert code == 200
     assert "sanboot --no-describe --drive 0x80" in body and "kernel" not in body
+    assert body == boot_script(lab.files, MACS["n3"], "local")
+
+
+def test_unknown_mac_gets_no_boot_script(lab):
+    """A MAC that is not in the manifest gets 404 through nginx; boot.ipxe then boots the disk."""
+    for name in (UNKNOWN_MAC.replace(":", "-") + ".ipxe", "02-50-53-00-00-01", "nodes-state.json", ""):
+        code, body = lab.curl(lab.c2, f"http://{HEAD}/boot/ipxe/nodes/{name}")
+        assert code == 404 and "#!ipxe" not in body, (name, code)
+    entry = lab.curl(lab.c2, f"http://{HEAD}/boot/ipxe/boot.ipxe")[1]
+    assert "|| goto nonode" in entry and "sanboot" in entry.split(":nonode", 1)[1]
 
 
 def test_nothing_outside_the_boot_tree_is_served(lab):

@@ -297,9 +297,9 @@ def test_the_rendered_health_config_names_the_plans_gpudirect_path(tmp_path):
     from podsys.checks.health_files import node_configs
     from podsys.cluster.load import load_cluster
 
-    matrix_ofed = node_configs(load_cluster(MANIFESTS / "hgx-h100-32.yaml"))
-    assert json.loads(matrix_ofed["health/nodes/gpu001.json"])["gpudirect"] == "nvidia_peermem"
+    matrix_ofed = json.loads(node_configs(load_cluster(MANIFESTS / "hgx-h100-32.yaml"))["health/nodes.json"])
+    assert health.node_entry(matrix_ofed, "gpu001")["gpudirect"] == "nvidia_peermem"
     inbox = write_manifest_variant(tmp_path, "hgx-h100-32", infiniband={"stack": "inbox"}, gpu={"flavour": "open"})
-    configs = node_configs(load_cluster(inbox))
-    assert json.loads(configs["health/nodes/gpu001.json"])["gpudirect"] == "dmabuf"
-    assert health.parse_config(json.loads(configs["health/nodes/gpu001.json"])).gpudirect == "dmabuf"
+    configs = json.loads(node_configs(load_cluster(inbox))["health/nodes.json"])
+    assert health.node_entry(configs, "gpu001")["gpudirect"] == "dmabuf"
+    assert health.parse_config(health.node_entry(configs, "gpu001")).gpudirect == "dmabuf"

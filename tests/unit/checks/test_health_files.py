@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from podsys.checks.health import parse_config
+from podsys.checks.health import load_config, node_entry, parse_config
 from podsys.checks.health_files import RUNNER_MODULES, render_files
 from podsys.cluster.load import load_cluster
 from podsys.errors import InputError
@@ -21,16 +21,23 @@ def cluster(tmp_path, text=VALID):
 def test_every_node_gets_its_profile_and_the_manifest_thresholds(tmp_path):
     c = cluster(tmp_path, VALID.replace("slurm:", "health: {disk_min_free_percent: 12.5}\nslurm:", 1))
     files = render_files(c)
+    # one file for the whole cluster, each distinct config once: no file per node
+    assert [p for p in files if not p.startswith("health/runner/")] == ["health/nodes.json"]
+    table = json.loads(files["health/nodes.json"])
+    assert len(table["configs"]) == len({c.profile_of(n).id for n in c.nodes}) < len(c.nodes)
     for node in c.nodes:
-        config = parse_config(json.loads(files[f"health/nodes/{node.name}.json"]))
+        config = parse_config(node_entry(table, node.name))
         assert config.node == node.name and config.profile.id == c.profile_of(node).id
         assert config.disk_min_free_percent == 12.5
         spec = c.profile_of(node).gpu
         assert (config.profile.gpu.count if config.profile.gpu else 0) == (spec.count if spec else 0)
 
 
+WITH_CPU_NODE = VALID.replace("slurm:", "  - {name: svc, hosts: svc1, hardware: cpu-only, pxe: false}\nslurm:", 1)
+
+
 def test_the_runner_runs_alone_without_site_packages(tmp_path):
-    files = render_files(cluster(tmp_path))
+    files = render_files(cluster(tmp_path, WITH_CPU_NODE))
     root = tmp_path / "node"
     for path, content in files.items():
         if path.startswith("health/runner/"):
@@ -39,14 +46,18 @@ def test_the_runner_runs_alone_without_site_packages(tmp_path):
             target.write_text(content)
     assert sorted(p.name for p in (root / "podsys/checks").iterdir()) == sorted(RUNNER_MODULES)
     config = tmp_path / "health.json"
-    config.write_text(json.dumps({"node": "cpu1", "profile": {"id": "cpu-only", "gpu": None, "hca": None}}))
+    config.write_text(files["health/nodes.json"])  # what roles/health installs on every node
+    cpu_node = "svc1"
     # -I: isolated (no user site, no PYTHONPATH from outside); -S: no site-packages at all
     done = subprocess.run([sys.executable, "-I", "-S", "-c",
                            f"import sys; sys.path.insert(0, {str(root)!r}); from podsys.checks.health_main import main; "
-                           f"sys.exit(main(['--config', {str(config)!r}, '--state-dir', {str(tmp_path / 'state')!r}]))"],
+                           f"sys.exit(main(['--config', {str(config)!r}, '--node', {cpu_node!r}, "
+                           f"'--state-dir', {str(tmp_path / 'state')!r}, '--json']))"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert [line.split()[:2] for line in done.stdout.splitlines()] == [["PASS", "node.disk:"], ["PASS", "node.memory:"]]
+    result = json.loads(done.stdout)
+    assert (result["node"], result["profile"], result["verdict"]) == (cpu_node, "cpu-only", "PASS")
+    assert [f["check"] for f in result["findings"]] == ["node.disk", "node.memory"]
 
 
 @pytest.mark.parametrize("health, field", [
@@ -60,3 +71,20 @@ def test_bad_health_section_is_rejected_naming_the_field(tmp_path, health, field
     with pytest.raises(InputError) as info:
         cluster(tmp_path, VALID.replace("slurm:", f"health: {health}\nslurm:", 1))
     assert field in str(info.value)
+
+
+def test_the_runner_picks_its_own_entry_by_name_or_hostname(tmp_path, monkeypatch):
+    c = cluster(tmp_path)
+    path = tmp_path / "health.json"
+    path.write_text(render_files(c)["health/nodes.json"])
+    first, last = c.nodes[0], c.nodes[-1]
+    assert load_config(path, last.name).node == last.name
+    assert load_config(path, last.name).profile.id == c.profile_of(last).id
+    monkeypatch.setattr("socket.gethostname", lambda: f"{first.name}.cluster.example")
+    assert load_config(path).node == first.name
+    with pytest.raises(ValueError, match=r"health.json: nodes: 'stranger' is not a node of this cluster"):
+        load_config(path, "stranger")
+    # a single node's file (what deploy installed before) still loads as it is
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps({"node": "cpu1", "profile": {"id": "cpu-only", "gpu": None, "hca": None}}))
+    assert load_config(single, "ignored").node == "cpu1"

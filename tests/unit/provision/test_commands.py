@@ -7,7 +7,7 @@ import json
 import pytest
 
 from podsys.cluster.load import load_cluster
-from podsys.provision.render import render_files
+from podsys.provision.render import boot_script, render_files
 from tests.conftest import invoke as run
 
 MANIFEST = """\
@@ -52,7 +52,9 @@ def test_reinstall_then_status(head):
     result = run("reinstall", "c[1-2]", "-m", str(manifest), *dirs, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"boot": "install", "nodes": ["c1", "c2"], "changed": ["c1", "c2"]}
-    assert "kernel" in (boot / "ipxe/nodes/02-00-00-70-00-01.ipxe").read_text()
+    # what the status service answers c1's next PXE boot with: the install script
+    state = json.loads((boot.parent / "state/nodes-state.json").read_text())["nodes"]["c1"]["boot"]
+    assert "kernel" in boot_script(render_files(load_cluster(manifest)), "02:00:00:70:00:01", state)
     status = json.loads(run("status", str(manifest), *dirs, "--json").stdout)
     assert [(r["node"], r["boot"], r["state"]) for r in status["nodes"]] == [("c1", "install", "pending"),
                                                                             ("c2", "install", "pending")]

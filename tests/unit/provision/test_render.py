@@ -13,7 +13,7 @@ from podsys.errors import InputError
 from podsys.cluster.load import load_cluster
 from podsys.cluster.schema import SUPPORTED_OS_KEYS
 from podsys.layout import HeadPaths
-from podsys.provision.render import render_files
+from podsys.provision.render import boot_script, render_files
 
 HASH = "$6$podsystestsalt$RLrny3EtmKdqGKHloDVBYqqIoGNgFkNucr0PhTE.pm7uDNfDwflLIVc6nBdRNlfy6wQiinUpFZMm2fDrob4Hm0"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests000000000000000000 admin@head"
@@ -100,6 +100,7 @@ def test_non_pxe_nodes_get_an_address_but_no_boot_file(tmp_path):
     assert "dhcp-host=b8:3f:d2:00:01:01,10.50.2.1,svc01,infinite" in files["provision/dnsmasq.conf"]
     assert not any("svc01" in k or "b8-3f-d2-00-01-01" in k for k in files)
     assert "svc01" not in json.loads(files["provision/nodes.json"])["nodes"]
+    assert boot_script(files, "b8:3f:d2:00:01:01", "local") is None  # the status service answers 404
 
 
 def test_nginx_serves_only_the_boot_tree_and_the_repo(tmp_path):
@@ -107,8 +108,12 @@ def test_nginx_serves_only_the_boot_tree_and_the_repo(tmp_path):
                         HeadPaths(boot_root="/b", repo_root="/r"))["provision/nginx-site.conf"]
     locations = re.findall(r"location\s+(\S+)\s*\{", conf)
     nodes = [n.name for n in load_cluster(tmp_path / "cluster.yaml").nodes if n.pxe]
-    assert nodes and locations == ["/boot/", "/boot/nodes/", *[f"/boot/nodes/{n}/" for n in nodes], "/repo/", "/"]
+    assert nodes and locations == ["/boot/", "/boot/ipxe/nodes/", "/boot/nodes/", *[f"/boot/nodes/{n}/" for n in nodes],
+                                   "/repo/", "/"]
     assert "alias /b/;" in conf and "alias /r/;" in conf
+    # each node's iPXE script comes from the status service, not from a file
+    scripts = conf[conf.index("location /boot/ipxe/nodes/"):conf.index("location /boot/nodes/ ")]
+    assert "proxy_pass http://10.50.0.1:8081/api/v1/boot/;" in scripts and "alias" not in scripts
     catch_all = conf[conf.index("location / {"):]
     assert "return 404;" in catch_all and "alias" not in catch_all
     boot_block = conf[conf.index("location /boot/"):conf.index("location /repo/")]
@@ -129,8 +134,8 @@ def test_with_the_bundle_installers_and_nginx_use_the_bundles_repository(tmp_pat
 
 def test_ipxe_scripts_per_state(tmp_path):
     files = render(tmp_path)
-    install = files["provision/boot/ipxe/install/b8-3f-d2-00-00-02.ipxe"]
-    local = files["provision/boot/ipxe/local/b8-3f-d2-00-00-02.ipxe"]
+    install = boot_script(files, "b8:3f:d2:00:00:02", "install")
+    local = boot_script(files, "b8:3f:d2:00:00:02", "local")
     assert install.startswith("#!ipxe\n") and local.startswith("#!ipxe\n")
     assert "kernel http://10.50.0.1/boot/media/debian-12/vmlinuz initrd=initrd" in install
     assert "url=http://10.50.0.1/boot/nodes/gpu02/preseed.cfg" in install
@@ -171,7 +176,7 @@ def test_ubuntu_autoinstall_contents(tmp_path):
     assert any(f"usermod -p '{HASH}' root" in c for c in ai["late-commands"])
     assert ai["reporting"]["podsys"] == {"type": "webhook", "endpoint": "http://10.50.0.1:8081/api/v1/webhook"}
     assert ai["user-data"]["disable_root"] is False
-    install = files["provision/boot/ipxe/install/b8-3f-d2-00-00-01.ipxe"]
+    install = boot_script(files, "b8:3f:d2:00:00:01", "install")
     assert "ds=nocloud-net;s=http://10.50.0.1/boot/nodes/gpu01/" in install and " autoinstall " in install
 
 
@@ -182,7 +187,7 @@ def test_rocky_kickstart_contents(tmp_path):
     assert "rootpw --lock" in ks  # no hash given: root has no password at all
     assert f'sshkey --username=root "{KEY}"' in ks
     assert "url --url=http://10.50.0.1/repo/rocky/9/BaseOS/x86_64/os/" in ks
-    assert "inst.ks=http://10.50.0.1/boot/nodes/gpu01/ks.cfg" in files["provision/boot/ipxe/install/b8-3f-d2-00-00-01.ipxe"]
+    assert "inst.ks=http://10.50.0.1/boot/nodes/gpu01/ks.cfg" in boot_script(files, "b8:3f:d2:00:00:01", "install")
 
 
 def test_plain_text_password_is_refused_without_echoing_it(tmp_path):
@@ -220,7 +225,11 @@ def test_render_is_deterministic(tmp_path):
 def test_nodes_json_lists_pxe_nodes_for_the_head(tmp_path):
     data = json.loads(render(tmp_path, provisioning="  default_boot_state: local\n")["provision/nodes.json"])
     assert data["default_boot_state"] == "local"
-    assert data["nodes"]["gpu02"] == {"ip": "10.50.1.2", "mac": "b8:3f:d2:00:00:02", "pxe": True}
+    gpu02 = data["nodes"]["gpu02"]
+    assert {k: gpu02[k] for k in ("ip", "mac", "pxe", "disk", "method")} == {
+        "ip": "10.50.1.2", "mac": "b8:3f:d2:00:00:02", "pxe": True, "disk": "/dev/nvme0n1", "method": "installer"}
+    assert "netcfg/get_ipaddress=10.50.1.2" in gpu02["kernel_args"]
+    assert data["boot"]["media_url"] == "http://10.50.0.1/boot/media/debian-12"
 
 
 def test_repo_follows_the_package_source(tmp_path):
@@ -251,11 +260,15 @@ def test_status_service_runtime_needs_only_the_stdlib(tmp_path):
          "--state-dir", str(tmp_path / "state"), "--boot-root", str(tmp_path / "no-boot-tree")],
         capture_output=True, text=True, env={"PYTHONPATH": str(runtime / "provision/service")}, cwd=tmp_path)
     assert "No module named" not in proc.stderr
-    assert proc.returncode == 1 and "no rendered 'install' boot script for gpu01" in proc.stderr
-    proc = subprocess.run([sys.executable, "-S", "-c", "import podsys.provision.status as s; print(s.__file__)"],
+    assert proc.returncode == 0 and proc.stdout == "changed: 3\n", proc.stderr
+    # the service makes each node's iPXE script from the rendered table with the stdlib alone
+    code = ("import sys, podsys.provision.status as s; from podsys.provision.boot_scripts import load_boot_table; "
+            "print(s.__file__); sys.stdout.write(load_boot_table(sys.argv[1]).script('gpu01', 'install'))")
+    proc = subprocess.run([sys.executable, "-S", "-c", code, str(runtime / "provision/nodes.json")],
                           capture_output=True, text=True, env={"PYTHONPATH": str(runtime / "provision/service")},
                           cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith(str(runtime)), proc.stderr
+    assert proc.stdout.split("\n", 1)[1] == boot_script(files, "b8:3f:d2:00:00:01", "install")
 
 
 def test_domain_that_could_break_a_kernel_command_line_is_refused(tmp_path):

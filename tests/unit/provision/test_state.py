@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -22,20 +21,6 @@ NODES = {
     "n1": NodeInfo("n1", "10.0.0.11", "02:00:00:00:00:01"),
     "n2": NodeInfo("n2", "10.0.0.12", "02:00:00:00:00:02"),
 }
-
-
-def boot_tree(root: Path) -> Path:
-    for node in NODES.values():
-        stem = node.mac.replace(":", "-")
-        for state in ("install", "local"):
-            target = root / "ipxe" / state / f"{stem}.ipxe"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f"#!ipxe\n# {node.name} {state}\n")
-    return root
-
-
-def active(root: Path, name: str) -> str:
-    return (root / "ipxe/nodes" / (NODES[name].mac.replace(":", "-") + ".ipxe")).read_text()
 
 
 def test_events_move_a_node_through_its_install():
@@ -62,54 +47,66 @@ def test_unknown_event_is_refused():
         apply_event(new_record("install"), "reboot")
 
 
-def test_init_writes_active_scripts_and_is_idempotent(tmp_path):
-    root = boot_tree(tmp_path / "boot")
-    store = StateStore(tmp_path / "state", root, NODES, "install")
+def test_init_gives_new_nodes_their_default_and_is_idempotent(tmp_path):
+    store = StateStore(tmp_path / "state", None, NODES, "install")
     assert store.init_boot_states() == ["n1", "n2"]
-    assert active(root, "n1") == "#!ipxe\n# n1 install\n"
     assert store.init_boot_states() == []
     assert {r["boot"] for r in store.records().values()} == {"install"}
-    # A re-render changed n2's install script: init serves the new one and says so.
-    (root / "ipxe/install/02-00-00-00-00-02.ipxe").write_text("#!ipxe\n# n2 install v2\n")
-    assert store.init_boot_states() == ["n2"]
-    assert active(root, "n2") == "#!ipxe\n# n2 install v2\n"
+    # a node already recorded keeps its state when a later render changes the default
+    store.record_event("n1", "finish")
+    assert StateStore(tmp_path / "state", None, NODES, "install").init_boot_states() == []
+    assert [store.boot_state(n) for n in NODES] == ["local", "install"]
 
 
 def test_finish_switches_to_local_and_reinstall_switches_back(tmp_path):
-    root = boot_tree(tmp_path / "boot")
+    # The status service reads boot_state on each boot request: nothing is written to the
+    # boot tree any more, so a boot root that does not exist is fine.
+    root = tmp_path / "boot"
     store = StateStore(tmp_path / "state", root, NODES, "install")
     store.init_boot_states()
     store.record_event("n1", "start")
+    assert store.boot_state("n1") == "install"
     store.record_event("n1", "finish")
     assert store.records()["n1"]["boot"] == "local"
-    assert active(root, "n1") == "#!ipxe\n# n1 local\n"
-    assert active(root, "n2") == "#!ipxe\n# n2 install\n"
+    assert (store.boot_state("n1"), store.boot_state("n2")) == ("local", "install")
     assert store.set_boot_state(["n1", "n2"], "install") == ["n1"]
     rec = store.records()["n1"]
     assert (rec["boot"], rec["state"], rec["started"]) == ("install", "pending", None)
-    assert active(root, "n1") == "#!ipxe\n# n1 install\n"
+    assert store.boot_state("n1") == "install"
+    assert not root.exists()
+
+
+def test_the_service_sees_every_switch_made_by_another_process(tmp_path):
+    # The status service keeps its own store; `podsys reinstall` and the callbacks write
+    # through others. Its cached boot states must follow every replaced state file.
+    service = StateStore(tmp_path / "state", None, NODES, "install")
+    cli = StateStore(tmp_path / "state", None, NODES, "install")
+    assert service.boot_state("n1") == "install"
+    for boot in ("local", "install", "local"):
+        cli.set_boot_state(["n1"], boot)
+        assert service.boot_state("n1") == boot
+    cli.record_event("n2", "finish")
+    assert (service.boot_state("n1"), service.boot_state("n2")) == ("local", "local")
+
+
+def test_a_node_never_seen_boots_in_the_default_state(tmp_path):
+    assert StateStore(tmp_path / "state", None, NODES, "local").boot_state("n2") == "local"
+    assert StateStore(tmp_path / "state", None, NODES, "install").boot_state("n2") == "install"
 
 
 def test_state_survives_a_new_store(tmp_path):
-    root = boot_tree(tmp_path / "boot")
-    StateStore(tmp_path / "state", root, NODES).record_event("n2", "stage", "packages")
-    again = StateStore(tmp_path / "state", root, NODES)
+    StateStore(tmp_path / "state", None, NODES).record_event("n2", "stage", "packages")
+    again = StateStore(tmp_path / "state", None, NODES)
     assert again.records()["n2"]["stage"] == "packages"
     assert json.loads((tmp_path / "state" / "nodes-state.json").read_text())["nodes"]["n2"]["state"] == "installing"
 
 
 def test_unknown_node_and_state_are_refused(tmp_path):
-    store = StateStore(tmp_path / "state", boot_tree(tmp_path / "boot"), NODES)
+    store = StateStore(tmp_path / "state", None, NODES)
     with pytest.raises(StateError, match="not PXE nodes"):
         store.set_boot_state(["n9"], "install")
     with pytest.raises(StateError, match="unknown boot state"):
         store.set_boot_state(["n1"], "rescue")
-
-
-def test_missing_rendered_script_is_a_clear_error(tmp_path):
-    store = StateStore(tmp_path / "state", tmp_path / "empty-boot", NODES)
-    with pytest.raises(StateError, match="no rendered 'local' boot script for n1"):
-        store.set_boot_state(["n1"], "local")
 
 
 def test_address_lookup_is_by_provision_ip(tmp_path):
@@ -119,14 +116,13 @@ def test_address_lookup_is_by_provision_ip(tmp_path):
 
 
 def test_role_entry_point_init_then_local(tmp_path, capsys):
-    root = boot_tree(tmp_path / "boot")
     nodes = tmp_path / "nodes.json"
     nodes.write_text(json.dumps({"cluster": "c", "default_boot_state": "local",
                                  "nodes": {n.name: {"ip": n.ip, "mac": n.mac, "pxe": True} for n in NODES.values()}}))
-    args = ["--nodes", str(nodes), "--state-dir", str(tmp_path / "state"), "--boot-root", str(root)]
+    args = ["--nodes", str(nodes), "--state-dir", str(tmp_path / "state")]
     assert main(["init", *args]) == 0
     assert capsys.readouterr().out == "changed: 2\n"
-    assert active(root, "n2") == "#!ipxe\n# n2 local\n"
+    assert StateStore(tmp_path / "state", None, NODES).boot_state("n2") == "local"
     assert main(["init", *args]) == 0
     assert capsys.readouterr().out == "changed: 0\n"
     assert main(["install", "n2", *args]) == 0

@@ -105,3 +105,44 @@ def test_html_escapes_installer_messages(tmp_path):
 
 def test_webhook_failure_is_a_message_not_a_verdict():
     assert webhook_event({"name": "n", "description": "d", "result": "FAIL"}) == ("stage", "n", "FAIL: d")
+
+
+def test_boot_scripts_follow_the_boot_state_and_unknown_macs_get_404(tmp_path):
+    """The script a node's PXE boot fetches (nginx forwards ipxe/nodes/<mac>.ipxe here) comes
+    from the rendered node table and changes with the node's boot state, with no file written."""
+    from podsys.cluster.load import load_cluster
+    from podsys.provision.boot_scripts import BootTable
+    from podsys.provision.render import boot_script, render_files
+    from podsys.provision.state import load_nodes_file
+    from tests.unit.provision.test_render import write_manifest
+
+    files = render_files(load_cluster(write_manifest(tmp_path)))
+    table_path = tmp_path / "nodes.json"
+    table_path.write_text(files["provision/nodes.json"])
+    nodes, default = load_nodes_file(table_path)
+    store = StateStore(tmp_path / "state", None, nodes, default)
+    server = StatusServer(("127.0.0.1", 0), store, "unit", quiet=True,
+                          boot_table=BootTable.from_data(json.loads(files["provision/nodes.json"])))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/api/v1/boot"
+    try:
+        code, body = get(f"{base}/b8-3f-d2-00-00-02.ipxe")
+        assert code == 200 and body == boot_script(files, "b8:3f:d2:00:00:02", "install")
+        assert "netcfg/get_ipaddress=10.50.1.2" in body
+        store.record_event("gpu02", "finish")
+        code, body = get(f"{base}/b8-3f-d2-00-00-02.ipxe")
+        assert code == 200 and body == boot_script(files, "b8:3f:d2:00:00:02", "local")
+        store.set_boot_state(["gpu02"], "install")
+        assert "kernel " in get(f"{base}/b8-3f-d2-00-00-02.ipxe")[1]
+        for unknown in ("b8-3f-d2-00-00-99.ipxe", "b8-3f-d2-00-00-02", "../nodes-state.json", ""):
+            code, body = get(f"{base}/{unknown}")
+            assert code == 404 and "#!ipxe" not in body, unknown
+        assert not any((tmp_path / "state").glob("*.ipxe"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_without_a_node_table_every_boot_script_is_404(loopback_node):
+    _, base = loopback_node
+    assert get(f"{base}/api/v1/boot/02-00-00-00-00-01.ipxe")[0] == 404

@@ -128,7 +128,8 @@ def test_removed_node_file_is_deleted(tmp_path):
     assert stale.exists()
     write_manifest(tmp_path, VALID)
     result = render_cluster(load_cluster(path), out)
-    assert result.removed == ["health/nodes/x1.json", "inventory/group_vars/group_extra.yml"]
+    assert result.removed == ["inventory/group_vars/group_extra.yml"]
+    assert "health/nodes.json" in result.changed  # x1 left the cluster's one health table
     assert not stale.exists()
 
 
