@@ -36,6 +36,22 @@ def _run(args: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+# Without /run/user/<uid> (root on a head, CI), gpg-agent puts its socket in the gpg home, and a
+# Unix socket path has 108 bytes (unix(7)): a deep bundle work directory kept the agent from
+# starting ("No agent running"). A longer home is reached through a short link in the temp dir.
+_GPG_HOME_MAX = 72
+
+
+def _short_home(home: Path) -> str:
+    if len(str(home)) <= _GPG_HOME_MAX:
+        return str(home)
+    link = Path(tempfile.gettempdir()) / f"podsys-gnupg-{hashlib.sha256(str(home).encode()).hexdigest()[:16]}"
+    if not (link.is_symlink() and os.readlink(link) == str(home)):
+        link.unlink(missing_ok=True)
+        link.symlink_to(home)
+    return str(link)
+
+
 class SiteKey:
     """A gpg home in `keys_dir/gnupg` holding the site's signing key."""
 
@@ -45,7 +61,7 @@ class SiteKey:
         self.gpg = _tool("gpg", "gnupg")
 
     def _gpg(self, *args: str, what: str, **kw) -> subprocess.CompletedProcess:
-        return _run([self.gpg, "--homedir", str(self.home), "--batch", "--pinentry-mode", "loopback",
+        return _run([self.gpg, "--homedir", _short_home(self.home), "--batch", "--pinentry-mode", "loopback",
                      "--passphrase", "", *args], what, **kw)
 
     def ensure(self, uid: str) -> str:
@@ -69,7 +85,7 @@ class SiteKey:
     def fingerprint(self) -> str | None:
         if not self.home.exists():
             return None
-        proc = subprocess.run([self.gpg, "--homedir", str(self.home), "--batch", "--with-colons", "--list-secret-keys"],
+        proc = subprocess.run([self.gpg, "--homedir", _short_home(self.home), "--batch", "--with-colons", "--list-secret-keys"],
                               capture_output=True, text=True)
         for line in proc.stdout.splitlines():
             if line.startswith("fpr:"):
@@ -97,7 +113,7 @@ class SiteKey:
     def stop_agent(self) -> None:
         gpgconf = shutil.which("gpgconf")
         if gpgconf and self.home.exists():
-            subprocess.run([gpgconf, "--homedir", str(self.home), "--kill", "gpg-agent"], capture_output=True)
+            subprocess.run([gpgconf, "--homedir", _short_home(self.home), "--kill", "gpg-agent"], capture_output=True)
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:

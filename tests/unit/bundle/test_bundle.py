@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -307,3 +308,20 @@ def test_fetch_retries_only_transient_failures(tmp_path, monkeypatch, answers, a
     finally:
         server.shutdown()
     assert len(seen) == requests
+
+
+def test_the_site_key_works_in_a_work_directory_deeper_than_a_socket_path_allows(tmp_path):
+    """gpg-agent's socket goes in the gpg home when /run/user/<uid> is missing; a home whose
+    socket path passes 108 bytes (unix(7)) made key generation fail with 'No agent running'."""
+    from podsys.bundle.repo import SiteKey
+
+    if shutil.which("gpg") is None:
+        pytest.skip("gpg not installed (Debian package gnupg)")
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    assert len(str(deep / "keys" / "gnupg" / "S.gpg-agent")) > 108
+    key = SiteKey(deep / "keys")
+    try:
+        fingerprint = key.ensure("podsys test <root@localhost>")
+        assert re.fullmatch(r"[0-9A-F]{40}", fingerprint) and key.fingerprint() == fingerprint
+    finally:
+        key.stop_agent()

@@ -13,6 +13,7 @@ import pytest
 from podsys.deploy import install_backends
 from podsys.deploy.installs import plan_installs, records_from_state_show
 from podsys.layout import HEAD_PATHS
+from podsys.provision.state import StateStore, load_nodes_file
 from tests.conftest import REPO_ROOT
 
 
@@ -23,10 +24,6 @@ def head(tmp_path, monkeypatch):
         "gpu001": {"ip": "10.10.1.1", "mac": "b8:3f:d2:00:00:01"},
         "gpu002": {"ip": "10.10.1.2", "mac": "b8:3f:d2:00:00:02"}}}))
     boot = tmp_path / "boot"
-    for state in ("install", "local"):
-        (boot / "ipxe" / state).mkdir(parents=True)
-        for mac in ("b8-3f-d2-00-00-01", "b8-3f-d2-00-00-02"):
-            (boot / "ipxe" / state / f"{mac}.ipxe").write_text(f"#!ipxe\n# {state}\n")
     monkeypatch.setattr(install_backends, "HEAD_NODES_FILE", str(nodes))
     monkeypatch.setattr(install_backends, "HEAD_SERVICE_DIR", str(REPO_ROOT))
     monkeypatch.setattr(install_backends, "HEAD_PATHS",
@@ -49,8 +46,10 @@ def test_show_then_reinstall_then_show_as_deploy_reads_it(head):
     assert on_head(install_backends.state_command("install", ["gpu002"])).strip() == "changed: 1"
     records = records_from_state_show(on_head(install_backends.state_command("show")))
     assert plan_installs(records, None).power == ("gpu002",)
-    served = (head / "boot" / "ipxe" / "nodes" / "b8-3f-d2-00-00-02.ipxe").read_text()
-    assert "# install" in served
+    # What the status service answers gpu002's next PXE boot with (podsys/provision/status.py).
+    nodes, default_boot = load_nodes_file(head / "nodes.json")
+    store = StateStore(head / "state", None, nodes, default_boot)
+    assert (store.boot_state("gpu002"), store.boot_state("gpu001")) == ("install", "local")
 
 
 def test_command_quotes_what_it_passes():
