@@ -483,6 +483,10 @@ def failures(findings: list[Finding]) -> list[tuple[str, str]]:
 
 
 DRAIN_PREFIX = "podsys:"
+# Drains podsys's own operations make (podsys/deploy/rollout.py UPGRADE_REASON_PREFIX,
+# install_deploy.py REINSTALL_REASON): theirs to lift when their batch ends. A node that is
+# healthy in the middle of an upgrade or a re-image must stay drained, so health never resumes them.
+OPERATION_DRAIN_PREFIXES = ("podsys:upgrade", "podsys:reinstall")
 MAX_REASON = 200  # scontrol keeps longer reasons, but sinfo -R and squeue columns do not
 
 
@@ -495,11 +499,12 @@ class SlurmAction:
 
 def slurm_decision(state: str, reason: str, faults: list[tuple[str, str]]) -> SlurmAction:
     """What to do with this node in Slurm. podsys drains with `podsys:<fault> <detail>` and
-    resumes only nodes whose reason starts with `podsys:`; a drain anyone else made is never
-    touched (nor re-labelled), and a node already drained for the same faults is left alone."""
+    resumes only nodes whose reason starts with `podsys:` and is not an upgrade's or a
+    re-image's; a drain anyone else made is never touched (nor re-labelled), and a node already
+    drained for the same faults is left alone."""
     flags = set(state.upper().replace("*", "").replace("+", " ").split())
     drained = bool(flags & {"DRAIN", "DRAINED", "DRAINING", "DOWN", "FAIL", "FAILING"})
-    ours = reason.startswith(DRAIN_PREFIX)
+    ours = reason.startswith(DRAIN_PREFIX) and not reason.startswith(OPERATION_DRAIN_PREFIXES)
     if faults:
         codes = ",".join(dict.fromkeys(code for code, _ in faults))
         wanted = f"{DRAIN_PREFIX}{codes} {faults[0][1]}"[:MAX_REASON]

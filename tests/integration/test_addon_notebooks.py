@@ -131,6 +131,14 @@ def log_in(lab, browser, user: str, password: str) -> None:
     browser.find_element(By.ID, "login_submit").click()
 
 
+def wait_until_drawn(browser, element_id: str, timeout: float = 180) -> None:
+    """The page finished loading and has `element_id`: on a busy machine the URL changes long
+    before the page is drawn or its script handlers are bound."""
+    wait_for(f"#{element_id} drawn on {browser.current_url}", lambda: browser.execute_script(
+        "return document.readyState === 'complete' && !!document.getElementById(arguments[0])", element_id),
+        timeout=timeout)
+
+
 def save_screenshot(browser, tmp_path: Path, name: str) -> Path:
     shot = tmp_path / name
     assert browser.save_screenshot(str(shot)), name
@@ -187,6 +195,7 @@ def test_a_notebook_is_a_slurm_job_of_its_user_and_writes_to_the_shared_home(not
     save_screenshot(browser, tmp_path, "notebooks-hub-spawn.png")
     form.submit()
     wait_for("the notebook server to answer", lambda: f"/user/{USER}/tree" in browser.current_url, timeout=420)
+    wait_until_drawn(browser, "notebook_list")  # the classic notebook's file list
     save_screenshot(browser, tmp_path, "notebooks-hub-tree.png")
 
     jobs = notebook_jobs(lab, USER)
@@ -238,9 +247,27 @@ def test_stopping_the_server_ends_its_slurm_job(notebooks_lab, browsers, tmp_pat
     log_in(lab, browser, USER, PASSWORDS[USER])
     wait_for("the researcher logged in", lambda: "/hub/login" not in browser.current_url, timeout=60)
     browser.get(hub_url(lab, "hub/home"))
+    wait_until_drawn(browser, "stop")
     save_screenshot(browser, tmp_path, "notebooks-hub-home.png")
-    browser.find_element(By.ID, "stop").click()
-    wait_for("the notebook job to end", lambda: not notebook_jobs(lab, USER), timeout=120)
+    stop = browser.find_element(By.ID, "stop")
+
+    def clicked() -> bool:
+        """The hub's page script binds the button after the page loads (requirejs) and hides it
+        once the server stopped; until then the click is repeated, as a user would."""
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+        try:
+            if stop.is_displayed():
+                stop.click()
+            time.sleep(5)
+            return not stop.is_displayed() or not notebook_jobs(lab, USER)
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException:
+            return False
+
+    wait_for("the hub to take the stop click", clicked, timeout=180, every=1)
+    wait_for("the notebook job to end", lambda: not notebook_jobs(lab, USER), timeout=300)
     state = wait_for("sacct to record the job", lambda: lab.ssh(
         lab.head, ["sacct", "-nP", "-X", "-j", job_id, "--format=state"]).stdout.strip() or None, timeout=60)
     assert state.split()[0] in ("CANCELLED", "COMPLETED") or state.startswith("CANCELLED"), state

@@ -152,10 +152,22 @@ def test_application_xid_does_not_fail(tmp_path):
     ("ALLOCATED+DRAIN", "maintenance", [("fm-stopped", "x")], "none", ""),
     ("IDLE", "", [], "none", ""),
     ("MIXED", "", [], "none", ""),
+    # An upgrade's or a re-image's drain is that operation's to lift, healthy node or not.
+    ("IDLE+DRAIN", "podsys:upgrade to r580-cuda13.0", [], "none", ""),
+    ("IDLE+DRAIN", "podsys:reinstall", [], "none", ""),
+    ("IDLE+DRAIN", "podsys:upgrade to r580-cuda13.0", [("xid79", "x")], "none", ""),
 ])
 def test_slurm_decision(state, reason, faults, action, drain_reason):
     decision = health.slurm_decision(state, reason, faults)
     assert decision.action == action and decision.reason == drain_reason
+
+
+def test_the_operations_whose_drains_health_leaves_alone_are_the_ones_podsys_runs():
+    from podsys.deploy.install_deploy import REINSTALL_REASON
+    from podsys.deploy.rollout import UPGRADE_REASON_PREFIX, upgrade_reason
+
+    assert set(health.OPERATION_DRAIN_PREFIXES) == {UPGRADE_REASON_PREFIX, REINSTALL_REASON}
+    assert health.slurm_decision("IDLE+DRAIN", upgrade_reason("r570-cuda12.8"), []).action == "none"
 
 
 def test_drain_reason_is_bounded():
