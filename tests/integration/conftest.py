@@ -40,7 +40,9 @@ import atexit
 import json
 import os
 import shlex
+import shutil
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -187,3 +189,23 @@ def crypt_hash(password: str, salt: str) -> str:
     manifest, and so a second deploy, unchanged."""
     return subprocess.run(["openssl", "passwd", "-6", "-salt", salt, password],
                           capture_output=True, text=True, check=True).stdout.strip()
+
+
+def selenium_chromium():
+    """Debian's python3-selenium (apt, .ci/apt-packages.txt) lives in the system dist-packages;
+    a test interpreter of the same Python minor version can import it from there."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        dist = Path("/usr/lib/python3/dist-packages")
+        if (dist / "selenium").is_dir() and sys.version_info[:2] == (3, 11):
+            sys.path.append(str(dist))
+    try:
+        from selenium import webdriver
+    except ImportError:
+        pytest.skip("selenium not installed (Debian package python3-selenium, listed in .ci/apt-packages.txt)")
+    driver = shutil.which("chromedriver")
+    browser = shutil.which("chromium")
+    if not driver or not browser:
+        pytest.skip("chromium / chromedriver not installed (Debian packages chromium, chromium-driver)")
+    return webdriver, driver, browser

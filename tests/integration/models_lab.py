@@ -4,6 +4,7 @@ the head, and a headless Chromium screenshot of a run page."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import shutil
@@ -11,11 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from podsys.bundle.addon_wheels import wheel_sets
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import crypt_hash
+from tests.integration.conftest import crypt_hash, selenium_chromium, wait_for
 
 # What the lab installs: the models role's pinned requirements (its defaults, the one place they
 # are declared), pip-downloaded from PyPI on the test host: the lab does not reach PyPI
@@ -90,23 +89,30 @@ def rest_json(lab, host: str, path: str) -> dict:
     return json.loads(body)
 
 
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        if path := shutil.which(name):
-            return path
-    pytest.skip("chromium not installed (Debian package `chromium`, listed in .ci/apt-packages.txt)")
+def open_run_page(url: str, profile: Path, login: str, screenshot: Path, expect: str) -> str:
+    """Load the MLflow UI page in headless Chromium (selenium; the self-signed lab certificate
+    accepted) logged in as `login` (user:password), wait until `expect` is drawn, save a PNG
+    of it and give the rendered DOM. The login goes in an Authorization header on every
+    request, as a browser sends what the user typed at its prompt: a URL with credentials
+    instead makes the app's fetch() calls fail ("Request cannot be constructed from a URL
+    that includes credentials")."""
+    webdriver, driver_path, browser_path = selenium_chromium()
+    from selenium.webdriver.chrome.service import Service
 
-
-def open_run_page(url: str, profile: Path, screenshot: Path | None) -> str:
-    """Load the MLflow UI page headless (the self-signed lab certificate accepted) and give
-    its rendered DOM; with `screenshot`, save a PNG of it instead. `--virtual-time-budget`
-    lets the single-page app fetch and render before the capture."""
-    mode = [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    done = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-extensions", f"--user-data-dir={profile}", "--window-size=1400,1000",
-         "--virtual-time-budget=30000", *mode, url],
-        capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_path
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
+                "--window-size=1400,1000", f"--user-data-dir={profile}", "--no-first-run"):
+        options.add_argument(arg)
+    session = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        session.set_page_load_timeout(120)
+        session.execute_cdp_cmd("Network.enable", {})
+        session.execute_cdp_cmd("Network.setExtraHTTPHeaders",
+                                {"headers": {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}})
+        session.get(url)
+        wait_for(f"{expect!r} drawn on the run page", lambda: expect in session.page_source, timeout=180)
+        assert session.save_screenshot(str(screenshot)), screenshot
+        return session.page_source
+    finally:
+        session.quit()

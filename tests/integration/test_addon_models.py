@@ -90,13 +90,11 @@ def test_the_training_job_registers_its_model_in_mlflow(models_lab, tmp_path):
     assert ml.PASSWORD not in table.stdout + table.stderr
 
     # The run page in a real browser, from the test host through the head's uplink, logged in.
-    page = (f"https://{USER}:{ml.PASSWORD}@{lab.head_ssh_address}:{ml.PORT}/#/experiments/"
-            f"{run['info']['experiment_id']}/runs/{run_id}")
-    dom = ml.open_run_page(page, tmp_path / "profile-dom", None)
-    assert run["info"]["run_name"] in dom, dom[-2000:]
+    page = f"https://{lab.head_ssh_address}:{ml.PORT}/#/experiments/{run['info']['experiment_id']}/runs/{run_id}"
     shot = tmp_path / "mlflow-run.png"
-    ml.open_run_page(page, tmp_path / "profile-shot", shot)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dom = ml.open_run_page(page, tmp_path / "profile", f"{USER}:{ml.PASSWORD}", shot, run["info"]["run_name"])
+    assert "Can't load run details" not in dom, dom[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000, "a blank screenshot"
     ml.ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ml.ARTIFACTS / "mlflow-run.png")
     print(f"models layer checks took {time.monotonic() - started:.0f} s")

@@ -25,7 +25,7 @@ import yaml
 
 from podsys.bundle.addon_wheels import missing_wheels, wheel_sets
 from tests.conftest import REPO_ROOT, write_manifest_variant
-from tests.integration.conftest import crypt_hash, deploy_json, own_lab, wait_for
+from tests.integration.conftest import crypt_hash, deploy_json, own_lab, selenium_chromium, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -70,31 +70,11 @@ def notebooks_lab(tmp_path_factory):
         assert first["succeeded"], first["_output"][-4000:]
         yield lab, manifest, first
 
-def _selenium():
-    """Debian's python3-selenium (apt, .ci/apt-packages.txt) lives in the system dist-packages;
-    a test interpreter of the same Python minor version can import it from there."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        dist = Path("/usr/lib/python3/dist-packages")
-        if (dist / "selenium").is_dir() and sys.version_info[:2] == (3, 11):
-            sys.path.append(str(dist))
-    try:
-        from selenium import webdriver
-    except ImportError:
-        pytest.skip("selenium not installed (Debian package python3-selenium, listed in .ci/apt-packages.txt)")
-    driver = shutil.which("chromedriver")
-    browser = shutil.which("chromium")
-    if not driver or not browser:
-        pytest.skip("chromium / chromedriver not installed (Debian packages chromium, chromium-driver)")
-    return webdriver, driver, browser
-
-
 @pytest.fixture(scope="module")
 def browsers(notebooks_lab, tmp_path_factory):
     """A factory of headless Chromium sessions (one per user: separate profiles, separate
     cookies); all closed at the end of the module."""
-    webdriver, driver_path, browser_path = _selenium()
+    webdriver, driver_path, browser_path = selenium_chromium()
     from selenium.webdriver.chrome.service import Service
 
     opened = []
