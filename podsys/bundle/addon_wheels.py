@@ -9,7 +9,6 @@ manifest's own wheelhouse when it exists, else the bundle's set (packages.source
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -22,6 +21,7 @@ from typing import Callable
 import yaml
 
 from podsys.bundle.addon_packages import roles_dir
+from podsys.bundle.repo import sha256_file
 from podsys.errors import PodsysError
 
 ADDONS_DIR = "wheels/addons"  # inside a bundle; served under /wheels/ like podsys's own wheels
@@ -180,14 +180,6 @@ class WheelSetResult:
     downloaded: bool
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _recipe(wheel_set: WheelSet, python: str, glibc: tuple[int, int], index_url: str | None) -> str:
     """What the set was downloaded for: a change of any of it means downloading again."""
     return json.dumps({"requirements": list(wheel_set.requirements), "no_deps": wheel_set.no_deps, "python": python,
@@ -204,7 +196,7 @@ def _still_there(marker: Path, recipe: str, out: Path) -> int | None:
     present = {p.name for p in out.glob("*")} if out.is_dir() else set()
     if recorded.get("recipe") != recipe or present != set(files):
         return None
-    if all(_sha256(out / name) == digest for name, digest in files.items()):
+    if all(sha256_file(out / name) == digest for name, digest in files.items()):
         return len(files)
     return None
 
@@ -239,7 +231,7 @@ def build_wheel_sets(sets: list[WheelSet], bundle: Path, work: Path, python: str
         shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         fresh.rename(out)
-        files = {p.name: _sha256(p) for p in sorted(out.glob("*"))}
+        files = {p.name: sha256_file(p) for p in sorted(out.glob("*"))}
         marker.write_text(json.dumps({"recipe": recipe, "files": files}, indent=1, sort_keys=True) + "\n")
         results.append(WheelSetResult(wheel_set.name, len(files), True))
     wanted = {s.name for s in sets}

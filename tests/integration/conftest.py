@@ -209,3 +209,20 @@ def selenium_chromium():
     if not driver or not browser:
         pytest.skip("chromium / chromedriver not installed (Debian packages chromium, chromium-driver)")
     return webdriver, driver, browser
+
+
+def chromium_session(profile: Path):
+    """A headless Chromium under selenium with its own profile (cookies, logins). The lab's
+    certificate is self-signed and accepted here; the notebooks test checks its fingerprint
+    against the head's record. The caller quits it."""
+    webdriver, driver_path, browser_path = selenium_chromium()
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_path
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
+                "--window-size=1400,1000", f"--user-data-dir={profile}", "--no-first-run"):
+        options.add_argument(arg)
+    session = webdriver.Chrome(service=Service(driver_path), options=options)
+    session.set_page_load_timeout(120)
+    return session

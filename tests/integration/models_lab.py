@@ -14,7 +14,7 @@ from pathlib import Path
 
 from podsys.bundle.addon_wheels import wheel_sets
 from tests.conftest import REPO_ROOT
-from tests.integration.conftest import crypt_hash, selenium_chromium, wait_for
+from tests.integration.conftest import chromium_session, crypt_hash, wait_for
 
 # What the lab installs: the models role's pinned requirements (its defaults, the one place they
 # are declared), pip-downloaded from PyPI on the test host: the lab does not reach PyPI
@@ -96,17 +96,8 @@ def open_run_page(url: str, profile: Path, login: str, screenshot: Path, expect:
     request, as a browser sends what the user typed at its prompt: a URL with credentials
     instead makes the app's fetch() calls fail ("Request cannot be constructed from a URL
     that includes credentials")."""
-    webdriver, driver_path, browser_path = selenium_chromium()
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser_path
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
-                "--window-size=1400,1000", f"--user-data-dir={profile}", "--no-first-run"):
-        options.add_argument(arg)
-    session = webdriver.Chrome(service=Service(driver_path), options=options)
+    session = chromium_session(profile)
     try:
-        session.set_page_load_timeout(120)
         session.execute_cdp_cmd("Network.enable", {})
         session.execute_cdp_cmd("Network.setExtraHTTPHeaders",
                                 {"headers": {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}})

@@ -25,7 +25,7 @@ import yaml
 
 from podsys.bundle.addon_wheels import missing_wheels, wheel_sets
 from tests.conftest import REPO_ROOT, write_manifest_variant
-from tests.integration.conftest import crypt_hash, deploy_json, own_lab, selenium_chromium, wait_for
+from tests.integration.conftest import chromium_session, crypt_hash, deploy_json, own_lab, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
@@ -74,22 +74,11 @@ def notebooks_lab(tmp_path_factory):
 def browsers(notebooks_lab, tmp_path_factory):
     """A factory of headless Chromium sessions (one per user: separate profiles, separate
     cookies); all closed at the end of the module."""
-    webdriver, driver_path, browser_path = selenium_chromium()
-    from selenium.webdriver.chrome.service import Service
-
     opened = []
     profiles = tmp_path_factory.mktemp("chromium")
 
     def open_browser(name: str):
-        options = webdriver.ChromeOptions()
-        options.binary_location = browser_path
-        # The certificate is self-signed; its fingerprint is checked against the head's record
-        # in test_hub_serves_the_site_certificate_whose_fingerprint_the_head_records.
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
-                    "--window-size=1400,1000", f"--user-data-dir={profiles / name}", "--no-first-run"):
-            options.add_argument(arg)
-        session = webdriver.Chrome(service=Service(driver_path), options=options)
-        session.set_page_load_timeout(120)
+        session = chromium_session(profiles / name)
         opened.append(session)
         return session
 
