@@ -236,16 +236,16 @@ def _configure_and_resume(batch: list[str], up: list[str], drained: list[str], s
                                              verbosity=options.verbosity))
         runs.append(run)
         ok = {h.name for h in run.results if h.status == "ok"}
-    if slurm is not None:
-        back = [n for n in drained if n in ok and _ours(slurm, n, REINSTALL_REASON)]
+    if slurm is not None and drained:
+        current = slurm.nodes()  # one scontrol read for the batch, not one per node
+        back = [n for n in drained if n in ok and _ours(current.get(n), REINSTALL_REASON)]
         if back:
             slurm.resume(back)
             steps.say(f"{label}: resumed {collapse_hosts(back)}")
     return set(batch) <= ok
 
 
-def _ours(slurm, node: str, reason: str) -> bool:
-    current = slurm.nodes().get(node)
+def _ours(current, reason: str) -> bool:
     return current is not None and current.drain_set and current.reason == reason
 
 
