@@ -38,12 +38,6 @@ def _store(cluster_store: Optional[Path], manifest: Optional[Path]):
     return ImageStore(Workspace(base).images_dir)
 
 
-def _default_mirror(cluster) -> str:
-    """What the nodes install from: the head's /repo/ (package cache or bundle), or the upstream
-    mirror with packages.source: online."""
-    from podsys.provision.render import urls_for
-
-    return urls_for(cluster).repo
 
 
 STORE_HELP = "image store (default: .podsys/images beside the manifest)"
@@ -53,8 +47,8 @@ STORE_HELP = "image store (default: .podsys/images beside the manifest)"
 def build(
     manifest: Path = typer.Argument(Path("cluster.yaml"), help="cluster manifest"),
     mirror: Optional[str] = typer.Option(
-        None, "--mirror", help="package source to build from (default: the head's /repo/, what the nodes use); "
-        "in the lab: the lab's apt proxy, http://UPLINK:PORT/debian"),
+        None, "--mirror", help="package source to build from (default: what the nodes' packages come through: the "
+        "upstream mirror via packages.proxy, or the head's /repo/ for a bundle)"),
     store: Optional[Path] = typer.Option(None, "--store", help=STORE_HELP),
     force: bool = typer.Option(False, "--force", help="rebuild even when an intact image with the same key exists"),
     plan: bool = typer.Option(False, "--plan", help="print each image's key, nodes and build commands; build nothing"),
@@ -66,12 +60,15 @@ def build(
     from podsys.cluster.load import load_cluster
     from podsys.provision.image import cluster_images, dnf_commands, mmdebstrap_command
     from podsys.provision.image_build import build_image
+    from podsys.provision.image_source import ImageSource, image_source
     from podsys.provision.ramdisk import build_ramdisk
 
     cluster = load_cluster(manifest)
     images = cluster_images(cluster)
     target = _store(store, manifest)
-    source = mirror or _default_mirror(cluster)
+    chosen = ImageSource(mirror) if mirror else image_source(cluster)
+    source = chosen.mirror
+    apt_options = (*chosen.apt_options, *(apt_option or ()))
     if not images:
         console.print("no node is installed from an image (no PXE node with provisioning.method: image)")
         return
@@ -80,20 +77,20 @@ def build(
         if plan:
             console.print(f"{spec.name}  key {spec.key}  nodes {len(image.nodes)}", markup=False, highlight=False)
             if spec.family == "apt":
-                cmds = [mmdebstrap_command(spec, source, "ROOT", "ROOT.packages.tsv", tuple(apt_option or ()))]
+                cmds = [mmdebstrap_command(spec, source, "ROOT", "ROOT.packages.tsv", apt_options)]
             else:
                 cmds = dnf_commands(spec, source, "ROOT")
             for cmd in cmds:
                 console.print("  " + shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
             continue
         record, built = build_image(image, target, source, lambda line: err_console.print(line, markup=False),
-                                    force=force, apt_options=tuple(apt_option or ()))
+                                    force=force, apt_options=apt_options)
         state = f"built in {record['build_seconds']} s" if built else "up to date"
         console.print(f"{record['name']}: {state}, {record['archive_bytes'] >> 20} MiB, sha256 {record['sha256'][:16]}, "
                       f"{record['packages']} packages, kernel {record['kernel']}", markup=False, highlight=False)
     if ramdisk and not plan:
         rd = build_ramdisk(target.root, source, lambda line: err_console.print(line, markup=False),
-                           apt_options=tuple(apt_option or ()), force=force)
+                           apt_options=apt_options, force=force)
         console.print(f"deploy ramdisk: kernel {rd['kernel']}, initrd {rd['initrd_bytes'] >> 20} MiB "
                       f"({target.root / ('ramdisk-' + rd['key'][:16])})", markup=False, highlight=False)
 

@@ -122,22 +122,37 @@ def run_install_deploy(build_dir: Path, options: DeployOptions, settings: Instal
         out.result = steps.run_deploy(options)  # says "nothing to do" itself
         return out
     runs: list[DeployResult] = []
-    try:
-        records = steps.read_status()
-    except PodsysError as exc:
-        # First deploy: no status service yet. Bring up the head's boot services, then ask again.
-        steps.say(f"no install state yet ({exc}); setting up the head's boot services first")
+
+    def head_boot_services() -> bool:
         head_run = steps.run_deploy(DeployOptions(limit=settings.head, tags=HEAD_BOOT_TAGS, forks=options.forks,
                                                   verbosity=options.verbosity))
         runs.append(head_run)
         if not head_run.succeeded:
             out.result = head_run
+        return head_run.succeeded
+
+    try:
+        records = steps.read_status()
+        head_current = False
+    except PodsysError as exc:
+        # First deploy: no status service yet. Bring up the head's boot services, then ask again.
+        steps.say(f"no install state yet ({exc}); setting up the head's boot services first")
+        if not head_boot_services():
             return out
         records = steps.read_status()
+        head_current = True
     plan = plan_installs(records, selected, resume=options.resume)
     if not plan:
         out.result = _combine([*runs, steps.run_deploy(options)])
         return out
+    if not head_current:
+        # Nodes are about to boot from the head: its images, ramdisk and node table must be this
+        # manifest's (a changed image is copied now, not after the nodes wrote the old one).
+        steps.say("updating the head's boot services before the installs (images, node table)")
+        if not head_boot_services():
+            return out
+        records = steps.read_status()
+        plan = plan_installs(records, selected, resume=options.resume)
 
     driver = InstallDriver(steps.read_status, steps.probe_ssh, clock=steps.clock, sleep=steps.sleep,
                            timeout_s=settings.timeout_s, poll_s=settings.poll_s, show=steps.show, say=steps.say)

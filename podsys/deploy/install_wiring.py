@@ -17,10 +17,13 @@ from podsys.deploy.runner import DeployOptions, run_deploy
 def deploy_with_installs(cluster: Cluster, build_dir: Path, options: DeployOptions, console: Console, *,
                          timeout_s: float, batch: int | None, status_url: str | None) -> InstallDeploy:
     from podsys.deploy.install_backends import SSHProbe, bmc_power, head_records, url_records
+    from podsys.deploy.node_images import ensure_node_images
     from podsys.deploy.runner import inventory_hosts, load_state, select_hosts
 
     # A bad --limit is refused before any BMC password is read or any host contacted.
     select_hosts(options, inventory_hosts(build_dir / "inventory" / "hosts.yml"), load_state(build_dir))
+    # The head serves the images from the first deploy on (the provision role copies them).
+    ensure_node_images(cluster, lambda line: console.print(line, markup=False, highlight=False))
     power, bmc_nodes = bmc_power(cluster)
     probe = SSHProbe(cluster)
     slurm = None

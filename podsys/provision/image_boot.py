@@ -12,12 +12,23 @@ from podsys.provision.image import cluster_images
 from podsys.provision.ramdisk import ramdisk_key
 
 IMAGES_URL_PATH = "images"  # under the boot tree: HeadPaths.image_root is <boot_root>/images
+# What the ramdisk fetches from an image's folder (podsys/data/ramdisk/functions.sh), in the
+# order the provision role copies them: the archive last, so a node that boots while a new
+# image is copied fails its checksum rather than writing half an archive.
+IMAGE_FILES = ("image.sha256", "partitions-bios.sfdisk", "partitions-bios.min-bytes",
+               "partitions-uefi.sfdisk", "partitions-uefi.min-bytes", "image.json", "image.tar.zst")
+RAMDISK_FILES = ("vmlinuz", "initrd.img")
+SERVED_FILE = "provision/images.json"
 KEYS_FILE = "keys/authorized_keys"
 CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8"
 
 
+def ramdisk_folder() -> str:
+    return f"ramdisk-{ramdisk_key()[:16]}"
+
+
 def ramdisk_url(boot_url: str) -> str:
-    return f"{boot_url}/{IMAGES_URL_PATH}/ramdisk-{ramdisk_key()[:16]}"
+    return f"{boot_url}/{IMAGES_URL_PATH}/{ramdisk_folder()}"
 
 
 def image_url(boot_url: str, key: str) -> str:
@@ -46,3 +57,17 @@ def image_nodes(cluster: Cluster) -> dict[str, tuple[str, str]]:
 
 def keys_file(keys: list[str]) -> str:
     return "".join(f"{k}\n" for k in keys)
+
+
+def served_images(cluster: Cluster) -> dict:
+    """What the head must serve under its images/ folder before any node installs: each image
+    the manifest's nodes get and the deploy ramdisk, as (store folder, file) pairs. The
+    provision role copies them from the image store (`.podsys/images`, beside the build)."""
+    names = {img.spec.key: img.spec.name for img in cluster_images(cluster)}
+    folders = list(names)
+    if not folders:
+        return {"images": [], "folders": [], "files": []}
+    files = [[key, name] for key in folders for name in IMAGE_FILES]
+    files += [[ramdisk_folder(), name] for name in RAMDISK_FILES]
+    return {"images": [{"key": k, "name": names[k]} for k in folders],
+            "folders": [*folders, ramdisk_folder()], "files": files}

@@ -361,6 +361,7 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
         for rel, content in installer_files(cluster, view, urls, keys, pw_hash).items():
             files[f"provision/boot/{rel}"] = content
     files.update(service_files())
+    files[image_boot.SERVED_FILE] = json.dumps(image_boot.served_images(cluster), indent=2) + "\n"
     files["provision/nodes.json"] = node_table_text(cluster, urls, views, boot_entries, bool(image_of))
     return files
 
