@@ -84,15 +84,21 @@ parse_cmdline() {
 }
 
 load_modules() {
-    # Drivers for what this machine has (NIC, disk controller), by their modalias, in two
-    # passes: devices behind a bus driver (virtio behind virtio_pci, disks behind a SCSI or
-    # SATA host) appear only once the first pass has loaded that driver.
-    for pass in 1 2; do
+    # Drivers for what this machine has (NIC, disk controller), by their modalias, pass after
+    # pass until no new device shows up: a device behind a bus driver appears only once that
+    # driver is loaded (virtio devices behind virtio_pci, a SCSI disk behind virtio_scsi or a
+    # SAS HBA, and its sd_mod only after that: three passes for a virtio-scsi disk).
+    previous=""
+    pass=0
+    while [ "$pass" -lt 6 ]; do
         aliases=$(cat /sys/bus/*/devices/*/modalias 2> /dev/null | sort -u)
+        [ "$aliases" = "$previous" ] && break
+        pass=$((pass + 1))
         # One modprobe for all of them; word splitting wanted (no alias contains a space).
         # shellcheck disable=SC2086
         "$MODPROBE" -a -q $aliases 2> /dev/null
         log "modules: pass $pass, $(echo "$aliases" | wc -l) device aliases"
+        previous=$aliases
         sleep 1
     done
     # The file systems the install writes.
@@ -174,6 +180,9 @@ partition_disk() {
     case "$DISK" in
         /dev/disk/*) FAIL_REASON="$DISK: /dev/disk/ links need udev, which this ramdisk has not; name the kernel device"; return 1 ;;
     esac
+    # A disk's device node appears once its controller's bus scan reaches it (asynchronous).
+    tries=0
+    while [ ! -b "$DISK" ] && [ "$tries" -lt 20 ]; do tries=$((tries + 1)); sleep 0.5; done
     [ -b "$DISK" ] || { FAIL_REASON="install disk $DISK not found"; return 1; }
     size=$(blockdev --getsize64 "$DISK") || { FAIL_REASON="cannot read the size of $DISK"; return 1; }
     need=$(cat /run/min-bytes)
