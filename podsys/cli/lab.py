@@ -126,7 +126,7 @@ def status_cmd(
 
 @guarded
 def ssh_cmd(
-    node: str = typer.Argument(..., help="`head` or a compute node's hostname (e.g. node01)."),
+    node: str = typer.Argument(..., help="`head`, a compute node's hostname (e.g. node01), or a VM a deploy installed (vm01)."),
     command: list[str] = typer.Argument(None, help="Command to run; a login shell when omitted."),
     directory: Path = DirOption,
 ) -> None:
@@ -141,7 +141,7 @@ def ssh_cmd(
 @guarded
 def stop_cmd(node: str = typer.Argument(..., help="Node hostname."), directory: Path = DirOption) -> None:
     """Power one node off (its disk and network stay), e.g. to see how a deploy handles it."""
-    lab.ssh_argv(directory, node)  # validates the name
+    lab.ssh_argv(directory, node, vms=False)  # validates the name: containers only (a VM's power is its BMC's)
     lab.stop_node(directory, node)
     console.print(f"{node} stopped")
 

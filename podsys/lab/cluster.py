@@ -441,11 +441,12 @@ def _plan_from_state(paths: LabPaths) -> tuple[dict, LabPlan]:
 
 
 def ssh_argv(directory: Path | str, node: str, command: list[str] | tuple[str, ...] = (),
-             tty: bool = False) -> list[str]:
-    """The ssh command line reaching a lab node (`head` or a compute hostname)."""
+             tty: bool = False, vms: bool = True) -> list[str]:
+    """The ssh command line reaching a lab node (`head`, a compute hostname, or a VM that a
+    deploy installed, unless vms=False)."""
     paths = paths_for(directory)
     _, plan = _plan_from_state(paths)
-    names = [n.hostname for n in plan.nodes]
+    names = [n.hostname for n in plan.nodes] + ([v.hostname for v in plan.vms] if vms else [])
     if node not in names:
         raise InputError(Problem("command line", None, "NODE",
                                  f"no lab node {node!r} (nodes: {', '.join(names)})"))

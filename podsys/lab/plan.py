@@ -370,9 +370,11 @@ def ssh_config(plan: LabPlan, private_key: Path, known_hosts_file: Path, config_
     known_hosts as the final connection."""
     head = plan.head
     blocks = [f"Host {head.hostname} {head.uplink_address}\n  HostName {head.uplink_address}\n"]
-    for node in plan.compute:
+    # VMs answer only once a deploy installed them; their host keys are the ones the deploy
+    # ramdisk reported, which deploy writes into the same known_hosts.
+    for name, address in [(n.hostname, n.address) for n in plan.compute] + [(v.hostname, v.address) for v in plan.vms]:
         blocks.append(
-            f"Host {node.hostname} {node.address}\n  HostName {node.address}\n"
+            f"Host {name} {address}\n  HostName {address}\n"
             f"  ProxyCommand ssh -F {shlex.quote(str(config_file))} -W %h:%p {head.hostname}\n"
         )
     blocks.append(

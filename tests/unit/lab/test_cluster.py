@@ -287,3 +287,12 @@ def test_boot_failure_names_the_reason(tmp_path):
     )
     assert lab_proc.boot_failure(log) == "Failed to allocate manager object: Too many open files"
     assert lab_proc.boot_failure(tmp_path / "missing.log") == "no console log"
+
+
+def test_ssh_config_reaches_the_vms_through_head_too(tmp_path):
+    plan = lab_plan.plan_lab(tmp_path, 1, slot=3, vms=2)
+    text = lab_plan.ssh_config(plan, Path("/k/id"), Path("/k/known"), Path("/k/config"))
+    for vm in plan.vms:
+        block = next(b for b in text.split("\n\n") if b.startswith(f"Host {vm.hostname} "))
+        assert f"Host {vm.hostname} {vm.address}\n  HostName {vm.address}\n" in block
+        assert "ProxyCommand ssh -F /k/config -W %h:%p head" in block
