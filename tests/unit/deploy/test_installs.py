@@ -219,7 +219,7 @@ def happy(node: str, at: float) -> list[tuple[float, str, str, str, str]]:
             (at + 20, node, "stage", "write", "bytes=1000"), (at + 60, node, "finish", "done", "")]
 
 
-def driver(clock, timeline, ssh=lambda node: "", timeout_s=600, shown=None, said=None):
+def driver(clock, timeline, ssh=lambda node, record: "", timeout_s=600, shown=None, said=None):
     return InstallDriver(timeline, ssh, clock=clock, sleep=clock.sleep, timeout_s=timeout_s, poll_s=5,
                          show=(shown.append if shown is not None else (lambda p: None)),
                          say=(said.append if said is not None else (lambda line: None)))
@@ -294,7 +294,7 @@ def test_status_service_down_for_a_while_is_not_fatal_but_named_at_timeout():
 def test_installed_but_no_ssh_times_out_as_installed():
     clock = Clock()
     timeline = Timeline(clock, {"n1": PENDING}, happy("n1", 5))
-    outcome = driver(clock, timeline, ssh=lambda node: "host key mismatch for 10.0.0.11 (known_hosts)",
+    outcome = driver(clock, timeline, ssh=lambda node, record: "host key mismatch for 10.0.0.11 (known_hosts)",
                      timeout_s=120).run(InstallPlan(power=("n1",)), lambda names: {}, ["n1"])
     [p] = outcome.did_not
     assert (p.phase, p.stage) == (Phase.TIMED_OUT, "installed") and "host key mismatch" in p.message
@@ -335,7 +335,7 @@ class Runs:
 
 
 def steps_for(clock, timeline, runs, power=lambda names: {}, bmc=("n1", "n2"), slurm=None, said=None):
-    return InstallSteps(read_status=timeline, probe_ssh=lambda node: "", power=power, bmc_nodes=list(bmc),
+    return InstallSteps(read_status=timeline, probe_ssh=lambda node, record: "", power=power, bmc_nodes=list(bmc),
                         run_deploy=runs, clock=clock, sleep=clock.sleep,
                         say=(said.append if said is not None else (lambda line: None)), slurm=slurm)
 
