@@ -17,6 +17,7 @@ MKFS_VFAT=/usr/sbin/mkfs.vfat
 BLKID=/usr/sbin/blkid
 MODPROBE=/usr/sbin/modprobe
 IMAGE_FILE=/run/image.tar.zst
+HOST_KEYS_ANSWER=/run/host-keys.answer
 TARGET=/target
 
 log() {
@@ -260,9 +261,12 @@ host_keys_value() {
 report_host_keys() {
     keys=$(host_keys_value)
     [ -n "$keys" ] || { FAIL_REASON="no SSH host keys in $TARGET/etc/ssh"; return 1; }
-    "$WGET" -q -T 10 --tries=3 -O /dev/null --post-data="event=stage&stage=identity&host_keys=$keys" "$STATUS_URL" \
-        2> /dev/null || { FAIL_REASON="cannot report the SSH host keys to $STATUS_URL"; return 1; }
-    return 0
+    # The head's answer is kept on error: a refusal says which key line it did not accept.
+    "$WGET" -q -T 10 --tries=3 --content-on-error -O "$HOST_KEYS_ANSWER" \
+        --post-data="event=stage&stage=identity&host_keys=$keys" "$STATUS_URL" 2> /dev/null && return 0
+    FAIL_REASON="cannot report the SSH host keys to $STATUS_URL"
+    if [ -s "$HOST_KEYS_ANSWER" ]; then FAIL_REASON="$FAIL_REASON: $(head -n 1 "$HOST_KEYS_ANSWER")"; fi
+    return 1
 }
 
 write_identity() {

@@ -137,6 +137,7 @@ def test_ramdisk_key_follows_the_scripts(monkeypatch):
 
 FAKE_WGET = """#!/bin/sh
 for arg in "$@"; do printf '%s\\n' "$arg"; done > "$(dirname "$0")/args"
+if [ -n "$WGET_ANSWER" ]; then printf '%s\\n' "$WGET_ANSWER" > "$(dirname "$0")/answer"; fi
 exit "${WGET_RC:-0}"
 """
 
@@ -155,9 +156,11 @@ def ramdisk_target(tmp_path: Path, keys: dict[str, str]) -> tuple[Path, Path]:
     return tmp_path / "target", wget
 
 
-def report_host_keys(target: Path, wget: Path, shell: str, rc: int = 0) -> str:
+def report_host_keys(target: Path, wget: Path, shell: str, rc: int = 0, answer: str = "") -> str:
+    """Run report_host_keys with the fake wget exiting `rc`, having received `answer` from the head."""
     return run_function(f'TARGET="{target}"; WGET="{wget}"; STATUS_URL=http://10.0.0.1:8081/api/v1/callback; '
-                        f'export WGET_RC={rc}; report_host_keys && echo OK || echo "FAILED: $FAIL_REASON"', shell)
+                        f'HOST_KEYS_ANSWER="{wget.parent}/answer"; export WGET_RC={rc} WGET_ANSWER="{answer}"; '
+                        'report_host_keys && echo OK || echo "FAILED: $FAIL_REASON"', shell)
 
 
 SHELLS = [s for s in ("dash", "busybox") if shutil.which(s)] or ["sh"]
@@ -190,6 +193,9 @@ def test_a_failed_or_empty_key_report_fails_the_step(tmp_path):
     target, wget = ramdisk_target(tmp_path, {"ed25519": ED25519})
     assert report_host_keys(target, wget, "sh", rc=4) == (
         "FAILED: cannot report the SSH host keys to http://10.0.0.1:8081/api/v1/callback\n")
+    # The head refused them (400): its reason is the install's.
+    assert report_host_keys(target, wget, "sh", rc=8, answer="host_keys line 1: not a key") == (
+        "FAILED: cannot report the SSH host keys to http://10.0.0.1:8081/api/v1/callback: host_keys line 1: not a key\n")
     (target / "etc/ssh/ssh_host_ed25519_key.pub").unlink()
     assert report_host_keys(target, wget, "sh").startswith("FAILED: no SSH host keys in ")
 
