@@ -66,16 +66,40 @@ def bmc_power(cluster: Cluster):
 
 class SSHProbe:
     """Does the node answer SSH as the access user with the access key (the head's key, which
-    the ramdisk put in root's authorized_keys)? Host keys are checked like every podsys SSH."""
+    the ramdisk put in root's authorized_keys)? Host keys are checked like every podsys SSH:
+    the keys the ramdisk reported for this install are written to access.known_hosts_file
+    first, as the only way to trust a freshly installed node without trusting on first use."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, executor=None):  # executor: a test's fake, else paramiko's
         from podsys.checks.runner import AccessSettings, SSHExecutor
 
-        self.executor = SSHExecutor(AccessSettings.from_cluster(cluster), connect_timeout=10)
+        self.cluster = cluster
+        self.executor = executor or SSHExecutor(AccessSettings.from_cluster(cluster), connect_timeout=10)
 
-    def __call__(self, node: str) -> str:
+    def trust_host_keys(self, node: str, keys: tuple[str, ...]) -> str:
+        """Write the node's reported keys for its name, FQDN and provision address; "" when
+        done, else why they cannot be trusted."""
+        from podsys.provision.known_hosts import write_known_hosts
+
+        access = self.cluster.access
+        if access.known_hosts_file is None:
+            return f"access.known_hosts_file is not set: cannot trust {node}'s new host keys"
+        spec = self.cluster.node(node)
+        try:
+            write_known_hosts(access.known_hosts_file, [spec.name, spec.fqdn, spec.provision_ip], keys, access.port)
+        except OSError as exc:
+            return f"cannot write {node}'s new host keys to {access.known_hosts_file}: {exc}"
+        return ""
+
+    def __call__(self, node: str, record: NodeRecord) -> str:
         from podsys.checks.live import Probe
 
+        # A node that reported no keys (a ramdisk from before the report) is probed as it was:
+        # the admin may have put its keys in known_hosts by hand.
+        if record.host_keys:
+            why = self.trust_host_keys(node, record.host_keys)
+            if why:
+                return why
         result = self.executor.run(Probe(node, "install-reachable", "true", timeout=20))
         if result.rc == 0:
             return ""

@@ -52,7 +52,7 @@ HEAD_BOOT_TAGS = "packages,provision"
 @dataclass
 class InstallSteps:
     read_status: Callable[[], Mapping[str, NodeRecord]]
-    probe_ssh: Callable[[str], str]
+    probe_ssh: Callable[[str, NodeRecord], str]
     power: Callable[[list[str]], Mapping[str, str]] | None
     bmc_nodes: list[str]
     run_deploy: Callable[[DeployOptions], DeployResult]

@@ -54,11 +54,21 @@ class NodeRecord:
     started: str = ""
     finished: str = ""
     updated: str = ""
+    host_keys: tuple[str, ...] = ()  # the SSH host keys the deploy ramdisk made, `<type> <base64>` each
 
     @classmethod
     def from_mapping(cls, data: Mapping) -> "NodeRecord":
-        return cls(**{k: str(data.get(k) or "") for k in ("boot", "state", "stage", "message", "started",
-                                                           "finished", "updated")})
+        texts = {k: str(data.get(k) or "") for k in ("boot", "state", "stage", "message", "started", "finished",
+                                                      "updated")}
+        return cls(**texts, host_keys=host_keys_of(data))
+
+
+def host_keys_of(data: Mapping) -> tuple[str, ...]:
+    """A record's host keys; () from a head whose state predates them."""
+    keys = data.get("host_keys")
+    if not isinstance(keys, (list, tuple)):
+        return ()
+    return tuple(k for k in keys if isinstance(k, str) and k)
 
 
 def records_from_state_show(text: str) -> dict[str, NodeRecord]:
@@ -226,7 +236,7 @@ def install_progress(watch: Watch, record: NodeRecord | None, ssh_error: str | N
 
 StatusReader = Callable[[], Mapping[str, NodeRecord]]
 PowerFn = Callable[[list[str]], Mapping[str, str]]  # nodes -> {node: why power failed} ("" = ok)
-SSHProbe = Callable[[str], str]  # node -> "" when it answers, else why not
+SSHProbe = Callable[[str, NodeRecord], str]  # node, its record -> "" when it answers, else why not
 Show = Callable[[list[Progress]], None]
 
 
@@ -310,7 +320,7 @@ class InstallDriver:
                         for n in plan.nodes]
             for p in progress:
                 if p.phase is Phase.INSTALLED:
-                    answered[p.node] = self.probe_ssh(p.node)
+                    answered[p.node] = self.probe_ssh(p.node, records[p.node])
             progress = [install_progress(watches[n], records.get(n), answered[n], now, deadline, status_error)
                         for n in plan.nodes]
             self.show(progress)

@@ -13,10 +13,14 @@ the head without podsys's other dependencies."""
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import fcntl
 import json
 import os
+import re
+import struct
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +30,10 @@ from pathlib import Path
 BOOT_STATES = ("install", "local")
 EVENTS = ("start", "stage", "finish", "fail")
 STATE_FILE = "nodes-state.json"
+HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+MAX_HOST_KEYS = 8
+MAX_HOST_KEY_CHARS = 1000
+_HOST_KEY_RE = re.compile(r"(?P<type>[a-z0-9-]+) (?P<blob>[A-Za-z0-9+/]+={0,2})")
 
 
 class StateError(Exception):
@@ -38,11 +46,44 @@ def utc_now() -> str:
 
 def new_record(boot: str) -> dict:
     return {"boot": boot, "state": "pending", "stage": "", "started": None, "finished": None,
-            "message": "", "updated": None}
+            "message": "", "updated": None, "host_keys": []}
 
 
-def apply_event(record: dict, event: str, stage: str = "", message: str = "", now: str | None = None) -> dict:
-    """The record after one installer callback. Pure; the caller persists it."""
+def parse_host_keys(text: str) -> list[str]:
+    """The deploy ramdisk's `host_keys` callback value -> its keys, one `<type> <base64>` a line.
+    Whatever passes here ends up in the admin's known_hosts and is then trusted for the node,
+    and any caller on the provision network can send it: anything but plain public keys of the
+    types OpenSSH makes is refused whole (ValueError) rather than trimmed."""
+    lines = text.split("\n")
+    if not text or len(lines) > MAX_HOST_KEYS:
+        raise ValueError(f"host_keys: expected 1 to {MAX_HOST_KEYS} lines, got {len(lines) if text else 0}")
+    return [_checked_host_key(n, line) for n, line in enumerate(lines, start=1)]
+
+
+def _checked_host_key(n: int, line: str) -> str:
+    if len(line) > MAX_HOST_KEY_CHARS:
+        raise ValueError(f"host_keys line {n}: longer than {MAX_HOST_KEY_CHARS} characters")
+    found = _HOST_KEY_RE.fullmatch(line)
+    if found is None:
+        raise ValueError(f"host_keys line {n}: not `<type> <base64>`")
+    key_type = found["type"]
+    if key_type not in HOST_KEY_TYPES:
+        raise ValueError(f"host_keys line {n}: key type {key_type!r} is not one of {', '.join(HOST_KEY_TYPES)}")
+    try:
+        blob = base64.b64decode(found["blob"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"host_keys line {n}: the key is not valid base64") from None
+    # An SSH public key blob starts with its own type name (RFC 4253 6.6): a line whose two
+    # halves disagree is not a key OpenSSH wrote.
+    if len(blob) < 4 or blob[4:4 + struct.unpack(">I", blob[:4])[0]] != key_type.encode():
+        raise ValueError(f"host_keys line {n}: the key's blob is not a {key_type} key")
+    return line
+
+
+def apply_event(record: dict, event: str, stage: str = "", message: str = "", now: str | None = None,
+                host_keys: list[str] | None = None) -> dict:
+    """The record after one installer callback. Pure; the caller persists it. `host_keys`
+    (already checked by parse_host_keys) replaces the node's keys; None leaves them."""
     if event not in EVENTS:
         raise StateError(f"unknown event {event!r} (expected one of {', '.join(EVENTS)})")
     now = now or utc_now()
@@ -50,6 +91,10 @@ def apply_event(record: dict, event: str, stage: str = "", message: str = "", no
     # The iPXE script reports a "pxe" stage before the installer says "start": an install
     # began at the earliest callback of a run.
     running = rec["state"] == "installing" and rec.get("started")
+    if event in ("start", "stage") and not running:
+        # A new run makes new keys: an install retried after a failure never went through
+        # set_boot_state, and the old system's keys must not be trusted for the new one.
+        rec["host_keys"] = []
     if event == "start":
         rec.update(state="installing", stage=stage or "started", started=rec["started"] if running else now,
                    finished=None)
@@ -66,6 +111,8 @@ def apply_event(record: dict, event: str, stage: str = "", message: str = "", no
         rec.update(state="failed", stage=stage or rec.get("stage", ""), finished=now)
     if message:
         rec["message"] = message[:300]
+    if host_keys is not None:
+        rec["host_keys"] = list(host_keys)
     rec["updated"] = now
     return rec
 
@@ -208,11 +255,12 @@ class StateStore:
                 self._write(stored)
         return changed
 
-    def record_event(self, name: str, event: str, stage: str = "", message: str = "") -> dict:
+    def record_event(self, name: str, event: str, stage: str = "", message: str = "",
+                     host_keys: list[str] | None = None) -> dict:
         with self._locked():
             stored = self._read()
             rec = {**new_record(self.default_boot), **stored.get(name, {})}
-            new = apply_event(rec, event, stage, message)
+            new = apply_event(rec, event, stage, message, host_keys=host_keys)
             stored[name] = new
             self._write(stored)
         return new

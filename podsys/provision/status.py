@@ -1,9 +1,11 @@
 """Install status service on the head: receives installer callbacks, serves a status page and
 each node's iPXE script.
 
-  GET|POST /api/v1/callback?event=start|stage|finish|fail&stage=..&message=..
+  GET|POST /api/v1/callback?event=start|stage|finish|fail&stage=..&message=..[&host_keys=..]
       from the installers (curl / wget / iPXE). The node is the caller's address; a caller whose
-      address is not a manifest node's provision IP gets 403 and nothing is recorded.
+      address is not a manifest node's provision IP gets 403 and nothing is recorded. host_keys
+      (the deploy ramdisk's new SSH host keys, `<type> <base64>` a line) replaces the node's
+      keys; a value that is not strictly that gets 400 and nothing is recorded.
   POST /api/v1/webhook   Subiquity's reporting webhook (JSON events) -> stages.
   GET  /api/v1/status    every node's record as JSON.
   GET  /api/v1/boot/<mac>.ipxe   the node's iPXE script for its boot state (install or local),
@@ -32,6 +34,7 @@ from podsys.provision.state import (
     duration_seconds,
     format_duration,
     load_nodes_file,
+    parse_host_keys,
 )
 
 COLUMNS = ("node", "boot", "state", "stage", "started", "finished", "duration", "message")
@@ -53,6 +56,7 @@ def status_rows(store: StateStore) -> list[dict]:
             "finished": rec.get("finished") or "",
             "duration": format_duration(duration_seconds(rec)),
             "message": rec.get("message") or "",
+            "host_keys": list(rec.get("host_keys") or []),
         })
     return rows
 
@@ -93,6 +97,12 @@ def webhook_event(payload: dict) -> tuple[str, str, str]:
     return "stage", name, message
 
 
+def form_fields(text: str) -> dict[str, str]:
+    """A query string or form body -> {field: its last value}. Blank values are kept: an empty
+    `host_keys=` is a malformed report to refuse, not a report without keys."""
+    return {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
+
+
 class StatusHandler(BaseHTTPRequestHandler):
     server: "StatusServer"
     server_version = "podsys-status"
@@ -114,7 +124,7 @@ class StatusHandler(BaseHTTPRequestHandler):
     def _caller(self) -> str | None:
         return self.server.store.node_for_address(self.client_address[0])
 
-    def _record(self, event: str, stage: str, message: str) -> None:
+    def _record(self, event: str, stage: str, message: str, host_keys: str | None = None) -> None:
         node = self._caller()
         if node is None:
             self._send(403, f"refused: {self.client_address[0]} is not a node of this cluster\n")
@@ -123,11 +133,19 @@ class StatusHandler(BaseHTTPRequestHandler):
             self._send(400, f"unknown event {event!r}; expected one of {', '.join(EVENTS)}\n")
             return
         try:
-            rec = self.server.store.record_event(node, event, stage, message)
+            keys = None if host_keys is None else parse_host_keys(host_keys)
+        except ValueError as exc:
+            self._send(400, f"{exc}\n")
+            return
+        try:
+            rec = self.server.store.record_event(node, event, stage, message, host_keys=keys)
         except StateError as exc:
             self._send(500, f"{exc}\n")
             return
         self._send(200, f"ok {node} {rec['state']} {rec['stage']}\n")
+
+    def _callback(self, query: dict[str, str]) -> None:
+        self._record(query.get("event", ""), query.get("stage", ""), query.get("message", ""), query.get("host_keys"))
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -136,8 +154,7 @@ class StatusHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         url = urlsplit(self.path)
         if url.path == "/api/v1/callback":
-            q = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            self._record(q.get("event", ""), q.get("stage", ""), q.get("message", ""))
+            self._callback(form_fields(url.query))
         elif url.path == "/api/v1/status":
             rows = status_rows(self.server.store)
             self._send(200, json.dumps({"cluster": self.server.cluster, "nodes": rows}, indent=2) + "\n",
@@ -167,9 +184,7 @@ class StatusHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         body = self._body()
         if url.path == "/api/v1/callback":
-            q = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            q.update({k: v[-1] for k, v in parse_qs(body.decode(errors="replace")).items()})
-            self._record(q.get("event", ""), q.get("stage", ""), q.get("message", ""))
+            self._callback({**form_fields(url.query), **form_fields(body.decode(errors="replace"))})
         elif url.path == "/api/v1/webhook":
             if self._caller() is None:
                 self._send(403, f"refused: {self.client_address[0]} is not a node of this cluster\n")

@@ -17,6 +17,7 @@ MKFS_VFAT=/usr/sbin/mkfs.vfat
 BLKID=/usr/sbin/blkid
 MODPROBE=/usr/sbin/modprobe
 IMAGE_FILE=/run/image.tar.zst
+HOST_KEYS_ANSWER=/run/host-keys.answer
 TARGET=/target
 
 log() {
@@ -250,6 +251,33 @@ EOF
     return 0
 }
 
+# host_keys_value -> the target's public host keys as one %-encoded form value: `type base64`
+# per key (the comment would name the ramdisk, not the node), joined by an encoded newline.
+host_keys_value() {
+    joined=""
+    for kind in ed25519 ecdsa rsa; do
+        pub="$TARGET/etc/ssh/ssh_host_${kind}_key.pub"
+        [ -s "$pub" ] || continue
+        key=$(cut -d' ' -f1,2 "$pub")
+        joined="${joined:+$joined%0A}$(urlencode "$key")"
+    done
+    printf '%s' "$joined"
+}
+
+# The head pins host keys (it never trusts on first use), and the keys ssh-keygen just made exist
+# nowhere else: unless the head learns them here it can never log in, so a failed report fails
+# the install instead of leaving a node nobody can reach.
+report_host_keys() {
+    keys=$(host_keys_value)
+    [ -n "$keys" ] || { FAIL_REASON="no SSH host keys in $TARGET/etc/ssh"; return 1; }
+    # The head's answer is kept on error: a refusal says which key line it did not accept.
+    "$WGET" -q -T 10 --tries=3 --content-on-error -O "$HOST_KEYS_ANSWER" \
+        --post-data="event=stage&stage=identity&host_keys=$keys" "$STATUS_URL" 2> /dev/null && return 0
+    FAIL_REASON="cannot report the SSH host keys to $STATUS_URL"
+    if [ -s "$HOST_KEYS_ANSWER" ]; then FAIL_REASON="$FAIL_REASON: $(head -n 1 "$HOST_KEYS_ANSWER")"; fi
+    return 1
+}
+
 write_identity() {
     echo "$NODE_NAME" > "$TARGET/etc/hostname"
     {
@@ -262,6 +290,7 @@ write_identity() {
     chmod 0444 "$TARGET/etc/machine-id"
     rm -f "$TARGET"/etc/ssh/ssh_host_*
     chroot "$TARGET" ssh-keygen -A > /dev/null || { FAIL_REASON="ssh-keygen -A failed"; return 1; }
+    report_host_keys || return 1
     mkdir -p "$TARGET/etc/systemd/network"
     {
         echo "[Match]"

@@ -95,6 +95,30 @@ def test_records_from_state_show_and_garbage():
         installs.records_from_status_json('{"cluster": "lab"}')
 
 
+def test_both_readers_carry_the_host_keys_and_tolerate_records_without_them():
+    keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey", "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQKey"]
+    rec = apply_event(new_record("install"), "stage", "identity", host_keys=keys)
+    shown = installs.records_from_state_show(json.dumps({"n1": rec, "n2": {"boot": "local"}, "n3": {"host_keys": None}}))
+    assert shown["n1"].host_keys == tuple(keys)
+    assert (shown["n2"].boot, shown["n2"].host_keys, shown["n3"].host_keys) == ("local", (), ())
+    rows = installs.records_from_status_json(json.dumps({"nodes": [{"node": "n1", **rec}, {"node": "n2", "state": "pending"}]}))
+    assert (rows["n1"].host_keys, rows["n2"].host_keys) == (tuple(keys), ())
+    # Keys reported since the node was powered are news from this attempt.
+    assert installs._fresh(shown["n1"], NodeRecord.from_mapping({**rec, "host_keys": []}))
+
+
+def test_the_probe_gets_the_nodes_record_with_its_keys():
+    clock = Clock()
+    keys = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey",)
+    events = happy("n1", 20)
+    events.insert(3, (70, "n1", "stage", "identity", ""))
+    timeline = Timeline(clock, {"n1": PENDING}, events, host_keys={"n1": list(keys)})
+    probed = []
+    outcome = driver(clock, timeline, ssh=lambda node, record: probed.append((node, record.host_keys)) or "").run(
+        InstallPlan(power=("n1",)), lambda names: {}, ["n1"])
+    assert outcome.came_up == ["n1"] and probed == [("n1", keys)]
+
+
 def test_unreachable_status_url_is_one_error():
     with pytest.raises(PodsysError, match="cannot read the status service at http://127.0.0.1:9"):
         url_records("http://127.0.0.1:9", timeout=2)
@@ -191,12 +215,15 @@ class Clock:
 
 
 class Timeline:
-    """The head's records over time: at clock t, every callback scheduled at or before t applied."""
+    """The head's records over time: at clock t, every callback scheduled at or before t applied.
+    A node's `identity` stage carries its `host_keys`, as the ramdisk's key report does."""
 
-    def __init__(self, clock: Clock, start: dict[str, NodeRecord], events: list[tuple[float, str, str, str, str]]):
+    def __init__(self, clock: Clock, start: dict[str, NodeRecord], events: list[tuple[float, str, str, str, str]],
+                 host_keys: dict[str, list[str]] | None = None):
         self.clock = clock
         self.start = start
         self.events = events
+        self.host_keys = host_keys or {}
         self.reads = 0
 
     def __call__(self) -> dict[str, NodeRecord]:
@@ -209,7 +236,9 @@ class Timeline:
             raw["message"] = rec.message
             for t, n, event, stage, message in self.events:
                 if n == node and t <= self.clock.now:
-                    raw = apply_event(raw, event, stage, message, now=f"2026-11-29T09:{int(t) // 60:02d}:{int(t) % 60:02d}Z")
+                    keys = self.host_keys.get(n) if stage == "identity" else None
+                    raw = apply_event(raw, event, stage, message, now=f"2026-11-29T09:{int(t) // 60:02d}:{int(t) % 60:02d}Z",
+                                      host_keys=keys)
             out[node] = NodeRecord.from_mapping(raw)
         return out
 
@@ -219,7 +248,7 @@ def happy(node: str, at: float) -> list[tuple[float, str, str, str, str]]:
             (at + 20, node, "stage", "write", "bytes=1000"), (at + 60, node, "finish", "done", "")]
 
 
-def driver(clock, timeline, ssh=lambda node: "", timeout_s=600, shown=None, said=None):
+def driver(clock, timeline, ssh=lambda node, record: "", timeout_s=600, shown=None, said=None):
     return InstallDriver(timeline, ssh, clock=clock, sleep=clock.sleep, timeout_s=timeout_s, poll_s=5,
                          show=(shown.append if shown is not None else (lambda p: None)),
                          say=(said.append if said is not None else (lambda line: None)))
@@ -294,7 +323,7 @@ def test_status_service_down_for_a_while_is_not_fatal_but_named_at_timeout():
 def test_installed_but_no_ssh_times_out_as_installed():
     clock = Clock()
     timeline = Timeline(clock, {"n1": PENDING}, happy("n1", 5))
-    outcome = driver(clock, timeline, ssh=lambda node: "host key mismatch for 10.0.0.11 (known_hosts)",
+    outcome = driver(clock, timeline, ssh=lambda node, record: "host key mismatch for 10.0.0.11 (known_hosts)",
                      timeout_s=120).run(InstallPlan(power=("n1",)), lambda names: {}, ["n1"])
     [p] = outcome.did_not
     assert (p.phase, p.stage) == (Phase.TIMED_OUT, "installed") and "host key mismatch" in p.message
@@ -335,7 +364,7 @@ class Runs:
 
 
 def steps_for(clock, timeline, runs, power=lambda names: {}, bmc=("n1", "n2"), slurm=None, said=None):
-    return InstallSteps(read_status=timeline, probe_ssh=lambda node: "", power=power, bmc_nodes=list(bmc),
+    return InstallSteps(read_status=timeline, probe_ssh=lambda node, record: "", power=power, bmc_nodes=list(bmc),
                         run_deploy=runs, clock=clock, sleep=clock.sleep,
                         say=(said.append if said is not None else (lambda line: None)), slurm=slurm)
 

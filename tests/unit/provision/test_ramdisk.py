@@ -28,8 +28,8 @@ def test_scripts_are_shellcheck_clean():
 
 
 def run_function(snippet: str, shell: str = "sh") -> str:
-    """Source functions.sh in a real POSIX shell and run `snippet`; its stdout."""
-    proc = subprocess.run([shell, "-c", f'. "{FUNCTIONS}"; {snippet}'], capture_output=True, text=True, timeout=10)
+    """Source functions.sh in a real POSIX shell (`busybox sh` too) and run `snippet`; its stdout."""
+    proc = subprocess.run([*shell.split(), "-c", f'. "{FUNCTIONS}"; {snippet}'], capture_output=True, text=True, timeout=10)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -133,3 +133,76 @@ def test_ramdisk_key_follows_the_scripts(monkeypatch):
     original = ramdisk.script_text
     monkeypatch.setattr(ramdisk, "script_text", lambda name: original(name) + b"\n# edited\n")
     assert ramdisk_key() != before
+
+
+FAKE_WGET = """#!/bin/sh
+for arg in "$@"; do printf '%s\\n' "$arg"; done > "$(dirname "$0")/args"
+if [ -n "$WGET_ANSWER" ]; then printf '%s\\n' "$WGET_ANSWER" > "$(dirname "$0")/answer"; fi
+exit "${WGET_RC:-0}"
+"""
+
+
+def ramdisk_target(tmp_path: Path, keys: dict[str, str]) -> tuple[Path, Path]:
+    """A target root with these ssh_host_<kind>_key.pub files, and a fake wget beside it that
+    records its arguments."""
+    ssh = tmp_path / "target/etc/ssh"
+    ssh.mkdir(parents=True)
+    for kind, key in keys.items():
+        (ssh / f"ssh_host_{kind}_key.pub").write_text(f"{key} root@ramdisk\n")
+    (ssh / "ssh_host_ed25519_key").write_text("PRIVATE, never sent\n")
+    wget = tmp_path / "wget"
+    wget.write_text(FAKE_WGET)
+    wget.chmod(0o755)
+    return tmp_path / "target", wget
+
+
+def report_host_keys(target: Path, wget: Path, shell: str, rc: int = 0, answer: str = "") -> str:
+    """Run report_host_keys with the fake wget exiting `rc`, having received `answer` from the head."""
+    return run_function(f'TARGET="{target}"; WGET="{wget}"; STATUS_URL=http://10.0.0.1:8081/api/v1/callback; '
+                        f'HOST_KEYS_ANSWER="{wget.parent}/answer"; export WGET_RC={rc} WGET_ANSWER="{answer}"; '
+                        'report_host_keys && echo OK || echo "FAILED: $FAIL_REASON"', shell)
+
+
+SHELLS = [s for s in ("dash", "busybox") if shutil.which(s)] or ["sh"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_host_key_report_posts_every_public_key_form_encoded(tmp_path, shell):
+    from urllib.parse import parse_qs
+
+    from podsys.provision.state import parse_host_keys
+    from tests.unit.provision.host_key_samples import ECDSA, ED25519, RSA
+
+    target, wget = ramdisk_target(tmp_path, {"rsa": RSA, "ed25519": ED25519, "ecdsa": ECDSA})
+    sh = "busybox sh" if shell == "busybox" else shell
+    assert report_host_keys(target, wget, sh) == "OK\n"
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[-1] == "http://10.0.0.1:8081/api/v1/callback"
+    body = next(a for a in args if a.startswith("--post-data=")).removeprefix("--post-data=")
+    assert "%0A" in body and " " not in body and "\n" not in body and "+" not in body
+    form = {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
+    assert (form["event"], form["stage"]) == ("stage", "identity")
+    # ed25519 first, without the comments, and just what the status service accepts.
+    assert parse_host_keys(form["host_keys"]) == [ED25519, ECDSA, RSA]
+    assert "PRIVATE" not in body
+
+
+def test_a_failed_or_empty_key_report_fails_the_step(tmp_path):
+    from tests.unit.provision.host_key_samples import ED25519
+
+    target, wget = ramdisk_target(tmp_path, {"ed25519": ED25519})
+    assert report_host_keys(target, wget, "sh", rc=4) == (
+        "FAILED: cannot report the SSH host keys to http://10.0.0.1:8081/api/v1/callback\n")
+    # The head refused them (400): its reason is the install's.
+    assert report_host_keys(target, wget, "sh", rc=8, answer="host_keys line 1: not a key") == (
+        "FAILED: cannot report the SSH host keys to http://10.0.0.1:8081/api/v1/callback: host_keys line 1: not a key\n")
+    (target / "etc/ssh/ssh_host_ed25519_key.pub").unlink()
+    assert report_host_keys(target, wget, "sh").startswith("FAILED: no SSH host keys in ")
+
+
+def test_write_identity_reports_the_keys_right_after_making_them():
+    functions = FUNCTIONS.read_text()
+    body = functions[functions.index("write_identity() {"):]
+    keygen = body.index('ssh-keygen -A')
+    assert body.index("report_host_keys || return 1") > keygen
+    assert body.index("report_host_keys || return 1") < body.index("10-provision.network")

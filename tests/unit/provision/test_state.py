@@ -15,7 +15,9 @@ from podsys.provision.state import (
     format_duration,
     main,
     new_record,
+    parse_host_keys,
 )
+from tests.unit.provision.host_key_samples import ECDSA, ED25519, RSA, host_key
 
 NODES = {
     "n1": NodeInfo("n1", "10.0.0.11", "02:00:00:00:00:01"),
@@ -128,3 +130,50 @@ def test_role_entry_point_init_then_local(tmp_path, capsys):
     assert main(["install", "n2", *args]) == 0
     assert capsys.readouterr().out == "changed: 1\n"
     assert main(["local", "n9", *args]) == 1
+
+
+# ----------------------------------------------------------------------------- host keys
+
+
+def test_host_keys_are_kept_through_the_run_and_replaced_by_a_new_report():
+    rec = apply_event(new_record("install"), "start", "network")
+    rec = apply_event(rec, "stage", "identity", host_keys=[ED25519, RSA])
+    rec = apply_event(rec, "finish", "done")
+    assert rec["host_keys"] == [ED25519, RSA] and rec["boot"] == "local"
+    assert apply_event(rec, "stage", "identity", host_keys=[ECDSA])["host_keys"] == [ECDSA]
+    assert new_record("install")["host_keys"] == []
+
+
+def test_a_new_run_forgets_the_last_runs_keys():
+    # Retried after a failure: boot stays `install`, nobody called set_boot_state.
+    failed = apply_event(apply_event(new_record("install"), "stage", "identity", host_keys=[ED25519]), "fail", "identity")
+    assert failed["host_keys"] == [ED25519]
+    assert apply_event(failed, "stage", "pxe")["host_keys"] == []
+    assert apply_event(failed, "start", "network")["host_keys"] == []
+
+
+def test_reinstall_clears_the_keys_and_state_show_carries_them(tmp_path, capsys):
+    store = StateStore(tmp_path / "state", None, NODES, "install")
+    store.record_event("n1", "stage", "identity", host_keys=[ED25519, ECDSA])
+    store.record_event("n1", "finish", "done")
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps({"nodes": {n: {"ip": i.ip, "mac": i.mac} for n, i in NODES.items()}}))
+    args = ["--nodes", str(nodes), "--state-dir", str(tmp_path / "state")]
+    assert main(["show", *args]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["n1"]["host_keys"], shown["n2"]["host_keys"]) == ([ED25519, ECDSA], [])
+    store.set_boot_state(["n1"], "install")
+    assert store.records()["n1"]["host_keys"] == []
+
+
+def test_state_from_before_host_keys_reads_as_none(tmp_path):
+    (tmp_path / "state").mkdir()
+    old = {k: v for k, v in new_record("local").items() if k != "host_keys"}
+    (tmp_path / "state" / "nodes-state.json").write_text(json.dumps({"nodes": {"n1": old}}))
+    assert StateStore(tmp_path / "state", None, NODES, "install").records()["n1"]["host_keys"] == []
+
+
+def test_parse_host_keys_returns_the_lines():
+    assert parse_host_keys(f"{ED25519}\n{host_key('ecdsa-sha2-nistp521')}") == [ED25519, host_key("ecdsa-sha2-nistp521")]
+    with pytest.raises(ValueError, match="line 1: the key's blob is not a ssh-rsa key"):
+        parse_host_keys("ssh-rsa AAAA")

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
 
 from podsys.provision.state import NodeInfo, StateStore
-from podsys.provision.status import StatusServer, render_html, status_rows, webhook_event
+from podsys.provision.status import COLUMNS, StatusServer, render_html, status_rows, webhook_event
+from tests.unit.provision.host_key_samples import ECDSA, ED25519, RSA, host_key
 
 
 def serve(store: StateStore):
@@ -146,3 +148,62 @@ def test_boot_scripts_follow_the_boot_state_and_unknown_macs_get_404(tmp_path):
 def test_without_a_node_table_every_boot_script_is_404(loopback_node):
     _, base = loopback_node
     assert get(f"{base}/api/v1/boot/02-00-00-00-00-01.ipxe")[0] == 404
+
+
+# ----------------------------------------------------------------------------- host keys
+
+
+def report_keys(base: str, value: str, *, post: bool = True) -> tuple[int, str]:
+    """The ramdisk's key report (functions.sh, report_host_keys): a form POST, or a GET query."""
+    fields = urllib.parse.urlencode({"event": "stage", "stage": "identity", "host_keys": value})
+    if post:
+        return get(f"{base}/api/v1/callback", data=fields.encode())
+    return get(f"{base}/api/v1/callback?{fields}")
+
+
+@pytest.mark.parametrize("post", [True, False], ids=["post-body", "get-query"])
+def test_host_keys_are_stored_and_served_with_the_status(loopback_node, post):
+    store, base = loopback_node
+    code, body = report_keys(base, f"{ED25519}\n{ECDSA}\n{RSA}", post=post)
+    assert code == 200 and body.startswith("ok n1 installing identity"), body
+    assert store.records()["n1"]["host_keys"] == [ED25519, ECDSA, RSA]
+    rows = {r["node"]: r for r in json.loads(get(f"{base}/api/v1/status")[1])["nodes"]}
+    assert (rows["n1"]["host_keys"], rows["n2"]["host_keys"]) == ([ED25519, ECDSA, RSA], [])
+    # The page's table stays as it was: keys are for podsys, not for the admin's eyes.
+    assert "host_keys" not in COLUMNS and ED25519.split()[1] not in get(f"{base}/")[1]
+
+
+def test_a_callback_without_host_keys_keeps_them(loopback_node):
+    store, base = loopback_node
+    assert report_keys(base, ED25519)[0] == 200
+    assert get(f"{base}/api/v1/callback?event=finish&stage=done")[0] == 200
+    assert store.records()["n1"]["host_keys"] == [ED25519]
+
+
+@pytest.mark.parametrize("value, why", [
+    ("", "1 to 8 lines"),
+    ("\n".join([ED25519] * 9), "1 to 8 lines"),
+    (f"{ED25519}\n", "line 2: not `<type> <base64>`"),
+    (f"{ED25519} root@n1", "line 1: not `<type> <base64>`"),
+    (f"ssh-ed25519  {ED25519.split()[1]}", "not `<type> <base64>`"),
+    (f"{ED25519}\r", "not `<type> <base64>`"),
+    ("ssh-dss " + host_key("ssh-dss").split()[1], "key type 'ssh-dss'"),
+    ("ssh-ed25519 AAAA!bad", "not `<type> <base64>`"),
+    ("ssh-ed25519 AAAAA", "not valid base64"),
+    (host_key("ssh-ed25519", blob_type="ssh-rsa"), "not a ssh-ed25519 key"),
+    ("ssh-rsa " + "A" * 993, "longer than 1000"),
+    (f"{ED25519}\nssh-ed25519 x'; rm -rf /", "line 2"),
+])
+def test_bad_host_keys_get_400_and_nothing_is_recorded(loopback_node, value, why):
+    store, base = loopback_node
+    assert report_keys(base, ED25519)[0] == 200
+    before = store.records()["n1"]
+    code, body = report_keys(base, value)
+    assert code == 400 and why in body, body
+    assert store.records()["n1"] == before
+
+
+def test_host_keys_from_an_unlisted_address_are_refused(no_loopback_node):
+    store, base = no_loopback_node
+    assert report_keys(base, ED25519)[0] == 403
+    assert store.records()["n2"]["host_keys"] == []
