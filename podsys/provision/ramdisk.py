@@ -44,10 +44,11 @@ TOOLS = ("/usr/sbin/sfdisk", "/usr/sbin/mke2fs", "/usr/sbin/mkfs.fat", "/usr/bin
 TOOL_LINKS = {"/usr/sbin/mkfs.ext4": "mke2fs", "/usr/sbin/mkfs.vfat": "mkfs.fat", "/usr/sbin/modprobe": "../bin/kmod"}
 # Kernel module trees (under /lib/modules/<version>/kernel) a node may need to reach the head
 # and write its disk: Ethernet and virtio NICs, SATA/SAS/NVMe/virtio disks, ext4 and FAT.
+# kernel/block holds t10-pi, which sd_mod (every SCSI/SATA/SAS disk) needs.
 MODULE_TREES = (
     "drivers/net/ethernet", "drivers/net/virtio_net.ko", "drivers/net/net_failover.ko", "drivers/net/mii.ko",
     "drivers/net/mdio", "drivers/net/phy", "drivers/net/mdio.ko", "net/core/failover.ko",
-    "drivers/block", "drivers/ata", "drivers/scsi", "drivers/nvme", "drivers/virtio", "drivers/md",
+    "block", "drivers/block", "drivers/ata", "drivers/scsi", "drivers/nvme", "drivers/virtio", "drivers/md",
     "drivers/pci", "fs/ext4", "fs/jbd2", "fs/mbcache.ko", "fs/fat", "fs/nls", "lib", "crypto",
     "arch/x86/crypto", "drivers/dca", "drivers/ptp", "drivers/pps", "drivers/hwmon",
 )
