@@ -8,6 +8,7 @@ sharing a node never run at once, so measurements do not disturb each other."""
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import socket
 import threading
@@ -68,6 +69,10 @@ class SSHExecutor:
     def __init__(self, settings: AccessSettings, connect_timeout: float = 15.0):
         import paramiko  # imported here: parsing and reporting must not need it
 
+        # paramiko logs a refused proxied channel ("Secsh channel 2 open FAILED", "Success for
+        # unrequested channel!") through Python's last-resort handler, onto the user's terminal;
+        # every failure already reaches the caller as an exception, with its reason.
+        logging.getLogger("paramiko").addHandler(logging.NullHandler())
         self._paramiko = paramiko
         self.settings = settings
         self.connect_timeout = connect_timeout

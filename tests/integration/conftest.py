@@ -103,9 +103,13 @@ def lab_skip_reason() -> str | None:
     return "lab cluster cannot run here: " + "; ".join(problems) if problems else None
 
 
-def bring_up_lab(directory: Path, nodes: int) -> LabCluster:
+def bring_up_lab(directory: Path, nodes: int, vms: int = 0) -> LabCluster:
     """Bring a lab up in `directory` (tearing it down again if that fails half-way)."""
-    state = lab.up(directory, nodes=nodes)
+    return lab_handles(directory, lab.up(directory, nodes=nodes, vms=vms))
+
+
+def lab_handles(directory: Path, state: dict) -> LabCluster:
+    """The test's handles on a running lab, from the state `podsys lab up` returned."""
     paths = lab.paths_for(directory)
     plan = lab.LabPlan.from_dict(state["plan"])
     return LabCluster(
