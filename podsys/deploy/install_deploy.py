@@ -136,7 +136,8 @@ def run_install_deploy(build_dir: Path, options: DeployOptions, settings: Instal
         head_current = False
     except PodsysError as exc:
         # First deploy: no status service yet. Bring up the head's boot services, then ask again.
-        steps.say(f"no install state yet ({exc}); setting up the head's boot services first")
+        why = "its boot services are not installed" if "No module named" in str(exc) else str(exc)
+        steps.say(f"no install state on the head yet ({why}); setting up the head's boot services first")
         if not head_boot_services():
             return out
         records = steps.read_status()

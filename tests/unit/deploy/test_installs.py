@@ -426,7 +426,7 @@ def test_first_deploy_sets_up_the_head_boot_services_before_reading_state(tmp_pa
     steps = steps_for(clock, read, runs, said=said)
     out = run_install_deploy(build, DeployOptions(), InstallSettings(head="head", timeout_s=600), steps)
     assert [(c.limit, c.tags) for c in runs.calls] == [("head", "packages,provision"), ("head,n1", None)]
-    assert said[0].startswith("no install state yet")
+    assert said[0].startswith("no install state on the head yet")
     assert out.result.succeeded
 
 
