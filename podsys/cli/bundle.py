@@ -90,7 +90,7 @@ def build(
     image_store: Optional[Path] = typer.Option(
         None, "--image-store", help="where the images are built (default: .podsys/images beside the manifest)"
     ),
-    plan_only: bool = typer.Option(False, "--plan", help="print what the bundle would hold (packages, vendor files, wheel sets); fetch nothing"),
+    plan_only: bool = typer.Option(False, "--plan", help="print what the bundle would hold (packages, vendor files, wheel sets, images); fetch nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Build (or update) the offline bundle for a manifest.

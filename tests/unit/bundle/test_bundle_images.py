@@ -165,3 +165,16 @@ def test_contents_skip_nothing_under_images(site):
     bundle_images(items, store, bundle, cluster.manifest_path)
     covered = {p.relative_to(bundle).as_posix() for p in contents_files(bundle)}
     assert {f"images/{items[0].folder}/{name}" for name in (*IMAGE_FILES, PACKAGES)} <= covered
+
+
+def test_build_bundle_refuses_a_missing_image_before_fetching_anything(tmp_path, monkeypatch):
+    import podsys.bundle.build as build
+    from podsys.bundle.build import build_bundle, plan_bundle
+
+    monkeypatch.setattr(build.shutil, "which", lambda tool: f"/usr/bin/{tool}")  # tools "installed"
+    monkeypatch.setattr(build, "PrivateApt", None)  # any apt work would fail with a TypeError
+    cluster = load_cluster(manifest(tmp_path))
+    plan = plan_bundle(cluster, only=["bash"], wheels=False, installer=False, images=True)
+    with pytest.raises(BundleImageError, match=r"run `podsys image build .*cluster\.yaml` first"):
+        build_bundle(plan, tmp_path / "bundle")
+    assert not (tmp_path / "bundle" / "repo").exists() and not (tmp_path / "bundle" / "keys").exists()
