@@ -10,6 +10,8 @@ Layout of a bundle directory:
     boot/ipxe/            iPXE binaries from Debian's ipxe package
     boot/<os>/            installer netboot kernel + initrd, where the distribution has them
     vendor/               vendor files that are not packages (pyxis, nccl-tests tarballs ...)
+    images/               with --images: the node images and deploy ramdisk the manifest's nodes
+                          install from, as in the image store (podsys/bundle/images.py)
     bundle.json           what was built: OS, suite, layers, stack, key fingerprint
     CONTENTS.sha256       sha256 of every file above (sha256sum format), signed: CONTENTS.sha256.asc
     keys/                 the site's private key (0700/0600): never served, never in the ISO
@@ -42,6 +44,7 @@ import yaml
 from podsys.bundle.addon_packages import addon_packages
 from podsys.bundle.addon_wheels import ADDONS_DIR, WheelSet, WheelSetResult, build_wheel_sets, wheel_sets
 from podsys.bundle.apt import AptFile, PrivateApt, target_for
+from podsys.bundle.images import IMAGES_DIR, BundledImage, bundle_images, wanted_images
 from podsys.bundle.repo import (
     PUBLIC_KEY_GPG,
     SiteKey,
@@ -56,7 +59,7 @@ from podsys.errors import InputError, PodsysError, Problem
 
 CONTENTS = "CONTENTS.sha256"
 CONTENTS_SIG = "CONTENTS.sha256.asc"
-SERVED = ("repo", "wheels", "boot", "vendor", "bundle.json", CONTENTS, CONTENTS_SIG)
+SERVED = ("repo", "wheels", "boot", "vendor", IMAGES_DIR, "bundle.json", CONTENTS, CONTENTS_SIG)
 IPXE_FILES = ("undionly.kpxe", "ipxe.efi", "snponly.efi")
 FORMAT = 1
 
@@ -86,6 +89,12 @@ class BundlePlan:
     recommends: bool = False
     # The add-on layers' PyPI wheels (podsys/bundle/addon_wheels.py), with --wheels only.
     wheel_sets: list[WheelSet] = field(default_factory=list)
+    # With --images: the store folders to carry (images, then the ramdisk), where they are built,
+    # and the manifest to name in `podsys image build` when one is missing.
+    node_images: bool = False
+    images: list[BundledImage] = field(default_factory=list)
+    image_store: str | None = None
+    manifest_path: str = "cluster.yaml"
 
     def as_dict(self) -> dict:
         """What `podsys bundle build --plan --json` prints."""
@@ -97,12 +106,25 @@ class BundlePlan:
             "wheels": self.wheels, "installer": self.installer, "ipxe": self.ipxe, "recommends": self.recommends,
             "addon_wheels": [{"set": s.name, "layer": s.layer, "requirements": list(s.requirements),
                               "directory": f"{ADDONS_DIR}/{s.name}/"} for s in self.wheel_sets],
+            "node_images": self.node_images, "image_store": self.image_store,
+            "images": [i.as_dict() for i in self.images],
         }
 
 
 def plan_bundle(cluster, only: list[str] | None = None, wheels: bool = True, installer: bool = True,
-                recommends: bool = False) -> BundlePlan:
-    """The bundle a manifest needs: head services + every layer's packages + the stack's plan."""
+                recommends: bool = False, images: bool = False, image_store: Path | None = None) -> BundlePlan:
+    """The bundle a manifest needs: head services + every layer's packages + the stack's plan,
+    and with `images` the node images from the image store."""
+    plan = _plan_packages(cluster, only, wheels, installer, recommends)
+    if images:
+        plan.node_images = True
+        plan.images = wanted_images(cluster)
+        plan.image_store = str(Path(image_store).absolute() if image_store else cluster.workspace.images_dir)
+        plan.manifest_path = str(cluster.manifest_path)
+    return plan
+
+
+def _plan_packages(cluster, only: list[str] | None, wheels: bool, installer: bool, recommends: bool) -> BundlePlan:
     from podsys.cluster.stack_packages import package_plan
 
     manifest = cluster.manifest
@@ -439,6 +461,7 @@ class BuildResult:
     files: int
     bytes: int
     addon_wheels: list[WheelSetResult] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -459,6 +482,8 @@ def build_bundle(plan: BundlePlan, output: Path, vendor_lock: Path | None = None
             raise PodsysError(f"bundle: {tool} not found; install the Debian package {package}")
 
     repo, work = output / "repo", output / ".work"
+    # First: a missing image is the manifest owner's to build, better said before minutes of downloads.
+    images = _bundle_node_images(plan, output, log)
     repo.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     key = SiteKey(output / "keys")
@@ -513,6 +538,7 @@ def build_bundle(plan: BundlePlan, output: Path, vendor_lock: Path | None = None
         "packages": len(files) + len(vendor_debs),
         "vendor": [{"name": a.name, "file": a.file, "sha256": a.sha256} for a in artifacts],
         "addon_wheels": {s.name: list(s.requirements) for s in plan.wheel_sets},
+        "images": [{"folder": i["folder"], "name": i["name"]} for i in images],
     }
     if meta["python"] != meta["built_with_python"]:
         log(f"warning: wheels are built with Python {meta['built_with_python']}, the target has {meta['python']}")
@@ -523,7 +549,15 @@ def build_bundle(plan: BundlePlan, output: Path, vendor_lock: Path | None = None
     key.stop_agent()
     size = sum(p.stat().st_size for p in contents_files(output))
     return BuildResult(output, fingerprint, len(files) + len(vendor_debs), downloaded, reused, wheels, boot,
-                       len(artifacts), count, size, addon_wheels)
+                       len(artifacts), count, size, addon_wheels, images)
+
+
+def _bundle_node_images(plan: BundlePlan, output: Path, log: Callable[[str], None]) -> list[dict]:
+    if not plan.node_images:
+        return []
+    if not plan.images:
+        log("images: no node is installed from an image (no PXE node with provisioning.method: image)")
+    return bundle_images(plan.images, Path(plan.image_store or "."), output, plan.manifest_path, log)
 
 
 # ---------------------------------------------------------------- verifying
@@ -685,7 +719,7 @@ def make_server(bundle: Path, bind: str, port: int):
 
         def list_directory(self, path):
             if Path(path).resolve() == bundle:  # the root lists only what is served
-                self.send_error(404, "no listing; see /repo, /wheels, /boot, /vendor")
+                self.send_error(404, "no listing; see /repo, /wheels, /boot, /vendor, /images")
                 return None
             return super().list_directory(path)
 

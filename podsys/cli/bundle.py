@@ -14,7 +14,7 @@ from podsys.cli.common import command_group, console, err_console, guarded
 BUNDLE_HELP = (
     "The offline bundle: a signed apt repository with the full dependency closure for the target OS, "
     "podsys's wheels and the add-on layers' PyPI wheels (wheels/addons/), iPXE and installer media, and vendor "
-    "files from vendor.lock.\n\n"
+    "files from vendor.lock, and with --images the node images and deploy ramdisk (images/).\n\n"
     "Build it where there is internet (`podsys bundle build cluster.yaml --output bundle/`), check it "
     "(`podsys bundle verify bundle/`), carry it as an ISO (`podsys bundle iso bundle/ --output site.iso`); "
     "on the head: mount or copy it at /srv/podsys/bundle (packages.bundle_path), "
@@ -82,7 +82,15 @@ def build(
     recommends: bool = typer.Option(
         False, "--recommends/--no-recommends", help="also bundle Recommends (apt installs fine without them; much larger)"
     ),
-    plan_only: bool = typer.Option(False, "--plan", help="print what the bundle would hold (packages, vendor files, wheel sets); fetch nothing"),
+    images: bool = typer.Option(
+        False, "--images/--no-images",
+        help="also carry the node images and deploy ramdisk the manifest's nodes install from (built first with "
+        "`podsys image build`), so the site's head builds none"
+    ),
+    image_store: Optional[Path] = typer.Option(
+        None, "--image-store", help="where the images are built (default: .podsys/images beside the manifest)"
+    ),
+    plan_only: bool = typer.Option(False, "--plan", help="print what the bundle would hold (packages, vendor files, wheel sets, images); fetch nothing"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Build (or update) the offline bundle for a manifest.
@@ -92,8 +100,9 @@ def build(
     them (reusing what is already there), adds the vendor files of vendor.lock, builds a
     repository signed with the site key (generated on first build into DIR/keys, never served),
     downloads the add-on layers' PyPI wheels (notebooks: batchspawner; models: mlflow and
-    mlflow-client) for the target's Python into DIR/wheels/addons/, and writes CONTENTS.sha256
-    (signed)."""
+    mlflow-client) for the target's Python into DIR/wheels/addons/, with --images copies (hard-links)
+    the manifest's node images and the deploy ramdisk from the image store into DIR/images/, and
+    writes CONTENTS.sha256 (signed)."""
     from podsys.bundle.build import build_bundle, plan_bundle
     from podsys.cluster.load import load_cluster
     from podsys.cluster.web_checks import ADDON_WHEELS_CHECK
@@ -102,7 +111,8 @@ def build(
     cluster = load_cluster(manifest, skip=frozenset({ADDON_WHEELS_CHECK}))
     if vendor_lock is None and (cluster.base_dir / "vendor.lock").is_file():
         vendor_lock = cluster.base_dir / "vendor.lock"
-    plan = plan_bundle(cluster, only=list(only) if only else None, wheels=wheels, installer=installer, recommends=recommends)
+    plan = plan_bundle(cluster, only=list(only) if only else None, wheels=wheels, installer=installer, recommends=recommends,
+                       images=images, image_store=image_store)
     if plan_only:
         _print_plan(plan, as_json)
         return
@@ -120,6 +130,9 @@ def build(
     for wheel_set in result.addon_wheels:
         console.print(f"wheels/addons/{wheel_set.name}: {wheel_set.files} wheels "
                       f"({'downloaded' if wheel_set.downloaded else 'reused'})", markup=False)
+    for image in result.images:
+        console.print(f"{image['directory']}: {image['name']}, {image['bytes'] / 1e6:.1f} MB ({image['state']})",
+                      markup=False)
     console.print(f"site key {result.fingerprint} (private key in {result.bundle / 'keys'}, 0600, not served)")
 
 
@@ -139,6 +152,12 @@ def _print_plan(plan, as_json: bool) -> None:
     for wheel_set in plan.wheel_sets:
         console.print(f"wheels/addons/{wheel_set.name}/ (layer {wheel_set.layer}): {' '.join(wheel_set.requirements)}",
                       markup=False)
+    if plan.node_images:
+        if not plan.images:
+            console.print("images: none (no node is installed from an image)", markup=False)
+        for image in plan.images:
+            nodes = f", {image.nodes} nodes" if image.nodes else ""
+            console.print(f"{image.as_dict()['directory']}: {image.name}{nodes} (from {plan.image_store})", markup=False)
 
 
 @guarded
@@ -185,14 +204,14 @@ def serve(
     bind: str = typer.Option("127.0.0.1", "--bind", help="address to listen on (the head's provision address for nodes)"),
     port: int = typer.Option(8080, "--port", help="TCP port"),
 ) -> None:
-    """Serve the bundle's repository, wheels, boot and vendor files over HTTP (never keys/).
+    """Serve the bundle's repository, wheels, boot, vendor and image files over HTTP (never keys/).
 
     For a look or a test: `podsys deploy` with packages.source: bundle serves the bundle with
     nginx on the head itself."""
     from podsys.bundle.build import make_server
 
     server = make_server(bundle, bind, port)
-    console.print(f"serving {bundle} on http://{bind}:{port}/ (repo/, wheels/, boot/, vendor/); Ctrl-C stops")
+    console.print(f"serving {bundle} on http://{bind}:{port}/ (repo/, wheels/, boot/, vendor/, images/); Ctrl-C stops")
     try:
         server.serve_forever()
     finally:
