@@ -23,7 +23,7 @@ from podsys.cluster.model import Cluster, NodeSpec
 from podsys.cluster.stack_packages import PlanOptions, os_family, package_plan
 
 # Bump when the build steps change (hooks, packing), so images built the old way are rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 # Releases mmdebstrap builds from a Debian/Ubuntu archive (suite names: debian.org/releases,
 # wiki.ubuntu.com/Releases).
@@ -224,6 +224,10 @@ def mmdebstrap_command(spec: ImageSpec, mirror: str, root_dir: str, packages_fil
         f"--customize-hook={secret_removal_script()}",
         f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{PACKAGE_LIST_FORMAT}' > {packages_file}",
         "--customize-hook=chroot \"$1\" apt-get clean",
+        # mmdebstrap keeps the build's --aptopt lines (the build's proxy) in the image, where
+        # they would override the node's own apt settings: the package_source role's are the
+        # node's.
+        "--customize-hook=rm -f \"$1\"/etc/apt/apt.conf.d/99mmdebstrap",
         spec.suite, root_dir, mirror,
     ]
     return cmd

@@ -151,6 +151,9 @@ def test_mmdebstrap_command_builds_from_the_given_mirror_and_strips_secrets():
     assert f"--customize-hook={secret_removal_script()}" in hooks
     assert any("dpkg-query" in h and "/tmp/p.tsv" in h for h in hooks)
     assert "etc/munge/munge.key" in secret_removal_script() and "ssh_host_*" in secret_removal_script()
+    # The build's apt options (its proxy) must not stay in the image: they would override the node's.
+    assert hooks[-1] == '--customize-hook=rm -f "$1"/etc/apt/apt.conf.d/99mmdebstrap'
+    assert "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata" in cmd
 
 
 def test_dnf_plan_for_rocky_uses_the_head_repository(tmp_path):
