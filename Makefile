@@ -15,7 +15,7 @@ lab: setup
 # Three workers: each lab (and the modules sharing one) is one xdist group in one worker;
 # tests/conftest.py assigns the groups and starts the longest first.
 test: setup
-	python3 -m pytest -m "not slow" -n 3 --dist loadgroup --no-loadscope-reorder
+	python3 -m pytest -m "not slow" -n 4 --dist loadgroup --no-loadscope-reorder
 
 test-unit:
 	python3 -m pytest tests/unit

@@ -8,12 +8,11 @@ the file."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from podsys.provision.state import atomic_write
 
 DEFAULT_SSH_PORT = 22
 
@@ -67,14 +66,5 @@ def write_known_hosts(path: Path, names: Sequence[str], keys: Sequence[str], por
     new = update_known_hosts(old, names, keys, port)
     if new == old:
         return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(new)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, new, mode, make_parents=False)  # a missing directory is the admin's to fix
     return True

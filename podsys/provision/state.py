@@ -193,7 +193,7 @@ class StateStore:
         return data.get("nodes", {})
 
     def _write(self, records: dict[str, dict]) -> None:
-        _atomic_write(self.path, json.dumps({"nodes": records}, indent=2, sort_keys=True) + "\n", 0o644)
+        atomic_write(self.path, json.dumps({"nodes": records}, indent=2, sort_keys=True) + "\n", 0o644)
 
     def records(self) -> dict[str, dict]:
         """Every manifest node's record; nodes never seen get a fresh pending one."""
@@ -266,8 +266,10 @@ class StateStore:
         return new
 
 
-def _atomic_write(path: Path, content: str | bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write(path: Path, content: str | bytes, mode: int, make_parents: bool = True) -> None:
+    """Replace `path` by a rename, so a reader sees the old file or the new one, never half."""
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     data = content.encode() if isinstance(content, str) else content
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
