@@ -114,7 +114,9 @@ def qemu_pid(directory: Path, vm) -> int | None:
 
 
 def console(directory: Path, vm) -> str:
-    return (lab_vms.vm_dir(lab.paths_for(directory).lab_dir, vm) / "console.log").read_text(errors="replace")
+    """The VM's serial console, its whitespace folded: the firmware wraps long lines at 80 columns."""
+    text = (lab_vms.vm_dir(lab.paths_for(directory).lab_dir, vm) / "console.log").read_text(errors="replace")
+    return " ".join(text.split())
 
 
 def ipmi(directory: Path, vm, *args: str) -> str:
@@ -216,8 +218,8 @@ def test_a_vm_whose_mac_is_not_in_the_manifest_gets_no_boot(vm_lab, first_deploy
     ipmi(directory, vm, "chassis", "bootdev", "pxe")
     ipmi(directory, vm, "chassis", "power", "on")
     try:
-        wait_for(f"{UNKNOWN}'s iPXE gives up", lambda: "No configuration methods succeeded" in console(directory, vm)
-                 or "Nothing to boot" in console(directory, vm), timeout=300, every=5)
+        wait_for(f"{UNKNOWN}'s iPXE gives up", lambda: "No configuration methods succeeded" in console(directory, vm),
+                 timeout=300, every=5)
         text = console(directory, vm)
         assert "podsys:" not in text and "boot.ipxe" not in text, text[-1500:]
         journal = cluster.ssh(cluster.head, f"journalctl -u dnsmasq --no-pager | grep -i '{vm.mac}' || true").stdout
