@@ -124,7 +124,7 @@ SHARED_LAB_GROUP = "lab-shared"
 # group's minutes in the last CI run (README, testing), only used to order them.
 GROUP_MINUTES = {
     "test_addon_models": 24,
-    "test_deploy_vms_lab": 20,
+    "test_deploy_vms_lab": 45,
     "test_addon_notebooks": 22,
     "test_addon_training": 14,
     SHARED_LAB_GROUP: 13,
