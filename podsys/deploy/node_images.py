@@ -66,12 +66,10 @@ def ensure_node_images(cluster: Cluster, say: Callable[[str], None]) -> list[dic
         if got is not None:
             record = store.record(image.spec.key) or {}
             state = "from the bundle" if got == "imported" else "up to date"
-            say(f"image {record.get('name', image.spec.name)} ({len(image.nodes)} nodes): {state}")
-            records.append(record)
-            continue
-        record, built = build_image(image, store, source.mirror, say, apt_options=source.apt_options)
-        state = f"built in {record['build_seconds']} s from {source.describe()}" if built else "up to date"
-        say(f"image {record['name']} ({len(image.nodes)} nodes): {state}")
+        else:
+            record, built = build_image(image, store, source.mirror, say, apt_options=source.apt_options)
+            state = f"built in {record['build_seconds']} s from {source.describe()}" if built else "up to date"
+        say(f"image {record.get('name', image.spec.name)} ({len(image.nodes)} nodes): {state}")
         records.append(record)
     from_bundle = _from_bundle(bundled, store, ramdisk_folder(), "deploy ramdisk", say)
     ramdisk = build_ramdisk(store.root, source.mirror, say, apt_options=source.apt_options)

@@ -8,7 +8,7 @@ Pure: which image and ramdisk a node gets follows from the manifest and podsys's
 from __future__ import annotations
 
 from podsys.cluster.model import Cluster
-from podsys.provision.image import cluster_images
+from podsys.provision.image import NodeImage
 from podsys.provision.ramdisk import ramdisk_key
 
 IMAGES_URL_PATH = "images"  # under the boot tree: HeadPaths.image_root is <boot_root>/images
@@ -50,20 +50,21 @@ def ramdisk_args(cluster: Cluster, node, image_key: str, boot_url: str) -> str:
     return " ".join(args)
 
 
-def image_nodes(cluster: Cluster) -> dict[str, tuple[str, str]]:
-    """node name -> (image key, image name) for every node installed from an image."""
-    return {name: (img.spec.key, img.spec.name) for img in cluster_images(cluster) for name in img.nodes}
+def image_nodes(images: list[NodeImage]) -> dict[str, tuple[str, str]]:
+    """node name -> (image key, image name) for every node installed from one of `images`
+    (cluster_images: computed once per render, shared with served_images)."""
+    return {name: (img.spec.key, img.spec.name) for img in images for name in img.nodes}
 
 
 def keys_file(keys: list[str]) -> str:
     return "".join(f"{k}\n" for k in keys)
 
 
-def served_images(cluster: Cluster) -> dict:
-    """What the head must serve under its images/ folder before any node installs: each image
-    the manifest's nodes get and the deploy ramdisk, as (store folder, file) pairs. The
-    provision role copies them from the image store (`.podsys/images`, beside the build)."""
-    names = {img.spec.key: img.spec.name for img in cluster_images(cluster)}
+def served_images(images: list[NodeImage]) -> dict:
+    """What the head must serve under its images/ folder before any node installs: each of the
+    manifest's `images` (cluster_images) and the deploy ramdisk, as (store folder, file) pairs.
+    The provision role copies them from the image store (`.podsys/images`, beside the build)."""
+    names = {img.spec.key: img.spec.name for img in images}
     folders = list(names)
     if not folders:
         return {"images": [], "folders": [], "files": []}

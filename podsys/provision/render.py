@@ -28,6 +28,7 @@ import jinja2
 from podsys.cluster.model import Cluster, NodeSpec
 from podsys.layout import HEAD_PATHS, PACKAGE_CACHE_PORT, HeadPaths
 from podsys.provision import boot_scripts, image_boot
+from podsys.provision.image import cluster_images
 
 DEBIAN_SUITES = {"12": "bookworm"}
 CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8"
@@ -324,7 +325,8 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
         d = m.provisioning.discovery
         discovery = {"start": str(d.range_start), "end": str(d.range_end)}
     port = m.provisioning.http_port
-    image_of = image_boot.image_nodes(cluster)  # provisioning.method: image -> the deploy ramdisk
+    images = cluster_images(cluster)
+    image_of = image_boot.image_nodes(images)  # provisioning.method: image -> the deploy ramdisk
     files: dict[str, str] = {}
     files["provision/dnsmasq.conf"] = _render(
         "dnsmasq.conf.j2", cluster_name=cluster.name, dns=m.provisioning.dns, domain=m.metadata.domain,
@@ -361,7 +363,7 @@ def render_files(cluster: Cluster, paths: HeadPaths = HEAD_PATHS,
         for rel, content in installer_files(cluster, view, urls, keys, pw_hash).items():
             files[f"provision/boot/{rel}"] = content
     files.update(service_files())
-    files[image_boot.SERVED_FILE] = json.dumps(image_boot.served_images(cluster), indent=2) + "\n"
+    files[image_boot.SERVED_FILE] = json.dumps(image_boot.served_images(images), indent=2) + "\n"
     files["provision/nodes.json"] = node_table_text(cluster, urls, views, boot_entries, bool(image_of))
     return files
 

@@ -15,6 +15,7 @@ from podsys.cluster.load import load_cluster
 from podsys.provision import image_boot
 from podsys.provision import render as provision_render
 from podsys.provision.boot_scripts import BootTable, mac_key
+from podsys.provision.image import cluster_images
 from tests.unit.provision.test_render import write_manifest
 
 JINJA = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "jinja_ipxe"),
@@ -41,7 +42,7 @@ def jinja_scripts(cluster) -> dict[str, dict[str, str]]:
     """mac -> {install, local}: what render.py wrote to ipxe/{install,local}/<mac>.ipxe."""
     m = cluster.manifest
     urls = provision_render.urls_for(cluster)
-    image_of = image_boot.image_nodes(cluster)
+    image_of = image_boot.image_nodes(cluster_images(cluster))
     out = {}
     for node in provision_render.boot_nodes(cluster):
         view = provision_render.node_view(cluster, node, urls)
