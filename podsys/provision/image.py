@@ -214,7 +214,8 @@ def mmdebstrap_command(spec: ImageSpec, mirror: str, root_dir: str, packages_fil
         # No recommends: exactly the listed closure, the same on every build.
         "--aptopt=APT::Install-Recommends \"false\"",
         # dpkg's fsync per file is most of a build's time on a VM disk; a half-built root is
-        # thrown away anyway (mmdebstrap's own hook, removed from the image at the end).
+        # thrown away anyway (mmdebstrap's own hook, removed from the image at the end;
+        # Debian package mmdebstrap 1.3.5: /usr/share/mmdebstrap/hooks/eatmydata/README.txt).
         "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata",
     ]
     cmd += [f"--aptopt={opt}" for opt in apt_options]
@@ -224,7 +225,8 @@ def mmdebstrap_command(spec: ImageSpec, mirror: str, root_dir: str, packages_fil
         f"--customize-hook={secret_removal_script()}",
         f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{PACKAGE_LIST_FORMAT}' > {packages_file}",
         "--customize-hook=chroot \"$1\" apt-get clean",
-        # mmdebstrap keeps the build's --aptopt lines (the build's proxy) in the image, where
+        # mmdebstrap keeps the build's --aptopt lines (the build's proxy) in the image
+        # (/etc/apt/apt.conf.d/99mmdebstrap: mmdebstrap(1), --aptopt; seen in the lab's image), where
         # they would override the node's own apt settings: the package_source role's are the
         # node's.
         "--customize-hook=rm -f \"$1\"/etc/apt/apt.conf.d/99mmdebstrap",
