@@ -39,6 +39,10 @@ APT_BASE = (
     "iputils-ping", "ca-certificates", "sudo", "gnupg", "procps", "less", "e2fsprogs",
     "dosfstools", "initramfs-tools", "grub-pc-bin", "grub-efi-amd64-bin", "grub2-common",
     "chrony",  # the base role's base_packages
+    # Ansible's apt module needs it on the node (docs.ansible.com, ansible.builtin.apt:
+    # Requirements); without it the first apt task installs it itself, an apt-get update and
+    # an install per node, minutes on a slow node.
+    "python3-apt",
 )
 KERNEL = {"debian": "linux-image-amd64", "ubuntu": "linux-image-generic", "rocky": "kernel"}
 # Rocky 9 (dnf --installroot): BaseOS/AppStream names, slurm and node_exporter from EPEL 9
@@ -51,7 +55,9 @@ DNF_BASE = (
 # What the slurm and monitoring layers install on a compute node (the roles' defaults:
 # slurm_node_packages + slurm_munge_packages, monitoring's node exporter).
 LAYER_PACKAGES = {
-    "apt": {"slurm": ("slurmd", "munge"), "monitoring": ("prometheus-node-exporter",)},
+    # slurm-client: the health role's scontrol on Slurm nodes (health_slurm_client_packages;
+    # packages.debian.org/bookworm/slurm-client).
+    "apt": {"slurm": ("slurmd", "munge", "slurm-client"), "monitoring": ("prometheus-node-exporter",)},
     "dnf": {"slurm": ("slurm-slurmd", "munge"), "monitoring": ("golang-github-prometheus-node-exporter",)},
 }
 # Relative to the image root: removed (or emptied) after the build, written per node at install.
