@@ -108,3 +108,21 @@ def test_lab_vms_refuses_a_manifest_and_image_options_refuse_keep(monkeypatch, c
         with pytest.raises(SystemExit) as exited:
             bench.main()
         assert exited.value.code == 2, argv
+
+
+def test_steps_run_in_order_from_the_first_deploy():
+    assert bench.parse_steps("first,one") == ["first", "one"]
+    assert bench.parse_steps(" first , both,again ") == ["first", "both", "again"]
+    for bad, why in (("one", "must start with first"), ("first,warm", "unknown step 'warm'"),
+                     ("first,both,one", "in the order"), ("first,one,one", "in the order"), ("", "must start")):
+        with pytest.raises(ValueError, match=why):
+            bench.parse_steps(bad)
+
+
+def test_steps_outside_lab_vms_or_unknown_exit_2(monkeypatch, capsys):
+    for argv in (["cluster.yaml", "--steps", "first"], ["--lab-vms", "--steps", "first,nope"]):
+        monkeypatch.setattr("sys.argv", ["provision.py", *argv])
+        with pytest.raises(SystemExit) as exited:
+            bench.main()
+        assert exited.value.code == 2, argv
+    assert "unknown step 'nope'" in capsys.readouterr().err
