@@ -34,6 +34,15 @@ def names_any(line: str, names: set[str]) -> bool:
     return any(entry_host(entry).lower() in names for entry in fields[0].split(","))
 
 
+def without_names(line: str, names: set[str]) -> str | None:
+    """A plain line that names any of `names`, with those entries taken out of its host field:
+    the key stays true for the other hosts the line names (a line the admin shares between a
+    node and its alias). None when only `names` were on it."""
+    host, rest = line.split(None, 1)  # names_any found a host field: there is a key after it
+    others = [entry for entry in host.split(",") if entry_host(entry).lower() not in names]
+    return f"{','.join(others)} {rest}" if others else None
+
+
 def host_field(names: Sequence[str], port: int) -> str:
     # OpenSSH and paramiko look a non-standard port up as [host]:port only.
     unique = list(dict.fromkeys(n for n in names if n))
@@ -41,10 +50,16 @@ def host_field(names: Sequence[str], port: int) -> str:
 
 
 def update_known_hosts(text: str, names: Sequence[str], keys: Sequence[str], port: int = DEFAULT_SSH_PORT) -> str:
-    """known_hosts text with every plain line naming any of `names` (on any port) removed, then
-    one line per key naming all of them; everything else stays as it was, in order."""
+    """known_hosts text with `names` (on any port) taken out of every plain line (a line left
+    naming no host goes), then one line per key naming all of them; everything else stays as
+    it was, in order."""
     wanted = {n.lower() for n in names if n}
-    kept = [line for line in text.splitlines(keepends=True) if not names_any(line, wanted)]
+    kept = []
+    for line in text.splitlines(keepends=True):
+        if not names_any(line, wanted):
+            kept.append(line)
+        elif (rest := without_names(line, wanted)) is not None:
+            kept.append(rest)
     if kept and not kept[-1].endswith("\n"):
         kept[-1] += "\n"
     field = host_field(names, port)

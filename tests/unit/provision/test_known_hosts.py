@@ -82,3 +82,16 @@ def test_write_through_a_symlink_replaces_its_target(tmp_path):
     link.symlink_to(target)
     write_known_hosts(link, NAMES, [ED25519])
     assert link.is_symlink() and ED25519 in target.read_text()
+
+
+def test_a_line_shared_with_other_hosts_keeps_them_with_the_old_key():
+    # The admin's line names the node and a service alias on it: the alias keeps its key, the
+    # node's names move to the new one.
+    before = f"gpu001,jupyter.example.org,10.10.1.1 {OLD}\n[gpu001]:2222,[web]:2222\t{OLD}\n"
+    after = update_known_hosts(before, NAMES, [ED25519])
+    assert after == (
+        f"jupyter.example.org {OLD}\n"
+        f"[web]:2222 {OLD}\n"
+        f"gpu001,gpu001.cluster.local,10.10.1.1 {ED25519}\n"
+    )
+    assert update_known_hosts(after, NAMES, [ED25519]) == after
