@@ -229,9 +229,9 @@ def secret_removal_script(root: str = '"$1"') -> str:
             f" && : > {root}/etc/machine-id")
 
 
-# Where the image's apt keeps the vendor keys and sources: the paths the package_source role
-# writes on a node (package_source_keyring_dir, sources.list.d/podsys-<name>.sources), so the
-# node's apt trusts the same repositories and the role later rewrites the same files.
+# Where the image keeps the vendor keys: where the package_source role puts them on a node
+# (package_source_keyring_dir, podsys-<name>.asc), so the node's apt trusts the same keys and
+# the role finds them in place. The build's sources go in the same folder under the role's names.
 KEYRING_DIR = "/usr/share/keyrings"
 SOURCES_DIR = "/etc/apt/sources.list.d"
 # apt reads preferences from the image root during the build (apt_preferences(5)).
@@ -243,8 +243,8 @@ RETIRED_SOURCES_LIST = "# Managed by podsys: the offline bundle is the only repo
 @dataclass(frozen=True)
 class BuildRepo:
     """A repository the build installs vendor packages from, as the build reaches it (the
-    vendor's URL, or the head's /repo/ for a bundle, which carries the vendor .debs) and as the
-    image's apt keeps it. Made from the plan's Repository by image_source.build_repositories."""
+    vendor's URL, or the head's /repo/ for a bundle, which carries the vendor .debs), and the key
+    the image keeps for it. Made from the plan's Repository by image_source.build_repositories."""
 
     name: str  # cuda, ofed, container_toolkit, bundle: the package_source role's names
     url: str
@@ -284,14 +284,13 @@ def vendor_apt_files(spec: ImageSpec, vendor: tuple[BuildRepo, ...], mirror: str
     are fetched there by the build). build-*.sources: what apt reads during the build. apt
     resolves Signed-By on the machine it runs on, not under the image root (mmdebstrap(1),
     --keyring: "copy your keys into the chroot explicitly if the key you passed via signed-by
-    points to a location that is not otherwise populated"), so they name the key in apt_dir.
-    image-*.sources: what the node's apt keeps, naming the key's copy in the image."""
+    points to a location that is not otherwise populated"; checked with apt 2.6: a key only
+    under the root's /usr/share/keyrings gives NO_PUBKEY), so they name the key in apt_dir."""
     bundle = _bundle_repo(vendor, mirror)
     files: dict[str, str] = {}
     for repo in vendor:
         if repo is not bundle:  # the bundle is the mirror line itself (see mmdebstrap_command)
             files[f"build-{repo.sources_file}"] = sources_text(repo, f"{apt_dir}/{repo.key_file}")
-        files[f"image-{repo.sources_file}"] = sources_text(repo, repo.keyring)
     if spec.apt_pins:
         files["preferences"] = apt_preferences(spec.apt_pins)
     if bundle is not None:
@@ -369,11 +368,14 @@ def mmdebstrap_command(spec: ImageSpec, mirror: str, root_dir: str, packages_fil
         "--customize-hook=chroot \"$1\" apt-get clean",
     ]
     if vendor:
-        # The node's sources name the key's copy in the image. The build's pins go: the roles
-        # write the node's own (package_source install.yml, one file per role), and a pin left
-        # here would hold the old versions against `podsys upgrade`.
-        steps = [f'cp {q(apt_dir + "/" + name)} "$1"{SOURCES_DIR}/{name[len("image-"):]}'
-                 for name in files if name.startswith("image-")]
+        # The keys stay; the build's sources and pins go, and the node's are the roles', as for
+        # the distribution mirror. The package_source role writes the vendor sources with the
+        # node's way to them (proxy mode: the head's cache as CONNECT proxy,
+        # 80podsys-vendor-proxy), which the image cannot know: a vendor source left here would
+        # make the base role's first `apt update` fail on a node with no way out. Its install
+        # tasks write the node's pins (one file per role); a build pin left here would hold the
+        # old versions against `podsys upgrade`.
+        steps = [f'rm -f "$1"{SOURCES_DIR}/{name[len("build-"):]}' for name in files if name.startswith("build-")]
         if "preferences" in files:
             steps.append(f'rm -f "$1"{BUILD_PREFERENCES}')
         if bundle is not None:

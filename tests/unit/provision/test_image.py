@@ -191,17 +191,20 @@ def test_gpu_image_build_takes_the_vendor_repositories_through_the_proxy_with_th
     assert 'cp /s/apt/preferences "$1"/etc/apt/preferences.d/podsys-image-build' in setup
     files = vendor_apt_files(spec, vendor, source.mirror, "/s/apt")
     # During the build apt reads the key from the build's folder (it resolves Signed-By outside
-    # the image root); the image keeps the copy under /usr/share/keyrings, as the role names it.
+    # the image root); the image keeps its copy under /usr/share/keyrings, as the role names it.
     assert "URIs: https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64/" in files["build-podsys-cuda.sources"]
     assert "Suites: /\n" in files["build-podsys-cuda.sources"] and "Components" not in files["build-podsys-cuda.sources"]
     assert files["build-podsys-cuda.sources"].endswith("Signed-By: /s/apt/podsys-cuda.asc\n")
-    assert files["image-podsys-cuda.sources"].endswith("Signed-By: /usr/share/keyrings/podsys-cuda.asc\n")
     assert f"Package: libnccl2\nPin: version {cluster.stack.nccl}\nPin-Priority: 1001" in files["preferences"]
     assert f"Pin: version {cluster.stack.driver}-*" in files["preferences"], "the driver's dependencies are pinned too"
     customize = hooks(cmd, "customize")
     assert customize[0] == dkms_hook(), "modules are built before anything is listed or cleaned"
-    final = next(h for h in customize if "image-podsys-cuda.sources" in h)
-    assert 'rm -f "$1"/etc/apt/preferences.d/podsys-image-build' in final  # the roles own the node's pins
+    # The keys stay; the build's sources and pins go: the roles write the node's, with its way
+    # to the repositories (the head's cache in proxy mode) and its own pins.
+    final = next(h for h in customize if "podsys-cuda.sources" in h)
+    assert final == ('rm -f "$1"/etc/apt/sources.list.d/podsys-ofed.sources && rm -f "$1"/etc/apt/sources.list.d/podsys-cuda.sources'
+                     ' && rm -f "$1"/etc/apt/preferences.d/podsys-image-build')
+    assert not any("keyrings" in h for h in customize)
     assert customize[-1] == 'rm -f "$1"/etc/apt/apt.conf.d/99mmdebstrap'
 
 
@@ -218,7 +221,7 @@ def test_gpu_image_from_a_bundle_uses_the_bundles_repository_and_site_key(tmp_pa
     assert cmd[-1] == "deb [signed-by=/s/apt/podsys-bundle.asc] http://10.40.0.1/repo jammy main"
     files = vendor_apt_files(image.spec, vendor, source.mirror, "/s/apt")
     assert "build-podsys-bundle.sources" not in files
-    assert files["image-podsys-bundle.sources"].endswith("Signed-By: /usr/share/keyrings/podsys-bundle.asc\n")
+    assert 'cp /s/apt/podsys-bundle.asc "$1"/usr/share/keyrings/podsys-bundle.asc' in hooks(cmd, "setup")[0]
     assert files["sources.list"].startswith("# Managed by podsys")
     assert 'cp /s/apt/sources.list "$1"/etc/apt/sources.list' in " ".join(hooks(cmd, "customize"))
 
