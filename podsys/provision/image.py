@@ -305,9 +305,9 @@ def dkms_hook() -> str:
     Inside the build's chroot `uname -r` is the build host's kernel, and the packages' postinst
     scripts build DKMS modules for the running kernel; the image boots its own. dkms(8):
     "autoinstall: Attempt to install the latest revision of all modules that have been installed
-    for other kernel revisions", and "-k <kernel-version>: The kernel version this action is to
-    be performed on"; `dkms status -k` then lists each module's state for that kernel, and one
-    that is not "installed" is missing. A kernel's headers come from the plan (the headers of
+    for other kernel revisions", and "-k <kernel-version>/<arch>: The kernel and arch to perform
+    the action upon" (dkms 3.0.11 man page, Ubuntu noble); `dkms status -k` then lists each
+    module's state for that kernel, and one that is not "installed" is missing. A kernel's headers come from the plan (the headers of
     the image's kernel meta package)."""
     return (
         'if chroot "$1" sh -c "command -v dkms" >/dev/null; then '
