@@ -498,7 +498,8 @@ def repositories_named(stack: Stack | Mapping, os_key: str, names: Iterable[str]
 def vendor_proxy_options(repos: Iterable[Repository | Mapping], proxy: str) -> list[str]:
     """apt options that send the vendor repositories' downloads through `proxy` as an HTTP
     CONNECT proxy, one per host, in repository order: `Acquire::https::Proxy::<host> "<proxy>"`
-    (apt.conf(5) takes a host-specific proxy as Acquire::https::Proxy::<host>). The vendor
+    (apt's per-host proxy form, apt.conf(5); `acquire::https::proxy::*` in apt 2.6's
+    /usr/share/doc/apt/examples/configure-index). The vendor
     repositories are https and apt-cacher-ng caches plain HTTP only, so they are tunnelled, not
     rewritten. The package_source role writes these for nodes in proxy mode (the head's cache,
     whose PassThroughPattern lets these hosts through); a node image build writes them for the
