@@ -66,7 +66,7 @@ def build(
     cluster = load_cluster(manifest)
     images = cluster_images(cluster)
     target = _store(store, manifest)
-    chosen = ImageSource(mirror) if mirror else image_source(cluster)
+    chosen = ImageSource(mirror) if mirror else image_source(cluster)  # --mirror: vendor repositories direct
     source = chosen.mirror
     apt_options = (*chosen.apt_options, *(apt_option or ()))
     if not images:
@@ -77,14 +77,18 @@ def build(
         if plan:
             console.print(f"{spec.name}  key {spec.key}  nodes {len(image.nodes)}", markup=False, highlight=False)
             if spec.family == "apt":
-                cmds = [mmdebstrap_command(spec, source, "ROOT", "ROOT.packages.tsv", apt_options)]
+                # APT: the folder the build fetches the vendor keys into (build_image).
+                cmds = [mmdebstrap_command(spec, source, "ROOT", "ROOT.packages.tsv",
+                                           (*apt_options, *chosen.vendor_apt_options(spec)),
+                                           chosen.build_repositories(spec), "APT")]
             else:
                 cmds = dnf_commands(spec, source, "ROOT")
             for cmd in cmds:
                 console.print("  " + shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
             continue
         record, built = build_image(image, target, source, lambda line: err_console.print(line, markup=False),
-                                    force=force, apt_options=apt_options)
+                                    force=force, apt_options=(*apt_options, *chosen.vendor_apt_options(spec)),
+                                    vendor=chosen.build_repositories(spec), key_proxy=chosen.proxy)
         state = f"built in {record['build_seconds']} s" if built else "up to date"
         console.print(f"{record['name']}: {state}, {record['archive_bytes'] >> 20} MiB, sha256 {record['sha256'][:16]}, "
                       f"{record['packages']} packages, kernel {record['kernel']}", markup=False, highlight=False)

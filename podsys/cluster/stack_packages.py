@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
 
 from podsys.cluster.matrix import Matrix, Stack, load_matrix, version_key
 from podsys.errors import PodsysError
@@ -86,6 +87,9 @@ class PlanOptions:
     layers: tuple[str, ...] = ("gpu", "infiniband", "container")
     components: tuple[str, ...] | None = None  # restrict to these components (a role's own)
     kernel: str | None = None  # the running kernel (uname -r); None shows a placeholder
+    # A node image's kernel meta package (linux-image-amd64, linux-image-generic, kernel): the
+    # headers then follow the kernel the image installs, not the kernel podsys runs on.
+    kernel_package: str | None = None
     os_release: str | None = None  # the full OS release (9.6, 12.5); picks the OFED directory
     extra: dict = field(default_factory=dict)
 
@@ -99,6 +103,7 @@ class PlanOptions:
         if isinstance(components, str):
             components = [components]
         kernel = data.pop("kernel", None)
+        kernel_package = data.pop("kernel_package", None)
         os_release = data.pop("os_release", None)
         return cls(
             flavour=str(gpu.get("flavour", data.pop("flavour", "auto"))),
@@ -108,6 +113,7 @@ class PlanOptions:
             layers=tuple(layers) if layers is not None else cls.layers,
             components=tuple(components) if components is not None else None,
             kernel=str(kernel) if kernel else None,
+            kernel_package=str(kernel_package) if kernel_package else None,
             os_release=str(os_release) if os_release else None,
             extra=data,
         )
@@ -161,15 +167,28 @@ def _cuda_dash(cuda: str) -> str:
     return cuda.replace(".", "-")
 
 
-def _kernel_headers(family: str, kernel: str | None) -> list[PlannedPackage]:
+def _kernel_headers(family: str, kernel: str | None, kernel_package: str | None = None) -> list[PlannedPackage]:
     """The running kernel's headers, before any DKMS build (DOCA/MLNX_OFED, the NVIDIA driver).
     dnf: kernel-devel plus dkms, which EPEL carries (NVIDIA driver installation guide, RHEL:
-    "enable EPEL and CRB", `dnf install kernel-devel-$(uname -r)`)."""
-    kernel = kernel or KERNEL_PLACEHOLDER
+    "enable EPEL and CRB", `dnf install kernel-devel-$(uname -r)`).
+
+    kernel_package (a node image): the headers of that kernel meta package instead, which move
+    with it: linux-image-amd64 -> linux-headers-amd64 (Debian), linux-image-generic ->
+    linux-headers-generic (Ubuntu), kernel -> kernel-devel (Rocky); the same names the offline
+    bundle takes (podsys/data/bundle-packages.yaml, kernel_headers)."""
+    if kernel_package is not None:
+        if family == "apt":
+            name = kernel_package.replace("linux-image-", "linux-headers-", 1)
+        else:
+            name = f"{kernel_package}-devel"
+    elif family == "apt":
+        name = f"linux-headers-{kernel or KERNEL_PLACEHOLDER}"
+    else:
+        name = f"kernel-devel-{kernel or KERNEL_PLACEHOLDER}"
     if family == "apt":
-        return [PlannedPackage(f"linux-headers-{kernel}", None, "kernel_headers", f"linux-headers-{kernel}", "distribution")]
+        return [PlannedPackage(name, None, "kernel_headers", name, "distribution")]
     return [
-        PlannedPackage(f"kernel-devel-{kernel}", None, "kernel_headers", f"kernel-devel-{kernel}", "distribution"),
+        PlannedPackage(name, None, "kernel_headers", name, "distribution"),
         PlannedPackage("dkms", None, "kernel_headers", "dkms", "epel"),
     ]
 
@@ -341,7 +360,7 @@ def package_plan(
     parts: dict[str, list[PlannedPackage]] = {}
 
     if _builds_dkms(stack, options, gpu is not None):
-        parts["kernel_headers"] = _kernel_headers(family, options.kernel)
+        parts["kernel_headers"] = _kernel_headers(family, options.kernel, options.kernel_package)
 
     if "gpu" in layers and gpu is not None:
         flavour, _ = driver_flavour(stack, profile, options.flavour)
@@ -474,6 +493,45 @@ def repositories_named(stack: Stack | Mapping, os_key: str, names: Iterable[str]
         raise PlanError(f"unknown repository name(s): {', '.join(unknown)} (known: {', '.join(REPOSITORY_COMPONENTS)})")
     components = [c for n in names for c in REPOSITORY_COMPONENTS[n]]
     return [r for r in repositories(stack, os_key, components, options, matrix) if r.name in names]
+
+
+def vendor_proxy_options(repos: Iterable[Repository | Mapping], proxy: str) -> list[str]:
+    """apt options that send the vendor repositories' downloads through `proxy` as an HTTP
+    CONNECT proxy, one per host, in repository order: `Acquire::https::Proxy::<host> "<proxy>"`
+    (apt's per-host proxy form, apt.conf(5); `acquire::https::proxy::*` in apt 2.6's
+    /usr/share/doc/apt/examples/configure-index). The vendor
+    repositories are https and apt-cacher-ng caches plain HTTP only, so they are tunnelled, not
+    rewritten. The package_source role writes these for nodes in proxy mode (the head's cache,
+    whose PassThroughPattern lets these hosts through); a node image build writes them for the
+    site's packages.proxy, the way it reaches the distribution mirror. [] without a proxy."""
+    if not proxy:
+        return []
+    hosts: list[str] = []
+    for repo in repos:
+        url = repo["url"] if isinstance(repo, Mapping) else repo.url
+        host = urlsplit(str(url)).hostname
+        if host and host not in hosts:
+            hosts.append(host)
+    return [f'Acquire::https::Proxy::{host} "{proxy}"' for host in hosts]
+
+
+def apt_pins(packages: Iterable[PlannedPackage | Mapping], extra: Iterable[Mapping] = ()) -> list[tuple[str, str]]:
+    """(package or pattern, version) apt preferences for a plan: every planned name with an
+    apt version in its spec (name=version), then the extra patterns (NodePlan.pins)."""
+    out: list[tuple[str, str]] = []
+    for pkg in packages:
+        name, version, spec = ((pkg["name"], pkg["version"], pkg["spec"]) if isinstance(pkg, Mapping)
+                               else (pkg.name, pkg.version, pkg.spec))
+        if version is not None and "=" in str(spec):
+            out.append((str(name), str(spec).split("=", 1)[1]))
+    out += [(str(e["packages"]), str(e["version"])) for e in extra]
+    return out
+
+
+def apt_preferences(pins: Iterable[tuple[str, str]]) -> str:
+    """apt_preferences(5) stanzas at priority 1001: these versions even when a newer one appears
+    (and a downgrade to them), so routine upgrades cannot move them."""
+    return "".join(f"Package: {packages}\nPin: version {version}\nPin-Priority: 1001\n\n" for packages, version in pins)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ Per-node and per-cluster secrets are never in an image (SECRET_PATHS): the deplo
 writes fresh SSH host keys and a machine-id onto each node, and the slurm role hands the
 cluster's munge key to nodes after they boot.
 
+GPU and InfiniBand images carry their vendor packages too (driver, fabric manager, CUDA, NCCL,
+DCGM, OFED ...), at the matrix's versions, from the vendor repositories the package plan names
+(stack_packages.repositories: the same URLs, suites and keys the GPU/IB roles use), with their
+DKMS kernel modules built for the image's own kernel. The roles then find them installed.
+
 Pure here: the spec, the key, which nodes share which image, the build commands. Running them
 is podsys/provision/image_build.py."""
 
@@ -16,14 +21,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 from podsys.cluster.model import Cluster, NodeSpec
-from podsys.cluster.stack_packages import PlanOptions, os_family, package_plan
+from podsys.cluster.stack_packages import PlanOptions, Repository, apt_pins, apt_preferences, node_plan, os_family
 
 # Bump when the build steps change (hooks, packing), so images built the old way are rebuilt.
-RECIPE_VERSION = 3
+# 4: vendor packages in the image (their repositories, keys, pins, DKMS for the image kernel).
+RECIPE_VERSION = 4
 
 # Releases mmdebstrap builds from a Debian/Ubuntu archive (suite names: debian.org/releases,
 # wiki.ubuntu.com/Releases).
@@ -84,6 +91,12 @@ class ImageSpec:
     # name=version of every matrix-pinned package, also those whose version is not in the spec
     # (the OFED meta package: its repository URL carries the version).
     pins: tuple[str, ...] = ()
+    # The vendor repositories the vendor packages come from (stack_packages.repositories), the
+    # apt preferences that hold their versions during the build ((package or pattern, version),
+    # stack_packages.apt_pins) and, for dnf, the module streams enabled first.
+    repositories: tuple[Repository, ...] = ()
+    apt_pins: tuple[tuple[str, str], ...] = ()
+    module_streams: tuple[str, ...] = ()
     recipe: int = RECIPE_VERSION
 
     @property
@@ -110,6 +123,9 @@ class ImageSpec:
         data["packages"] = list(self.packages)
         data["vendor_packages"] = list(self.vendor_packages)
         data["pins"] = list(self.pins)
+        data["repositories"] = [r.as_dict() for r in self.repositories]
+        data["apt_pins"] = [list(p) for p in self.apt_pins]
+        data["module_streams"] = list(self.module_streams)
         return data
 
 
@@ -125,8 +141,19 @@ class NodeImage:
     nodes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def image_packages(cluster: Cluster, node: NodeSpec) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """(every package spec, the vendor ones, name=version pins) the node's image holds."""
+@dataclass(frozen=True)
+class ImagePackages:
+    packages: tuple[str, ...]  # every package spec, sorted
+    vendor: tuple[str, ...]  # the vendor ones
+    pins: tuple[str, ...]  # name=version of every matrix-pinned package
+    repositories: tuple[Repository, ...] = ()
+    apt_pins: tuple[tuple[str, str], ...] = ()
+    module_streams: tuple[str, ...] = ()
+
+
+def image_packages(cluster: Cluster, node: NodeSpec) -> ImagePackages:
+    """What the node's image holds: the base system, its layers' packages and the GPU/IB/container
+    plan (package_plan), vendor packages included, with the plan's repositories and pins."""
     m = cluster.manifest
     family = os_family(m.os.key)
     if family == "apt":
@@ -136,13 +163,22 @@ def image_packages(cluster: Cluster, node: NodeSpec) -> tuple[tuple[str, ...], t
     for layer in ("slurm", "monitoring"):
         if layer in node.layers:
             specs += LAYER_PACKAGES[family][layer]
+    # kernel_package: DKMS builds need the headers of the kernel the image installs (its meta
+    # package's headers), not of the kernel the build runs on.
     options = PlanOptions(flavour=m.gpu.flavour, infiniband_stack=m.infiniband.stack,
-                          layers=tuple(layer for layer in node.layers if layer in ("gpu", "infiniband", "container")))
-    plan = package_plan(cluster.stack, m.os.key, cluster.profile_of(node), options)
-    vendor = [p.spec for p in plan if p.origin == "vendor"]
-    specs += [p.spec for p in plan if p.origin != "source"]
-    pins = {f"{p.name}={p.version}" for p in plan if p.version is not None}
-    return tuple(sorted(set(specs))), tuple(sorted(set(vendor))), tuple(sorted(pins))
+                          layers=tuple(layer for layer in node.layers if layer in ("gpu", "infiniband", "container")),
+                          kernel_package=KERNEL[m.os.distro])
+    plan = node_plan(cluster.stack, m.os.key, cluster.profile_of(node), options)
+    installed = [p for p in plan.packages if p.origin != "source"]
+    vendor = [p.spec for p in installed if p.origin == "vendor"]
+    specs += [p.spec for p in installed]
+    pins = {f"{p.name}={p.version}" for p in plan.packages if p.version is not None}
+    repos = tuple(r for r in plan.repositories if any(c in r.for_components for c in {p.component for p in installed if p.origin == "vendor"}))
+    return ImagePackages(
+        tuple(sorted(set(specs))), tuple(sorted(set(vendor))), tuple(sorted(pins)), repos,
+        tuple(apt_pins(installed, plan.pins)) if family == "apt" and vendor else (),
+        tuple(plan.module_streams) if vendor else (),
+    )
 
 
 def image_method(cluster: Cluster, node: NodeSpec) -> str:
@@ -155,11 +191,12 @@ def image_method(cluster: Cluster, node: NodeSpec) -> str:
 
 def spec_for(cluster: Cluster, node: NodeSpec) -> ImageSpec:
     m = cluster.manifest
-    packages, vendor, pins = image_packages(cluster, node)
+    got = image_packages(cluster, node)
     return ImageSpec(
         distro=m.os.distro, version=m.os.version, suite=SUITES.get(m.os.key),
         stack=cluster.stack.id, hardware=node.hardware, layers=tuple(sorted(node.layers)),
-        packages=packages, vendor_packages=vendor, pins=pins,
+        packages=got.packages, vendor_packages=got.vendor, pins=got.pins,
+        repositories=got.repositories, apt_pins=got.apt_pins, module_streams=got.module_streams,
     )
 
 
@@ -198,25 +235,117 @@ def secret_removal_script(root: str = '"$1"') -> str:
             f" && : > {root}/etc/machine-id")
 
 
-def distribution_packages(spec: ImageSpec) -> tuple[str, ...]:
-    """What the image build installs: everything but the vendor packages. Those (driver, CUDA,
-    DCGM, OFED ...) need NVIDIA's and Mellanox's repositories, which the build does not have
-    yet; the GPU/InfiniBand roles install them after the node's first boot, as before."""
-    vendor = set(spec.vendor_packages)
-    return tuple(p for p in spec.packages if p not in vendor)
+# Where the image keeps the vendor keys: where the package_source role puts them on a node
+# (package_source_keyring_dir, podsys-<name>.asc), so the node's apt trusts the same keys and
+# the role finds them in place. The build's sources go in the same folder under the role's names.
+KEYRING_DIR = "/usr/share/keyrings"
+SOURCES_DIR = "/etc/apt/sources.list.d"
+# apt reads preferences from the image root during the build (apt_preferences(5)).
+BUILD_PREFERENCES = "/etc/apt/preferences.d/podsys-image-build"
+# packages.source: bundle: the bundle is the node's only repository (package_proxy's retire_sources).
+RETIRED_SOURCES_LIST = "# Managed by podsys: the offline bundle is the only repository (sources.list.d/podsys-bundle*.sources)\n"
+
+
+@dataclass(frozen=True)
+class BuildRepo:
+    """A repository the build installs vendor packages from, as the build reaches it (the
+    vendor's URL, or the head's /repo/ for a bundle, which carries the vendor .debs), and the key
+    the image keeps for it. Made from the plan's Repository by image_source.build_repositories."""
+
+    name: str  # cuda, ofed, container_toolkit, bundle: the package_source role's names
+    url: str
+    suite: str  # "/" or "./" for NVIDIA's and Mellanox's flat repositories
+    components: str = ""
+    key_url: str = ""
+    fingerprint: str | None = None  # checked when the key is fetched, where podsys knows it
+
+    @property
+    def key_file(self) -> str:
+        return f"podsys-{self.name}.asc"
+
+    @property
+    def keyring(self) -> str:
+        return f"{KEYRING_DIR}/{self.key_file}"
+
+    @property
+    def sources_file(self) -> str:
+        return f"podsys-{self.name}.sources"
+
+
+def sources_text(repo: BuildRepo, signed_by: str) -> str:
+    """A deb822 source (sources.list(5)) trusting `signed_by` only, as the role's podsys.sources.j2."""
+    lines = [f"# podsys {repo.name} repository (node image)", "Types: deb", f"URIs: {repo.url}", f"Suites: {repo.suite}"]
+    if repo.components:
+        lines.append(f"Components: {repo.components}")
+    return "\n".join(lines + [f"Signed-By: {signed_by}"]) + "\n"
+
+
+def _bundle_repo(vendor: tuple[BuildRepo, ...], mirror: str) -> BuildRepo | None:
+    """The repository that is the mirror itself (the bundle: distribution and vendor .debs in one)."""
+    return next((r for r in vendor if r.url.rstrip("/") == mirror.rstrip("/")), None)
+
+
+def vendor_apt_files(spec: ImageSpec, vendor: tuple[BuildRepo, ...], mirror: str, apt_dir: str) -> dict[str, str]:
+    """The files the build's hooks copy in, by name under apt_dir (the keys, podsys-<name>.asc,
+    are fetched there by the build). build-*.sources: what apt reads during the build. apt
+    resolves Signed-By on the machine it runs on, not under the image root (mmdebstrap(1),
+    --keyring: "copy your keys into the chroot explicitly if the key you passed via signed-by
+    points to a location that is not otherwise populated"; checked with apt 2.6: a key only
+    under the root's /usr/share/keyrings gives NO_PUBKEY), so they name the key in apt_dir."""
+    bundle = _bundle_repo(vendor, mirror)
+    files: dict[str, str] = {}
+    for repo in vendor:
+        if repo is not bundle:  # the bundle is the mirror line itself (see mmdebstrap_command)
+            files[f"build-{repo.sources_file}"] = sources_text(repo, f"{apt_dir}/{repo.key_file}")
+    if spec.apt_pins:
+        files["preferences"] = apt_preferences(spec.apt_pins)
+    if bundle is not None:
+        files["sources.list"] = RETIRED_SOURCES_LIST
+    return files
+
+
+def dkms_hook() -> str:
+    """Shell for a customize hook ($1 = the image root): build every DKMS module (the NVIDIA
+    driver's, OFED's) for every kernel the image has, and fail naming what is missing.
+
+    Inside the build's chroot `uname -r` is the build host's kernel, and the packages' postinst
+    scripts build DKMS modules for the running kernel; the image boots its own. dkms(8):
+    "autoinstall: Attempt to install the latest revision of all modules that have been installed
+    for other kernel revisions", and "-k <kernel-version>/<arch>: The kernel and arch to perform
+    the action upon" (dkms 3.0.11 man page, Ubuntu noble); `dkms status -k` then lists each
+    module's state for that kernel, and one that is not "installed" is missing. A kernel's headers come from the plan (the headers of
+    the image's kernel meta package)."""
+    return (
+        'if chroot "$1" sh -c "command -v dkms" >/dev/null; then '
+        'for k in $(ls "$1"/lib/modules); do '
+        'chroot "$1" dkms autoinstall -k "$k" || { echo "podsys: dkms autoinstall failed for the image kernel $k" >&2; exit 1; }; '
+        'missing=$(chroot "$1" dkms status -k "$k" | grep -v ": installed" || true); '
+        'if [ -n "$missing" ]; then echo "podsys: DKMS modules not built for the image kernel $k: $missing" >&2; exit 1; fi; '
+        'done; fi'
+    )
 
 
 def mmdebstrap_command(spec: ImageSpec, mirror: str, root_dir: str, packages_file: str,
-                       apt_options: tuple[str, ...] = ()) -> list[str]:
+                       apt_options: tuple[str, ...] = (), vendor: tuple[BuildRepo, ...] = (),
+                       apt_dir: str = "APT") -> list[str]:
     """The mmdebstrap invocation that builds `spec` into the directory root_dir from `mirror`
     (the head's package proxy or bundle: never the internet directly) and writes the package
-    versions to packages_file. Root mode: the head builds as root, hooks chroot into it."""
+    versions to packages_file. Root mode: the head builds as root, hooks chroot into it.
+
+    vendor: the repositories the spec's vendor packages come from (image_source); apt_dir holds
+    their keys and the files of vendor_apt_files. A spec with vendor packages needs them."""
     if spec.family != "apt" or spec.suite is None:
         raise ValueError(f"{spec.os_key} is not built with mmdebstrap")
+    if spec.vendor_packages and not vendor:
+        raise ValueError(f"{spec.name}: its vendor packages ({', '.join(spec.vendor_packages[:3])} ...) need their repositories")
     components = "main" if spec.distro == "debian" else "main,universe"
+    vendor = vendor if spec.vendor_packages else ()
+    bundle = _bundle_repo(vendor, mirror)
+    files = vendor_apt_files(spec, vendor, mirror, apt_dir) if vendor else {}
+    q = shlex.quote
     cmd = [
         "mmdebstrap", "--mode=root", "--variant=minbase", f"--components={components}",
-        f"--include={','.join(distribution_packages(spec))}",
+        f"--include={','.join(spec.packages)}",
         # No recommends: exactly the listed closure, the same on every build.
         "--aptopt=APT::Install-Recommends \"false\"",
         # dpkg's fsync per file is most of a build's time on a VM disk; a half-built root is
@@ -225,34 +354,77 @@ def mmdebstrap_command(spec: ImageSpec, mirror: str, root_dir: str, packages_fil
         "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata",
     ]
     cmd += [f"--aptopt={opt}" for opt in apt_options]
+    if vendor:
+        # Before apt's first update (mmdebstrap(1), OPERATION: setup-hook, then update): the keys
+        # into the image (they stay: the node's apt trusts the same repositories), the build's
+        # sources and the pins that hold the matrix's versions for the dependencies too.
+        steps = [f'mkdir -p "$1"{KEYRING_DIR} "$1"/etc/apt/preferences.d']
+        steps += [f'cp {q(apt_dir + "/" + r.key_file)} "$1"{r.keyring}' for r in vendor]
+        steps += [f'cp {q(apt_dir + "/" + name)} "$1"{SOURCES_DIR}/{name[len("build-"):]}'
+                  for name in files if name.startswith("build-")]
+        if "preferences" in files:
+            steps.append(f'cp {q(apt_dir + "/preferences")} "$1"{BUILD_PREFERENCES}')
+        cmd.append("--setup-hook=" + " && ".join(steps))
+        cmd.append(f"--customize-hook={dkms_hook()}")
     cmd += [
         # networkd brings the provision NIC up from the unit the ramdisk writes; ssh must answer.
         "--customize-hook=chroot \"$1\" systemctl enable systemd-networkd ssh",
         f"--customize-hook={secret_removal_script()}",
         f"--customize-hook=chroot \"$1\" dpkg-query -W -f='{PACKAGE_LIST_FORMAT}' > {packages_file}",
         "--customize-hook=chroot \"$1\" apt-get clean",
+    ]
+    if vendor:
+        # The keys stay; the build's sources and pins go, and the node's are the roles', as for
+        # the distribution mirror. The package_source role writes the vendor sources with the
+        # node's way to them (proxy mode: the head's cache as CONNECT proxy,
+        # 80podsys-vendor-proxy), which the image cannot know: a vendor source left here would
+        # make the base role's first `apt update` fail on a node with no way out. Its install
+        # tasks write the node's pins (one file per role); a build pin left here would hold the
+        # old versions against `podsys upgrade`.
+        steps = [f'rm -f "$1"{SOURCES_DIR}/{name[len("build-"):]}' for name in files if name.startswith("build-")]
+        if "preferences" in files:
+            steps.append(f'rm -f "$1"{BUILD_PREFERENCES}')
+        if bundle is not None:
+            steps.append(f'cp {q(apt_dir + "/sources.list")} "$1"/etc/apt/sources.list')
+        cmd.append("--customize-hook=" + " && ".join(steps))
+    cmd += [
         # mmdebstrap keeps the build's --aptopt lines (the build's proxy) in the image
         # (/etc/apt/apt.conf.d/99mmdebstrap: mmdebstrap(1), --aptopt; seen in the lab's image), where
         # they would override the node's own apt settings: the package_source role's are the
         # node's.
         "--customize-hook=rm -f \"$1\"/etc/apt/apt.conf.d/99mmdebstrap",
-        spec.suite, root_dir, mirror,
     ]
+    # The bundle carries the vendor .debs in its own repository: it is the mirror, trusted with
+    # its site key (its components: main only, podsys/bundle/repo.py).
+    if bundle is not None:
+        mirror = f"deb [signed-by={apt_dir}/{bundle.key_file}] {bundle.url} {bundle.suite} {bundle.components or 'main'}"
+    cmd += [spec.suite, root_dir, mirror]
     return cmd
 
 
 def dnf_commands(spec: ImageSpec, repo_base: str, root_dir: str) -> list[list[str]]:
-    """Rocky: the dnf --installroot plan (rendered, not run on a Debian head)."""
+    """Rocky: the dnf --installroot plan (rendered, not run on a Debian head). Vendor packages
+    come from the plan's repositories (rhel9 CUDA, OFED's rhelX.Y directory) with their keys and
+    gpgcheck settings, after the driver's module stream is enabled; DKMS modules are then built
+    for the image's kernels as on apt (dkms_hook)."""
     major = spec.version.split(".")[0]
     repos = [f"--repofrompath=baseos,{repo_base}/{major}/BaseOS/x86_64/os/",
              f"--repofrompath=appstream,{repo_base}/{major}/AppStream/x86_64/os/",
              f"--repofrompath=epel,{repo_base}/epel/{major}/Everything/x86_64/"]
+    names = ["baseos", "appstream", "epel"]
+    for repo in spec.repositories if spec.vendor_packages else ():
+        name = f"podsys-{repo.name}"
+        names.append(name)
+        repos += [f"--repofrompath={name},{repo.url}", f"--setopt={name}.gpgkey={repo.key_url}",
+                  f"--setopt={name}.gpgcheck={int(repo.gpgcheck)}", f"--setopt={name}.repo_gpgcheck={int(repo.repo_gpgcheck)}"]
     base = ["dnf", "-y", f"--installroot={root_dir}", f"--releasever={major}", "--disablerepo=*",
-            *repos, "--enablerepo=baseos,appstream,epel", "--setopt=install_weak_deps=False"]
-    return [
-        base + ["install", *spec.packages],
-        ["sh", "-c", secret_removal_script(root_dir)],
-    ]
+            *repos, f"--enablerepo={','.join(names)}", "--setopt=install_weak_deps=False"]
+    commands = [base + ["module", "enable", stream] for stream in spec.module_streams]
+    commands.append(base + ["install", *spec.packages])
+    if spec.vendor_packages:
+        commands.append(["sh", "-c", dkms_hook(), "dkms", root_dir])
+    commands.append(["sh", "-c", secret_removal_script(root_dir)])
+    return commands
 
 
 def pack_command(root_dir: str, archive: str) -> list[str]:

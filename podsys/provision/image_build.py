@@ -8,6 +8,10 @@ HeadPaths.image_root, which nginx serves under /boot/images/):
   <key>/image.json        the spec, the nodes it was built for, sizes, sha256, build time
   <key>/partitions-{bios,uefi}.{sfdisk,min-bytes}  the install disk's plan (podsys.provision.partition)
 
+A GPU/InfiniBand image's build first fetches its vendor repositories' keys (checking the
+fingerprints podsys knows) into the scratch folder's apt/, with the sources and pins the
+build's hooks copy in (image.vendor_apt_files).
+
 A folder appears only once complete (built in a scratch folder, then renamed), so a killed
 build never leaves a half image that a later `build` would take as up to date."""
 
@@ -20,7 +24,9 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,11 +35,13 @@ from podsys.errors import InputError, PodsysError, Problem
 from podsys.provision.partition import plan_files
 from podsys.provision.image import (
     SECRET_PATHS,
+    BuildRepo,
     ImageSpec,
     NodeImage,
     mmdebstrap_command,
     pack_command,
     parse_package_list,
+    vendor_apt_files,
 )
 
 ARCHIVE = "image.tar.zst"
@@ -142,6 +150,48 @@ def _run_logged(cmd: list[str], log: Path, progress: Progress, label: str) -> No
             raise ImageError(f"{label} failed (exit {proc.returncode}): {'; '.join(tail)} (log: {log})")
 
 
+KEY_TIMEOUT_S = 60
+
+
+def key_fingerprints(key: bytes) -> list[str]:
+    """Fingerprints of the (primary) keys in an OpenPGP key file, armored or not."""
+    with tempfile.TemporaryDirectory() as home:  # gpg wants a home; never the user's
+        proc = subprocess.run(["gpg", "--batch", "--with-colons", "--show-keys"], input=key, capture_output=True,
+                              env={**os.environ, "GNUPGHOME": home})
+    if proc.returncode != 0:
+        raise ImageError(f"not an OpenPGP key: {proc.stderr.decode(errors='replace').strip()[-200:]}")
+    lines = proc.stdout.decode(errors="replace").splitlines()
+    return [line.split(":")[9] for i, line in enumerate(lines)
+            if line.startswith("fpr:") and i > 0 and lines[i - 1].startswith("pub:")]
+
+
+def fetch_key(repo: BuildRepo, proxy: str = "") -> bytes:
+    """The repository's signing key from its key_url (through `proxy` when given), refused when
+    podsys knows its fingerprint and the key is another."""
+    handlers = [urllib.request.ProxyHandler({"http": proxy, "https": proxy})] if proxy else []
+    try:
+        with urllib.request.build_opener(*handlers).open(repo.key_url, timeout=KEY_TIMEOUT_S) as response:
+            key = response.read()
+    except OSError as exc:
+        raise ImageError(f"{repo.name} repository: cannot fetch its key {repo.key_url}: {exc}") from None
+    if repo.fingerprint:
+        found = key_fingerprints(key)
+        if repo.fingerprint.upper() not in [f.upper() for f in found]:
+            raise ImageError(f"{repo.name} repository: the key at {repo.key_url} is {', '.join(found) or 'no key'}, "
+                             f"not {repo.fingerprint}")
+    return key
+
+
+def prepare_vendor_apt(spec: ImageSpec, vendor: tuple[BuildRepo, ...], mirror: str, apt_dir: Path,
+                       proxy: str = "") -> None:
+    """The keys and files the build's hooks copy into the image (image.vendor_apt_files)."""
+    apt_dir.mkdir(parents=True, exist_ok=True)
+    for repo in vendor:
+        (apt_dir / repo.key_file).write_bytes(fetch_key(repo, proxy))
+    for name, text in vendor_apt_files(spec, vendor, mirror, str(apt_dir)).items():
+        (apt_dir / name).write_text(text)
+
+
 def refuse_unbuildable(spec: ImageSpec) -> None:
     if spec.family != "apt":
         raise ImageError(f"{spec.name}: {spec.os_key} images are planned (`podsys image build --plan` prints the "
@@ -149,9 +199,11 @@ def refuse_unbuildable(spec: ImageSpec) -> None:
 
 
 def build_image(image: NodeImage, store: ImageStore, mirror: str, progress: Progress,
-                force: bool = False, apt_options: tuple[str, ...] = ()) -> tuple[dict, bool]:
+                force: bool = False, apt_options: tuple[str, ...] = (), vendor: tuple[BuildRepo, ...] = (),
+                key_proxy: str = "") -> tuple[dict, bool]:
     """Build `image` into the store unless an intact build of the same key is there. Returns
-    (record, built_now)."""
+    (record, built_now). vendor: the repositories of its vendor packages (image_source's
+    build_repositories); key_proxy: the proxy their keys are fetched through."""
     spec = image.spec
     if not force and store.is_current(spec.key):
         return store.record(spec.key) or {}, False
@@ -170,7 +222,7 @@ def build_image(image: NodeImage, store: ImageStore, mirror: str, progress: Prog
         scratch = store.root / f".build-{spec.key[:16]}-{os.getpid()}"
         scratch.mkdir()
         try:
-            record = _build_into(spec, image.nodes, scratch, mirror, progress, apt_options)
+            record = _build_into(spec, image.nodes, scratch, mirror, progress, apt_options, vendor, key_proxy)
             target = store.folder(spec.key)
             if target.exists():
                 shutil.rmtree(target)
@@ -181,13 +233,23 @@ def build_image(image: NodeImage, store: ImageStore, mirror: str, progress: Prog
 
 
 def _build_into(spec: ImageSpec, nodes: tuple[str, ...], scratch: Path, mirror: str, progress: Progress,
-                apt_options: tuple[str, ...]) -> dict:
+                apt_options: tuple[str, ...], vendor: tuple[BuildRepo, ...] = (), key_proxy: str = "") -> dict:
     started = time.monotonic()
     root = scratch / "root"
     log = scratch / "build.log"
     packages_file = scratch / PACKAGES
+    apt_dir = scratch.resolve() / "apt"  # apt reads Signed-By keys by absolute path
+    if spec.vendor_packages:
+        if not vendor:
+            raise ImageError(f"{spec.name}: {len(spec.vendor_packages)} vendor packages and no vendor repository to build from")
+        progress(f"{spec.name}: vendor repositories {', '.join(r.url for r in vendor)}")
+        prepare_vendor_apt(spec, vendor, mirror, apt_dir, key_proxy)
     progress(f"{spec.name}: mmdebstrap {spec.suite} from {mirror} ({len(spec.packages)} packages)")
-    _run_logged(mmdebstrap_command(spec, mirror, str(root), str(packages_file), apt_options), log, progress, "mmdebstrap")
+    try:
+        command = mmdebstrap_command(spec, mirror, str(root), str(packages_file), apt_options, vendor, str(apt_dir))
+    except ValueError as exc:
+        raise ImageError(str(exc)) from None
+    _run_logged(command, log, progress, "mmdebstrap")
     secrets = leftover_secrets(root)
     if secrets:
         raise ImageError(f"{spec.name}: secrets left in the image: {', '.join(secrets)}")
@@ -203,12 +265,17 @@ def _build_into(spec: ImageSpec, nodes: tuple[str, ...], scratch: Path, mirror: 
     for name, text in plan_files(unpacked).items():
         (scratch / name).write_text(text)
     versions = parse_package_list(packages_file.read_text())
+    vendor_names = [p.split("=", 1)[0] for p in spec.vendor_packages]
+    absent = [n for n in vendor_names if n not in versions]
+    if absent:
+        raise ImageError(f"{spec.name}: vendor packages not installed in the image: {', '.join(absent)}")
     record = {
         "key": spec.key, "name": spec.name, "spec": spec.as_dict(), "nodes": list(nodes),
         "sha256": digest, "archive_bytes": (scratch / ARCHIVE).stat().st_size, "unpacked_bytes": unpacked,
         "kernel": kernels[-1], "packages": len(versions), "mirror": mirror,
-        # Installed by the GPU/InfiniBand roles after first boot (see image.distribution_packages).
-        "deferred_vendor_packages": list(spec.vendor_packages),
+        # In the image, at these versions (the GPU/InfiniBand roles find them installed).
+        "vendor_packages": {n: versions[n] for n in vendor_names},
+        "vendor_repositories": [{"name": r.name, "url": r.url} for r in vendor] if spec.vendor_packages else [],
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "build_seconds": round(time.monotonic() - started, 1),
     }

@@ -8,13 +8,22 @@ from the machine podsys runs on (the head, at a site; the lab's host in the lab)
   packages.source: bundle  -> the head's /repo/ (the offline bundle's repository), which the
                               head's boot services serve once deployed.
 
+Vendor packages (GPU and InfiniBand images) come the same way: from the vendor repositories
+the package plan names (stack_packages.repositories), through packages.proxy as an HTTPS CONNECT
+proxy when one is set (stack_packages.vendor_proxy_options, the options the package_source role
+gives nodes for the head's cache); with a bundle from the bundle's own repository, which holds
+the vendor .debs (pool/vendor) and is signed by the site key.
+
 Never the internet behind the site's back: exactly what the nodes' packages come through."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from podsys.bundle.repo import PUBLIC_KEY_ASC
 from podsys.cluster.model import Cluster
+from podsys.cluster.stack_packages import vendor_proxy_options
+from podsys.provision.image import BuildRepo, ImageSpec
 from podsys.provision.render import PUBLIC_MIRRORS, urls_for
 
 
@@ -22,6 +31,26 @@ from podsys.provision.render import PUBLIC_MIRRORS, urls_for
 class ImageSource:
     mirror: str
     apt_options: tuple[str, ...] = ()
+    source: str = "online"  # packages.source
+    proxy: str = ""  # packages.proxy (proxy source): the vendor repositories and their keys too
+    bundle_fingerprint: str | None = None  # packages.bundle_fingerprint: the bundle's site key
+
+    def build_repositories(self, spec: ImageSpec) -> tuple[BuildRepo, ...]:
+        """The repositories the image's vendor packages come from; none without vendor packages."""
+        if not spec.vendor_packages:
+            return ()
+        if self.source == "bundle":
+            # The bundle's repository (podsys/bundle/build.py: pool/vendor, podsys-site.asc), as
+            # the package_source role's bundle mode names it for nodes.
+            return (BuildRepo("bundle", self.mirror, spec.suite or "", "main", f"{self.mirror}/{PUBLIC_KEY_ASC}",
+                              self.bundle_fingerprint),)
+        return tuple(BuildRepo(r.name, r.url, r.suite, "", r.key_url, r.fingerprint) for r in spec.repositories)
+
+    def vendor_apt_options(self, spec: ImageSpec) -> tuple[str, ...]:
+        """apt options the build adds for the vendor repositories (their proxy)."""
+        if self.source == "bundle" or not spec.vendor_packages:
+            return ()
+        return tuple(vendor_proxy_options(spec.repositories, self.proxy))
 
     def describe(self) -> str:
         proxy = [o for o in self.apt_options if o.startswith("Acquire::http::Proxy")]
@@ -35,6 +64,7 @@ def image_source(cluster: Cluster) -> ImageSource:
         return ImageSource(upstream)
     if packages.source == "proxy":
         if packages.proxy:
-            return ImageSource(upstream, (f'Acquire::http::Proxy "{packages.proxy.rstrip("/")}/"',))
-        return ImageSource(upstream)
-    return ImageSource(urls_for(cluster).repo)
+            proxy = f'{packages.proxy.rstrip("/")}/'
+            return ImageSource(upstream, (f'Acquire::http::Proxy "{proxy}"',), "proxy", proxy)
+        return ImageSource(upstream, (), "proxy")
+    return ImageSource(urls_for(cluster).repo, (), "bundle", bundle_fingerprint=packages.bundle_fingerprint)

@@ -70,3 +70,21 @@ def test_why_reboot_filter_wraps_reboot_reasons(filters):
     assert f["podsys_why_reboot"]([], True, "580.95.05", ["1:580.95.05-1"], "580.95.05\n", False) == []
     assert f["podsys_why_reboot"](["OFED 3.1.0 installed"], True, "580.95.05", ["580.95.05-1"], "", False) == [
         "OFED 3.1.0 installed", "nvidia module not loaded, driver 580.95.05 installed"]
+
+
+def test_the_roles_pins_and_proxy_options_are_the_image_builds(filters):
+    # preferences.j2 and vendor-proxy.conf.j2 render these; the image build writes the same.
+    from podsys.cluster.stack_packages import node_plan
+
+    _, f = filters
+    stack = load_matrix().stack("r580-cuda13.0")
+    plan = node_plan(stack, "debian-12", builtin_profiles()["hgx-h100-8gpu"], {"layers": ["gpu"]})
+    driver = [p.as_dict() for p in plan.packages if p.component == "driver"]
+    text = f["podsys_apt_preferences"](driver, plan.pins)
+    assert f"Package: nvidia-driver\nPin: version {stack.driver}-*\nPin-Priority: 1001\n\n" in text
+    assert "nvidia-driver-pinning" not in text.split("Package: nvidia-* ")[0], "no version in its spec, no pin"
+    assert f"Package: {plan.pins[0]['packages']}\nPin: version {stack.driver}-*\n" in text
+    repos = [r.as_dict() for r in plan.repositories]
+    assert f["podsys_vendor_proxy_options"](repos, "http://10.0.0.1:3142") == [
+        'Acquire::https::Proxy::developer.download.nvidia.com "http://10.0.0.1:3142"']
+    assert f["podsys_vendor_proxy_options"](repos, "") == []

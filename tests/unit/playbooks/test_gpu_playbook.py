@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 from jinja2 import Environment
+
+from podsys.cluster.stack_packages import vendor_proxy_options
 from tests.conftest import REPO_ROOT
 
 PLAYBOOKS = REPO_ROOT / "podsys" / "playbooks"
@@ -81,6 +83,7 @@ def test_proxy_mode_tunnels_https_vendor_repositories_through_the_head():
     env = Environment(trim_blocks=True, lstrip_blocks=True)
     env.filters["urlsplit"] = lambda url, part: __import__("urllib.parse").parse.urlsplit(url).hostname
     env.filters["regex_escape"] = __import__("re").escape
+    env.filters["podsys_vendor_proxy_options"] = vendor_proxy_options  # what the role's filter wraps
     node = env.from_string((ROLES / "package_source" / "templates" / "vendor-proxy.conf.j2").read_text()).render(
         ansible_managed="test", package_source_https_proxy="http://10.0.0.1:3142",
         package_source_repos=[{"url": "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64/"},

@@ -9,6 +9,7 @@ import pytest
 
 from podsys.cluster.load import load_cluster
 from podsys.cluster.matrix import load_matrix
+from podsys.cluster.stack_packages import CUDA_APT_KEY, repositories
 from podsys.provision.image import (
     ImageSpec,
     cluster_images,
@@ -18,8 +19,11 @@ from podsys.provision.image import (
     node_image_keys,
     pack_command,
     parse_package_list,
+    dkms_hook,
     secret_removal_script,
+    vendor_apt_files,
 )
+from podsys.provision.image_source import image_source
 
 
 def manifest(tmp_path: Path, os_line: str = 'os: {distro: debian, version: "12"}',
@@ -126,24 +130,156 @@ def test_layers_and_method_split_or_skip_groups(tmp_path):
     assert "ven01" not in node_image_keys(cluster)
 
 
-def test_gpu_image_carries_the_matrix_pins_and_a_pin_change_changes_the_key(tmp_path, monkeypatch):
-    path = manifest(tmp_path, os_line='os: {distro: ubuntu, version: "22.04"}', layers="[base, gpu, slurm]", groups="""\
+GPU_GROUP = """\
   - name: gpu
     hosts: gpu01
     hardware: hgx-h100-8gpu
     start_address: 10.40.1.1
     nodes: {gpu01: {mac: "52:54:00:00:00:01"}}
-""")
-    cluster = load_cluster(path)
+"""
+UBUNTU = 'os: {distro: ubuntu, version: "22.04"}'
+
+
+def gpu_cluster(tmp_path: Path, packages: str = "", layers: str = "[base, gpu, infiniband, slurm]"):
+    path = manifest(tmp_path, os_line=UBUNTU, layers=layers, groups=GPU_GROUP)
+    if packages:
+        path.write_text(path.read_text() + packages + "\n")
+    return load_cluster(path)
+
+
+def hooks(cmd: list[str], kind: str) -> list[str]:
+    return [c.split("=", 1)[1] for c in cmd if c.startswith(f"--{kind}-hook=")]
+
+
+def test_gpu_image_carries_the_matrix_pins_and_a_pin_change_changes_the_key(tmp_path):
+    cluster = gpu_cluster(tmp_path)
     (image,) = cluster_images(cluster)
     stack = cluster.stack
     assert f"libnccl2={stack.nccl}" in image.spec.pins
     assert image.spec.vendor_packages, "the driver and CUDA come from NVIDIA's repositories"
-    include = next(c for c in mmdebstrap_command(image.spec, "http://m", "/r", "/p") if c.startswith("--include="))
-    assert "openmpi-bin" in include and "nvidia-driver" not in include, "vendor packages wait for the GPU roles"
-    bumped = dataclasses.replace(cluster, stack=stack.model_copy(update={"nccl": stack.nccl + ".1"}))
-    (rebuilt,) = cluster_images(bumped)
-    assert rebuilt.spec.key != image.spec.key
+    vendor = image_source(cluster).build_repositories(image.spec)
+    include = next(c for c in mmdebstrap_command(image.spec, "http://m", "/r", "/p", vendor=vendor) if c.startswith("--include="))
+    names = include.split("=", 1)[1].split(",")
+    # Vendor packages are in the image now, pinned as the plan pins them.
+    assert "openmpi-bin" in names and f"libnccl2={stack.nccl}" in names
+    assert f"nvidia-driver-{stack.branch[1:]}-open={stack.driver}-*" in names
+    # The DKMS builds get the headers of the image's kernel (its meta package), never `uname -r`.
+    assert "linux-headers-generic" in names and not any("uname" in n for n in names)
+    for change in ({"nccl": stack.nccl + ".1"}, {"driver": stack.driver + ".1"}, {"dcgm": "4.4.2"}):
+        bumped = dataclasses.replace(cluster, stack=stack.model_copy(update=change))
+        (rebuilt,) = cluster_images(bumped)
+        assert rebuilt.spec.key != image.spec.key, change
+
+
+def test_gpu_image_build_takes_the_vendor_repositories_through_the_proxy_with_their_keys(tmp_path):
+    cluster = gpu_cluster(tmp_path, "packages: {source: proxy, upstream: 'http://mirror.site/ubuntu', proxy: 'http://squid.site:3128'}")
+    (image,) = cluster_images(cluster)
+    spec = image.spec
+    source = image_source(cluster)
+    vendor = source.build_repositories(spec)
+    # The plan's own repositories (stack_packages.repositories): URL, suite, key, fingerprint.
+    planned = {r.name: r for r in repositories(cluster.stack, "ubuntu-22.04", ["driver", "infiniband"])}
+    assert [r.name for r in vendor] == ["ofed", "cuda"]
+    for repo in vendor:
+        assert (repo.url, repo.suite, repo.key_url, repo.fingerprint) == (
+            planned[repo.name].url, planned[repo.name].suite, planned[repo.name].key_url, planned[repo.name].fingerprint)
+    assert vendor[1].fingerprint == CUDA_APT_KEY[1]
+    # https vendor repositories go through the site's proxy as the Debian mirror does.
+    options = source.vendor_apt_options(spec)
+    assert options == ('Acquire::https::Proxy::linux.mellanox.com "http://squid.site:3128/"',
+                       'Acquire::https::Proxy::developer.download.nvidia.com "http://squid.site:3128/"')
+    cmd = mmdebstrap_command(spec, source.mirror, "/r", "/p", (*source.apt_options, *options), vendor, "/s/apt")
+    assert f"--aptopt={options[1]}" in cmd and cmd[-1] == "http://mirror.site/ubuntu"
+    (setup,) = hooks(cmd, "setup")
+    assert 'cp /s/apt/podsys-cuda.asc "$1"/usr/share/keyrings/podsys-cuda.asc' in setup
+    assert 'cp /s/apt/build-podsys-cuda.sources "$1"/etc/apt/sources.list.d/podsys-cuda.sources' in setup
+    assert 'cp /s/apt/preferences "$1"/etc/apt/preferences.d/podsys-image-build' in setup
+    files = vendor_apt_files(spec, vendor, source.mirror, "/s/apt")
+    # During the build apt reads the key from the build's folder (it resolves Signed-By outside
+    # the image root); the image keeps its copy under /usr/share/keyrings, as the role names it.
+    assert "URIs: https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64/" in files["build-podsys-cuda.sources"]
+    assert "Suites: /\n" in files["build-podsys-cuda.sources"] and "Components" not in files["build-podsys-cuda.sources"]
+    assert files["build-podsys-cuda.sources"].endswith("Signed-By: /s/apt/podsys-cuda.asc\n")
+    assert f"Package: libnccl2\nPin: version {cluster.stack.nccl}\nPin-Priority: 1001" in files["preferences"]
+    assert f"Pin: version {cluster.stack.driver}-*" in files["preferences"], "the driver's dependencies are pinned too"
+    customize = hooks(cmd, "customize")
+    assert customize[0] == dkms_hook(), "modules are built before anything is listed or cleaned"
+    # The keys stay; the build's sources and pins go: the roles write the node's, with its way
+    # to the repositories (the head's cache in proxy mode) and its own pins.
+    final = next(h for h in customize if "podsys-cuda.sources" in h)
+    assert final == ('rm -f "$1"/etc/apt/sources.list.d/podsys-ofed.sources && rm -f "$1"/etc/apt/sources.list.d/podsys-cuda.sources'
+                     ' && rm -f "$1"/etc/apt/preferences.d/podsys-image-build')
+    assert not any("keyrings" in h for h in customize)
+    assert customize[-1] == 'rm -f "$1"/etc/apt/apt.conf.d/99mmdebstrap'
+
+
+def test_gpu_image_from_a_bundle_uses_the_bundles_repository_and_site_key(tmp_path):
+    cluster = gpu_cluster(tmp_path, "packages: {source: bundle}")
+    (image,) = cluster_images(cluster)
+    source = image_source(cluster)
+    (repo,) = vendor = source.build_repositories(image.spec)
+    assert (repo.name, repo.url, repo.suite, repo.components, repo.key_url) == (
+        "bundle", "http://10.40.0.1/repo", "jammy", "main", "http://10.40.0.1/repo/podsys-site.asc")
+    assert source.vendor_apt_options(image.spec) == ()
+    cmd = mmdebstrap_command(image.spec, source.mirror, "/r", "/p", source.apt_options, vendor, "/s/apt")
+    # One repository for both: the mirror line, trusted by the site key only.
+    assert cmd[-1] == "deb [signed-by=/s/apt/podsys-bundle.asc] http://10.40.0.1/repo jammy main"
+    files = vendor_apt_files(image.spec, vendor, source.mirror, "/s/apt")
+    assert "build-podsys-bundle.sources" not in files
+    assert 'cp /s/apt/podsys-bundle.asc "$1"/usr/share/keyrings/podsys-bundle.asc' in hooks(cmd, "setup")[0]
+    assert files["sources.list"].startswith("# Managed by podsys")
+    assert 'cp /s/apt/sources.list "$1"/etc/apt/sources.list' in " ".join(hooks(cmd, "customize"))
+
+
+def test_a_cpu_only_image_gets_no_vendor_repository_key_or_dkms(tmp_path):
+    cluster = load_cluster(manifest(tmp_path))
+    (image,) = cluster_images(cluster)
+    source = image_source(cluster)
+    assert image.spec.vendor_packages == () and image.spec.repositories == () and image.spec.apt_pins == ()
+    assert source.build_repositories(image.spec) == () and source.vendor_apt_options(image.spec) == ()
+    cmd = mmdebstrap_command(image.spec, "http://m", "/r", "/p")
+    assert not hooks(cmd, "setup") and dkms_hook() not in hooks(cmd, "customize")
+    assert not any("keyrings" in c or "headers" in c for c in cmd)
+
+
+def test_vendor_packages_without_their_repositories_are_refused(tmp_path):
+    (image,) = cluster_images(gpu_cluster(tmp_path))
+    with pytest.raises(ValueError, match="need their repositories"):
+        mmdebstrap_command(image.spec, "http://m", "/r", "/p")
+
+
+FAKE_CHROOT = """#!/bin/sh
+# chroot ROOT CMD...: logs the command; dkms status prints $FAKE_DKMS_STATUS.
+shift
+echo "$*" >> "$FAKE_LOG"
+case "$*" in
+  "dkms status"*) printf '%s\\n' "$FAKE_DKMS_STATUS" ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("status, ok", [
+    ("nvidia/580.95.05, 6.1.0-99-amd64, x86_64: installed", True),
+    ("nvidia/580.95.05: added", False),
+])
+def test_dkms_hook_builds_for_the_image_kernel_and_fails_on_a_missing_module(tmp_path, status, ok):
+    import os
+    import subprocess
+
+    root = tmp_path / "root"
+    (root / "lib/modules/6.1.0-99-amd64").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "chroot").write_text(FAKE_CHROOT)
+    (bin_dir / "chroot").chmod(0o755)
+    log = tmp_path / "log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_DKMS_STATUS": status}
+    proc = subprocess.run(["sh", "-c", dkms_hook(), "hook", str(root)], env=env, capture_output=True, text=True)
+    assert (proc.returncode == 0) is ok, proc.stderr
+    assert "dkms autoinstall -k 6.1.0-99-amd64" in log.read_text()  # the image's kernel, not uname -r
+    if not ok:
+        assert "DKMS modules not built for the image kernel 6.1.0-99-amd64: nvidia/580.95.05: added" in proc.stderr
 
 
 def test_mmdebstrap_command_builds_from_the_given_mirror_and_strips_secrets():
@@ -170,6 +306,20 @@ def test_dnf_plan_for_rocky_uses_the_head_repository(tmp_path):
     assert "--installroot=/r" in install and "slurm-slurmd" in install and "kernel" in install
     assert "--repofrompath=baseos,http://10.40.0.1/repo/9/BaseOS/x86_64/os/" in install
     assert "munge.key" in strip[-1]
+
+
+def test_dnf_plan_for_a_rocky_gpu_image_adds_the_vendor_repositories(tmp_path):
+    cluster = load_cluster(manifest(tmp_path, os_line='os: {distro: rocky, version: "9"}', layers="[base, gpu]",
+                                    groups=GPU_GROUP))
+    (image,) = cluster_images(cluster)
+    commands = dnf_commands(image.spec, "http://10.40.0.1/repo", "/r")
+    enable, install, dkms, _strip = commands
+    cuda = "https://developer.download.nvidia.com/compute/cuda/repos/rhel9/x86_64/"
+    assert f"--repofrompath=podsys-cuda,{cuda}" in install and f"--setopt=podsys-cuda.gpgkey={cuda}D42D0685.pub" in install
+    assert "--enablerepo=baseos,appstream,epel,podsys-cuda" in install
+    assert enable[-3:] == ["module", "enable", f"nvidia-driver:{cluster.stack.branch[1:]}-open"]
+    assert "kernel-devel" in install and "dkms" in install  # the image kernel's headers, dkms from EPEL
+    assert dkms == ["sh", "-c", dkms_hook(), "dkms", "/r"]
 
 
 def test_pack_keeps_owners_and_xattrs():

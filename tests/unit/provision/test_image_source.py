@@ -96,3 +96,32 @@ def test_deploy_builds_nothing_when_the_store_is_current(tmp_path, monkeypatch):
     (folder / ARCHIVE).write_bytes(b"tampered")
     with pytest.raises(AssertionError, match="mmdebstrap run"):
         ensure_node_images(cluster, said.append)
+
+
+def test_vendor_keys_are_fetched_and_a_different_key_is_refused(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from podsys.bundle.repo import SiteKey
+    from podsys.provision.image import BuildRepo
+    from podsys.provision.image_build import ImageError, fetch_key
+
+    key = SiteKey(tmp_path / "keys")
+    fingerprint = key.ensure("podsys test <t@podsys.invalid>")
+    key.export_public(tmp_path)
+    key.stop_agent()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/podsys-site.asc"
+        good = BuildRepo("cuda", "http://x/", "/", "", url, fingerprint)
+        assert b"BEGIN PGP PUBLIC KEY BLOCK" in fetch_key(good)
+        with pytest.raises(ImageError, match="not EB693B30"):
+            fetch_key(BuildRepo("cuda", "http://x/", "/", "", url, "EB693B3035CD5710E231E123A4B469963BF863CC"))
+        with pytest.raises(ImageError, match="cannot fetch its key"):
+            fetch_key(BuildRepo("cuda", "http://x/", "/", "", url + ".missing", None))
+    finally:
+        server.shutdown()

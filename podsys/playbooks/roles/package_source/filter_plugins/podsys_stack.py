@@ -70,6 +70,17 @@ def podsys_repositories(stack, os_key, names, options=None):
     return [r.as_dict() for r in repos]
 
 
+def podsys_vendor_proxy_options(repositories, proxy):
+    """apt options tunnelling the vendor repositories through `proxy` (stack_packages.vendor_proxy_options)."""
+    return _import_plan().vendor_proxy_options(_plain(repositories or []), str(proxy or ""))
+
+
+def podsys_apt_preferences(plan, extra=None):
+    """apt preferences (priority 1001) for plan entries and extra {packages, version} pins."""
+    stack_packages = _import_plan()
+    return stack_packages.apt_preferences(stack_packages.apt_pins(_plain(plan or []), _plain(extra or [])))
+
+
 def podsys_why_reboot(earlier, has_gpu, driver, installed_versions, loaded_driver, nouveau_loaded):
     """Why this node must reboot now ([] = it already runs what is planned)."""
     stack_packages = _import_plan()
@@ -95,4 +106,6 @@ class FilterModule:
     def filters(self):
         return {"podsys_package_plan": podsys_package_plan, "podsys_node_plan": podsys_node_plan,
                 "podsys_repositories": podsys_repositories, "podsys_why_reboot": podsys_why_reboot,
-                "podsys_driver_flavour": podsys_driver_flavour}
+                "podsys_driver_flavour": podsys_driver_flavour,
+                "podsys_vendor_proxy_options": podsys_vendor_proxy_options,
+                "podsys_apt_preferences": podsys_apt_preferences}
