@@ -1,5 +1,6 @@
-"""Entry point of the health runner: `python3 -m podsys.checks.health_main` on a node (deploy
-installs it as /usr/local/sbin/podsys-health), and what `podsys health` calls on the head.
+"""Entry point of the health runner: on a node, /usr/local/sbin/podsys-health runs it from
+podsys_health_runner.py (health_files.RUNNER_SCRIPT: these modules in one script); on the
+head, `podsys health` calls it.
 
 Standard library only (argparse, not typer): nodes carry no podsys package, only these modules."""
 

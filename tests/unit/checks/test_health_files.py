@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from podsys.checks.health import load_config, node_entry, parse_config
-from podsys.checks.health_files import RUNNER_MODULES, render_files
+from podsys.checks.health_files import RUNNER_MODULES, RUNNER_SCRIPT, render_files, runner_sources
 from podsys.cluster.load import load_cluster
 from podsys.errors import InputError
 from tests.unit.manifest_samples import MACS, VALID, write_manifest
@@ -38,22 +38,19 @@ WITH_CPU_NODE = VALID.replace("slurm:", "  - {name: svc, hosts: svc1, hardware: 
 
 def test_the_runner_runs_alone_without_site_packages(tmp_path):
     files = render_files(cluster(tmp_path, WITH_CPU_NODE))
-    root = tmp_path / "node"
-    for path, content in files.items():
-        if path.startswith("health/runner/"):
-            target = root / path.removeprefix("health/runner/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
-    assert sorted(p.name for p in (root / "podsys/checks").iterdir()) == sorted(RUNNER_MODULES)
+    # One script carries every runner module: roles/health copies one file per node.
+    assert [p for p in files if p.startswith("health/runner/")] == [RUNNER_SCRIPT]
+    script = tmp_path / "node" / "podsys_health_runner.py"
+    script.parent.mkdir()
+    script.write_text(files[RUNNER_SCRIPT])
     config = tmp_path / "health.json"
     config.write_text(files["health/nodes.json"])  # what roles/health installs on every node
     cpu_node = "svc1"
-    # -I: isolated (no user site, no PYTHONPATH from outside); -S: no site-packages at all
-    done = subprocess.run([sys.executable, "-I", "-S", "-c",
-                           f"import sys; sys.path.insert(0, {str(root)!r}); from podsys.checks.health_main import main; "
-                           f"sys.exit(main(['--config', {str(config)!r}, '--node', {cpu_node!r}, "
-                           f"'--state-dir', {str(tmp_path / 'state')!r}, '--json']))"],
-                          capture_output=True, text=True)
+    # -I: isolated (no user site, no PYTHONPATH from outside); -S: no site-packages at all;
+    # run from elsewhere, so nothing but the script can provide the podsys package.
+    done = subprocess.run([sys.executable, "-I", "-S", str(script), "--config", str(config), "--node", cpu_node,
+                           "--state-dir", str(tmp_path / "state"), "--json"],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert (result["node"], result["profile"], result["verdict"]) == (cpu_node, "cpu-only", "PASS")
@@ -88,3 +85,19 @@ def test_the_runner_picks_its_own_entry_by_name_or_hostname(tmp_path, monkeypatc
     single = tmp_path / "single.json"
     single.write_text(json.dumps({"node": "cpu1", "profile": {"id": "cpu-only", "gpu": None, "hca": None}}))
     assert load_config(single, "ignored").node == "cpu1"
+
+
+def test_the_runner_script_holds_each_module_and_names_it_in_tracebacks(tmp_path):
+    sources = runner_sources()
+    assert sorted(sources) == sorted(["podsys", "podsys.checks"] + [
+        f"podsys.checks.{m.removesuffix('.py')}" for m in RUNNER_MODULES if m != "__init__.py"])
+    script = tmp_path / "runner.py"
+    script.write_text(render_files(cluster(tmp_path))[RUNNER_SCRIPT])
+    # A module's error points at the module's own file name and line, as with the package tree.
+    probe = ("import runpy, sys, traceback; ns = runpy.run_path(sys.argv[1]); import podsys.checks.findings as f; "
+             "print(f.__name__, f.__spec__.loader.__class__.__name__); "
+             "exec(compile('import podsys.checks.health as h; h.load_config(\\'/nonexistent\\')', 'x', 'exec'))")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(script)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.stdout.startswith("podsys.checks.findings RunnerImporter"), done.stdout + done.stderr
+    assert '<podsys runner>/podsys/checks/health.py", line' in done.stderr, done.stderr
