@@ -244,7 +244,7 @@ def test_a_second_deploy_changes_nothing_and_powers_nothing(vm_lab, first_deploy
 
 # Out of default CI (run with -m slow): the emulated VMs' Ansible layers are CPU-bound and the CI
 # machine's two cores are busy throughout; even with the one-file health runner, python3-apt and
-# slurm-client in the image and qemu64, the first deploy alone took 35 minutes under that load, and
+# slurm-client in the image and qemu64, the first deploy alone took 34 minutes under that load, and
 # the re-imaged VM's layers would take .ci/run past its hour (README, Testing).
 @pytest.mark.slow
 def test_reinstall_reimages_one_vm_while_a_disk_too_small_fails_at_partition(vm_lab, first_deploy):
