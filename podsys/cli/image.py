@@ -68,7 +68,7 @@ def build(
     target = _store(store, manifest)
     chosen = ImageSource(mirror) if mirror else image_source(cluster)  # --mirror: vendor repositories direct
     source = chosen.mirror
-    apt_options = (*chosen.apt_options, *(apt_option or ()))
+    extra_options = tuple(apt_option or ())
     if not images:
         console.print("no node is installed from an image (no PXE node with provisioning.method: image)")
         return
@@ -79,7 +79,7 @@ def build(
             if spec.family == "apt":
                 # APT: the folder the build fetches the vendor keys into (build_image).
                 cmds = [mmdebstrap_command(spec, source, "ROOT", "ROOT.packages.tsv",
-                                           (*apt_options, *chosen.vendor_apt_options(spec)),
+                                           chosen.build_apt_options(spec, extra_options),
                                            chosen.build_repositories(spec), "APT")]
             else:
                 cmds = dnf_commands(spec, source, "ROOT")
@@ -87,7 +87,7 @@ def build(
                 console.print("  " + shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
             continue
         record, built = build_image(image, target, source, lambda line: err_console.print(line, markup=False),
-                                    force=force, apt_options=(*apt_options, *chosen.vendor_apt_options(spec)),
+                                    force=force, apt_options=chosen.build_apt_options(spec, extra_options),
                                     vendor=chosen.build_repositories(spec), key_proxy=chosen.proxy)
         state = f"built in {record['build_seconds']} s" if built else "up to date"
         console.print(f"{record['name']}: {state}, {record['archive_bytes'] >> 20} MiB, sha256 {record['sha256'][:16]}, "

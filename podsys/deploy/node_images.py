@@ -69,7 +69,7 @@ def ensure_node_images(cluster: Cluster, say: Callable[[str], None]) -> list[dic
         else:
             spec = image.spec
             record, built = build_image(image, store, source.mirror, say,
-                                        apt_options=(*source.apt_options, *source.vendor_apt_options(spec)),
+                                        apt_options=source.build_apt_options(spec),
                                         vendor=source.build_repositories(spec), key_proxy=source.proxy)
             state = f"built in {record['build_seconds']} s from {source.describe()}" if built else "up to date"
         say(f"image {record.get('name', image.spec.name)} ({len(image.nodes)} nodes): {state}")

@@ -239,16 +239,15 @@ def _build_into(spec: ImageSpec, nodes: tuple[str, ...], scratch: Path, mirror: 
     log = scratch / "build.log"
     packages_file = scratch / PACKAGES
     apt_dir = scratch.resolve() / "apt"  # apt reads Signed-By keys by absolute path
-    if spec.vendor_packages:
-        if not vendor:
-            raise ImageError(f"{spec.name}: {len(spec.vendor_packages)} vendor packages and no vendor repository to build from")
-        progress(f"{spec.name}: vendor repositories {', '.join(r.url for r in vendor)}")
-        prepare_vendor_apt(spec, vendor, mirror, apt_dir, key_proxy)
-    progress(f"{spec.name}: mmdebstrap {spec.suite} from {mirror} ({len(spec.packages)} packages)")
+    # The command first: it refuses vendor packages without their repositories before any fetch.
     try:
         command = mmdebstrap_command(spec, mirror, str(root), str(packages_file), apt_options, vendor, str(apt_dir))
     except ValueError as exc:
         raise ImageError(str(exc)) from None
+    if spec.vendor_packages:
+        progress(f"{spec.name}: vendor repositories {', '.join(r.url for r in vendor)}")
+        prepare_vendor_apt(spec, vendor, mirror, apt_dir, key_proxy)
+    progress(f"{spec.name}: mmdebstrap {spec.suite} from {mirror} ({len(spec.packages)} packages)")
     _run_logged(command, log, progress, "mmdebstrap")
     secrets = leftover_secrets(root)
     if secrets:

@@ -46,6 +46,11 @@ class ImageSource:
                               self.bundle_fingerprint),)
         return tuple(BuildRepo(r.name, r.url, r.suite, "", r.key_url, r.fingerprint) for r in spec.repositories)
 
+    def build_apt_options(self, spec: ImageSpec, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """Every apt option of `spec`'s build: the source's, `extra` (the command line's), the
+        vendor repositories' proxy."""
+        return (*self.apt_options, *extra, *self.vendor_apt_options(spec))
+
     def vendor_apt_options(self, spec: ImageSpec) -> tuple[str, ...]:
         """apt options the build adds for the vendor repositories (their proxy)."""
         if self.source == "bundle" or not spec.vendor_packages:
