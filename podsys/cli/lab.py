@@ -68,6 +68,10 @@ def up_cmd(
     vms: int = typer.Option(0, "--vms", help="Number of QEMU VMs (virtual bare metal, PXE-installed, "
                             "each with an IPMI BMC); they stay powered off."),
     vm_disk_size: str = typer.Option("8G", "--vm-disk-size", help="Each VM's blank disk (qemu-img size: 8G, 20480M)."),
+    vm_nice: int = typer.Option(0, "--vm-nice", help="Scheduling priority of the VMs' emulators (nice, -20 to 19), "
+                                "set at each power-on. An emulated VM needs many host instructions for each of "
+                                "its own, so on a busy host a negative value (e.g. -10) keeps "
+                                "its work from crawling."),
 ) -> None:
     """Build and boot the lab, write lab.yaml (a manifest for it) and print the next command.
 
@@ -84,7 +88,7 @@ def up_cmd(
     progress = _Progress()
     try:
         state = lab.up(directory, nodes=nodes, mirror=mirror, progress=progress, vms=vms,
-                       vm_disk_size=vm_disk_size)
+                       vm_disk_size=vm_disk_size, vm_nice=vm_nice)
     finally:
         progress.close()
     info = lab.status(directory)

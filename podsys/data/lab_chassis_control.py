@@ -62,10 +62,32 @@ def power_on(spec: dict) -> None:
     if proc.returncode != 0 or not qemu_pid(spec):
         raise ChassisError(f"QEMU did not start (exit {proc.returncode}); see {spec['log']}")
     log(spec, f"power on, boot {boot}, pid {qemu_pid(spec)}")
+    if spec.get("nice"):
+        log(spec, set_priority(qemu_pid(spec), int(spec["nice"])))
     if boot == "pxe":
         # One-shot: the firmware reads the boot order again at every reset, so the next boot
         # (the installed system's reboot) must find the disk first again.
         set_boot_order(spec, "default")
+
+
+def set_priority(pid: int, nice: int) -> str:
+    """Give the QEMU process the nice value `nice`: its scheduler autogroup's (QEMU's
+    -daemonize makes it a session, hence an autogroup, of its own: with autogroups a thread's
+    own nice only weighs inside its group) and every thread's, for kernels without autogroups.
+    Returns what was done, for the chassis log; a refusal is logged, not fatal."""
+    done = []
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+        done.append("autogroup")
+    except OSError as exc:
+        done.append(f"autogroup not set ({exc.strerror})")
+    try:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            os.setpriority(os.PRIO_PROCESS, int(thread), nice)
+        done.append("threads")
+    except OSError as exc:
+        done.append(f"threads not set ({exc.strerror})")
+    return f"priority: nice {nice} for pid {pid}: " + ", ".join(done)
 
 
 def power_off(spec: dict) -> None:

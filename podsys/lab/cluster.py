@@ -226,7 +226,7 @@ def _exclusive(paths: LabPaths):
 
 def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
        progress: Progress = lambda msg: None, vms: int = 0,
-       vm_disk_size: str = lab_vms.DEFAULT_DISK_SIZE) -> dict:
+       vm_disk_size: str = lab_vms.DEFAULT_DISK_SIZE, vm_nice: int = 0) -> dict:
     """Bring the lab up (or report the one already running there) and return its state."""
     if not 1 <= nodes <= lab_plan.MAX_NODES:
         raise InputError(Problem("command line", None, "--nodes",
@@ -237,6 +237,9 @@ def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
     if not lab_vms.valid_disk_size(vm_disk_size):
         raise InputError(Problem("command line", None, "--vm-disk-size",
                                  f"{vm_disk_size!r} is not a size like 8G or 20480M (1M to 2T)"))
+    if vm_nice not in lab_vms.NICE_RANGE:
+        raise InputError(Problem("command line", None, "--vm-nice",
+                                 f"must be a nice value between -20 and 19 (got {vm_nice})"))
     _require()
     if vms:
         missing = sorted(set(lab_vms.missing_tools().values()))
@@ -244,11 +247,11 @@ def up(directory: Path | str, nodes: int = 3, mirror: str | None = None,
             raise PodsysError(f"--vms needs tools this host lacks; install: apt-get install {' '.join(missing)}")
     paths = paths_for(directory)
     with _exclusive(paths):
-        return _up(paths, nodes, mirror, progress, vms, vm_disk_size)
+        return _up(paths, nodes, mirror, progress, vms, lab_vms.VMSettings(vm_disk_size, vm_nice))
 
 
 def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress, vms: int = 0,
-        vm_disk_size: str = lab_vms.DEFAULT_DISK_SIZE) -> dict:
+        vm_settings: lab_vms.VMSettings = lab_vms.VMSettings()) -> dict:
     state = load_state(paths)
     if lab_is_up(state):
         running_vms = len(state["plan"].get("vms", []))
@@ -286,7 +289,7 @@ def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress, vms
             save_state(paths, state)
 
     try:
-        _bring_up(paths, plan, mirror, state, record, progress, vm_disk_size)
+        _bring_up(paths, plan, mirror, state, record, progress, vm_settings)
     except BaseException:
         progress("bring-up failed; removing what was created (logs stay in " f"{paths.logs})")
         try:
@@ -314,7 +317,7 @@ def _raise_host_limits(progress: Progress) -> dict[str, list[int]]:
 
 
 def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, progress: Progress,
-              vm_disk_size: str = lab_vms.DEFAULT_DISK_SIZE) -> None:
+              vm_settings: lab_vms.VMSettings = lab_vms.VMSettings()) -> None:
     lab_key = _ensure_keypair(paths)
     state["host_sysctls_raised"] = _raise_host_limits(progress)
     progress(f"base root: Debian 12 from {mirror} (built once, cached in {lab_rootfs.cache_root()})")
@@ -333,7 +336,7 @@ def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, 
     save_state(paths, state)
 
     if plan.vms:
-        _prepare_vms(paths, plan, state, progress, vm_disk_size)
+        _prepare_vms(paths, plan, state, progress, vm_settings)
 
     apt_settings = lab_rootfs.host_apt_settings()
     host_keys = {}
@@ -365,16 +368,17 @@ def _bring_up(paths: LabPaths, plan: LabPlan, mirror: str, state: dict, record, 
     save_state(paths, state)
 
 
-def _prepare_vms(paths: LabPaths, plan: LabPlan, state: dict, progress: Progress, disk_size: str) -> None:
+def _prepare_vms(paths: LabPaths, plan: LabPlan, state: dict, progress: Progress,
+                 settings: lab_vms.VMSettings) -> None:
     """Disks, taps and BMCs; the VMs stay off until something powers them on through a BMC."""
     vm_dirs = {}
     for vm in plan.vms:
-        progress(f"VM {vm.hostname}: {vm.firmware.upper()}, {disk_size} blank disk, MAC {vm.mac}, "
-                 f"tap {vm.tap}; powered off")
+        progress(f"VM {vm.hostname}: {vm.firmware.upper()}, {settings.disk_size} blank disk, MAC {vm.mac}, "
+                 f"tap {vm.tap}{f', nice {settings.nice}' if settings.nice else ''}; powered off")
         state["vms"][vm.hostname] = {"dir": str(lab_vms.vm_dir(paths.lab_dir, vm))}
         save_state(paths, state)
         lab_vms.add_tap(plan, vm)
-        vm_dirs[vm.hostname] = lab_vms.prepare_vm(plan, vm, paths.lab_dir, disk_size)
+        vm_dirs[vm.hostname] = lab_vms.prepare_vm(plan, vm, paths.lab_dir, settings)
     progress(f"BMCs: ipmi_sim (IPMI lanplus, cipher suite {lab_bmc.CIPHER_SUITE}) on "
              + ", ".join(f"{vm.bmc_address}:{vm.bmc_port}" for vm in plan.vms)
              + f"; password in {paths.bmc_password}")

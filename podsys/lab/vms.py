@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from podsys.errors import PodsysError
@@ -36,6 +37,20 @@ BOOT_DEVICES = ("pxe", "default")  # what the chassis_control program can start 
 
 
 _SIZE_UNITS = {"M": 1, "G": 1024, "T": 1024 * 1024}
+NICE_RANGE = range(-20, 20)
+
+
+@dataclass(frozen=True)
+class VMSettings:
+    """What `lab up --vm-*` chooses for every VM of the lab.
+
+    nice: the scheduling priority of each VM's emulator, applied at every power-on to QEMU's
+    scheduler autogroup (QEMU's -daemonize makes it a session of its own, and with autogroups
+    a process's own nice only counts inside its session). An emulated instruction costs the
+    host many, so on a busy host a VM at nice 0 gets a small share of the CPU and everything
+    that runs on it (each Ansible task) crawls; a negative value lets it go first."""
+    disk_size: str = DEFAULT_DISK_SIZE
+    nice: int = 0
 
 
 def valid_disk_size(size: str) -> bool:
@@ -92,7 +107,7 @@ def qemu_argv(plan: LabPlan, vm: LabVM, directory: Path, boot: str) -> list[str]
     ]
 
 
-def vm_spec(plan: LabPlan, vm: LabVM, directory: Path) -> dict:
+def vm_spec(plan: LabPlan, vm: LabVM, directory: Path, nice: int = 0) -> dict:
     """vm.json: everything the chassis_control program needs to run this VM, no lab code."""
     return {
         "name": vm.hostname,
@@ -104,6 +119,7 @@ def vm_spec(plan: LabPlan, vm: LabVM, directory: Path) -> dict:
         "nic_id": NIC_ID,
         "disk_id": DISK_ID,
         "stop_timeout_s": STOP_TIMEOUT_S,
+        "nice": nice,
         "argv": {boot: qemu_argv(plan, vm, directory, boot) for boot in BOOT_DEVICES},
     }
 
@@ -122,19 +138,19 @@ def missing_tools() -> dict[str, str]:
     return missing
 
 
-def prepare_vm(plan: LabPlan, vm: LabVM, lab_dir: Path, disk_size: str) -> Path:
+def prepare_vm(plan: LabPlan, vm: LabVM, lab_dir: Path, settings: VMSettings) -> Path:
     """The VM's directory: an empty qcow2 disk, (UEFI) its own variable store, vm.json."""
     directory = vm_dir(lab_dir, vm)
     directory.mkdir(parents=True, exist_ok=True)
     disk = directory / "disk.qcow2"
     if not disk.exists():
-        proc = subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(disk), disk_size],
+        proc = subprocess.run([QEMU_IMG, "create", "-q", "-f", "qcow2", str(disk), settings.disk_size],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise PodsysError(f"{QEMU_IMG} create {disk}: {proc.stderr.strip() or 'failed'}")
     if vm.firmware == "uefi" and not (directory / "OVMF_VARS.fd").exists():
         shutil.copyfile(OVMF_VARS, directory / "OVMF_VARS.fd")
-    (directory / "vm.json").write_text(json.dumps(vm_spec(plan, vm, directory), indent=2) + "\n")
+    (directory / "vm.json").write_text(json.dumps(vm_spec(plan, vm, directory, settings.nice), indent=2) + "\n")
     SOCKET_DIR.mkdir(parents=True, exist_ok=True)
     return directory
 

@@ -6,11 +6,13 @@ tests/integration/test_lab_vms.py)."""
 
 import dataclasses
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,12 +82,15 @@ def test_ipmitool_argv_uses_cipher_suite_3_and_the_password_file(tmp_path):
 # --- the real ipmi_sim ------------------------------------------------------------------------
 
 STAND_IN = (
-    # Like QEMU with -daemonize -pidfile: the parent returns once the child's pid is written.
+    # Like QEMU with -daemonize -pidfile: the parent returns once the child is a session of its
+    # own and its pid is written.
     "import os,sys,time\n"
+    "r,w=os.pipe()\n"
     "pid=os.fork()\n"
-    "if pid: open(sys.argv[1],'w').write(str(pid)); sys.exit(0)\n"
-    "os.setsid(); time.sleep(120)\n"
+    "if pid: os.read(r,1); open(sys.argv[1],'w').write(str(pid)); sys.exit(0)\n"
+    "os.setsid(); os.write(w,b'x'); time.sleep(120)\n"
 )
+VM01_NICE = 7  # vm01's emulator runs niced (lab up --vm-nice), vm02's at the default
 
 
 def _free_udp_port() -> int:
@@ -106,7 +111,7 @@ def sim(tmp_path):
     for vm in plan.vms:
         d = tmp_path / "vms" / vm.hostname
         d.mkdir(parents=True)
-        spec = lab_vms.vm_spec(plan, vm, d)
+        spec = lab_vms.vm_spec(plan, vm, d, nice=VM01_NICE if vm.hostname == "vm01" else 0)
         stand_in = [sys.executable, "-c", STAND_IN, spec["pidfile"], f"guest={vm.machine},process={vm.machine}"]
         spec["argv"] = {"pxe": stand_in, "default": stand_in}
         (d / "vm.json").write_text(json.dumps(spec))
@@ -142,6 +147,12 @@ def test_real_ipmi_sim_drives_each_vm_through_its_own_bmc(sim):
     assert out.stdout.strip() == "Chassis Power Control: Up/On", out.stdout + out.stderr
     assert lab_bmc.power_state(vm1, password) == "on" and lab_bmc.power_state(vm2, password) == "off"
     pid = int((dirs["vm01"] / "qemu.pid").read_text())
+    # The emulator's session (its scheduler autogroup) and its threads got vm01's nice value.
+    autogroup = Path(f"/proc/{pid}/autogroup")
+    if autogroup.exists():
+        assert autogroup.read_text().split()[-2:] == ["nice", str(VM01_NICE)], autogroup.read_text()
+    assert os.getpriority(os.PRIO_PROCESS, pid) == VM01_NICE
+    assert f"priority: nice {VM01_NICE} for pid {pid}" in (dirs["vm01"] / "chassis.log").read_text()
     lab_bmc.ipmitool(vm1, password, "chassis", "power", "off")
     assert lab_bmc.power_state(vm1, password) == "off"
     assert "ended on SIGTERM" in (dirs["vm01"] / "chassis.log").read_text()

@@ -164,6 +164,7 @@ def test_vm_spec_names_both_command_lines_and_the_short_stop(tmp_path):
     assert set(spec["argv"]) == {"pxe", "default"}
     assert spec["pidfile"] == str(tmp_path / "qemu.pid") and spec["machine"] == plan.vms[0].machine
     assert spec["stop_timeout_s"] <= 5  # ipmitool stops waiting for the BMC's answer soon after
+    assert spec["nice"] == 0 and lab_vms.vm_spec(plan, plan.vms[0], tmp_path, nice=-10)["nice"] == -10
 
 
 @pytest.mark.parametrize("size,ok", [("8G", True), ("20480M", True), ("2T", True), ("3T", False),
@@ -176,6 +177,8 @@ def test_disk_size(size, ok):
     (("--vms", "17"), "error: command line: --vms: must be between 0 and 16 (got 17)"),
     (("--vms", "1", "--vm-disk-size", "8gb"),
      "error: command line: --vm-disk-size: '8gb' is not a size like 8G or 20480M (1M to 2T)"),
+    (("--vms", "1", "--vm-nice", "-21"), "error: command line: --vm-nice: must be a nice value between -20 and 19 (got -21)"),
+    (("--vms", "1", "--vm-nice", "20"), "error: command line: --vm-nice: must be a nice value between -20 and 19 (got 20)"),
 ])
 def test_cli_bad_vm_options_are_one_line_exit_2(tmp_path, args, message):
     res = podsys("lab", "up", "--nodes", "1", *args, "--dir", tmp_path)
