@@ -115,6 +115,10 @@ LAB_MODULE_ORDER = (
     "test_stack_roles.py",
 )
 SHARED_LAB_GROUP = "lab-shared"
+# The training lab (tests/integration/training_lab.py) is deployed once for both of these; the
+# models module sorts first and runs its job on the fresh lab.
+TRAINING_LAB_GROUP = "training-lab"
+TRAINING_LAB_MODULES = ("test_addon_models.py", "test_addon_training.py")
 
 # The README's test command runs the suite in parallel workers (pytest-xdist, `--dist
 # loadgroup`): every item gets an xdist_group, so a lab and the modules that share it stay in
@@ -123,10 +127,9 @@ SHARED_LAB_GROUP = "lab-shared"
 # in parallel workers overlap well on 2 cores. Groups start longest first; these are each
 # group's minutes in the last CI run (README, testing), only used to order them.
 GROUP_MINUTES = {
-    "test_addon_models": 24,
-    "test_deploy_vms_lab": 45,
+    "test_deploy_vms_lab": 60,
+    TRAINING_LAB_GROUP: 30,
     "test_addon_notebooks": 22,
-    "test_addon_training": 14,
     SHARED_LAB_GROUP: 13,
     "test_health_lab": 11,
     "test_upgrade_lab": 8,
@@ -143,6 +146,8 @@ def test_group(path: Path) -> str:
         return "unit-" + (relative.parts[1] if len(relative.parts) > 2 else "root")
     if path.name in LAB_MODULE_ORDER:
         return SHARED_LAB_GROUP
+    if path.name in TRAINING_LAB_MODULES:
+        return TRAINING_LAB_GROUP
     return path.stem
 
 

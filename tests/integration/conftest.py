@@ -103,9 +103,9 @@ def lab_skip_reason() -> str | None:
     return "lab cluster cannot run here: " + "; ".join(problems) if problems else None
 
 
-def bring_up_lab(directory: Path, nodes: int, vms: int = 0) -> LabCluster:
+def bring_up_lab(directory: Path, nodes: int, vms: int = 0, vm_nice: int = 0) -> LabCluster:
     """Bring a lab up in `directory` (tearing it down again if that fails half-way)."""
-    return lab_handles(directory, lab.up(directory, nodes=nodes, vms=vms))
+    return lab_handles(directory, lab.up(directory, nodes=nodes, vms=vms, vm_nice=vm_nice))
 
 
 def lab_handles(directory: Path, state: dict) -> LabCluster:
@@ -185,6 +185,18 @@ def fresh_lab_cluster(tmp_path_factory) -> LabCluster:
     has deployed to (the stack roles' check mode, the air-gapped deploy from the bundle). With
     the root cached, `lab up` takes seconds; the deploys are what cost time."""
     with own_lab(tmp_path_factory, "freshlab", shared_lab_size()) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def training_lab(tmp_path_factory) -> LabCluster:
+    """The training lab (tests/integration/training_lab.py), deployed once for the modules of
+    its group."""
+    from tests.integration.training_lab import write_variant
+
+    with own_lab(tmp_path_factory, "trainlab", 2) as cluster:
+        summary = deploy_json(write_variant(cluster))
+        assert summary["succeeded"], summary["_output"][-4000:]
         yield cluster
 
 

@@ -1,12 +1,13 @@
-"""The `models` add-on (MLflow tracking server and model registry) on a lab of its own: the
-training lab's layers (storage, training) plus accounting (MLflow's MariaDB) and models. The
+"""The `models` add-on (MLflow tracking server and model registry) on the training lab, whose
+layers include accounting (MLflow's MariaDB) and models (tests/integration/training_lab.py;
+shared with test_addon_training.py, this module first). The
 training template's job registers its final model; the MLflow REST API lists that version with
 its metrics and run; a request without a login, or with a wrong password, gets 401; `podsys
 models list` shows the version without printing a password; a headless Chromium screenshot of
 the run page goes to test-artifacts/mlflow-run.png. Helpers: tests/integration/models_lab.py.
 
-In CI: the README's test command runs this lab in its own parallel worker (tests/conftest.py
-groups); its time is in README, testing."""
+In CI: the README's test command runs the training lab's modules in one parallel worker
+(tests/conftest.py groups); its time is in README, testing."""
 
 from __future__ import annotations
 
@@ -18,35 +19,26 @@ import time
 import pytest
 
 from tests.conftest import podsys
-from tests.integration.conftest import deploy_json, own_lab, wait_for
-from tests.integration.test_addon_training import PREFIX, USER, _job, _log, write_variant
+from tests.integration.conftest import wait_for
+from tests.integration.training_lab import PREFIX, USER, job_state, read_log, training_manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
 
 
-@pytest.fixture(scope="module")
-def models_lab(tmp_path_factory):
-    with own_lab(tmp_path_factory, "modelslab", 2) as lab:
-        manifest = write_variant(lab, "lab-models", with_models=True)
-        summary = deploy_json(manifest)
-        assert summary["succeeded"], summary["_output"][-4000:]
-        yield lab, manifest
-
-
-def test_the_training_job_registers_its_model_in_mlflow(models_lab, tmp_path):
+def test_the_training_job_registers_its_model_in_mlflow(training_lab, tmp_path):
     from tests.integration import models_lab as ml
 
-    lab, manifest = models_lab
+    lab, manifest = training_lab, training_manifest(training_lab)
     started = time.monotonic()
     out = f"/shared/home/{USER}/train-mlflow.out"
     submit = (f"su - {USER} -c 'sbatch --parsable -N 2 --chdir /shared/home/{USER} -o {out} "
               f"/usr/local/share/podsys/training/train.sbatch /usr/local/share/podsys/training/train_ddp.py "
               f"--checkpoint-dir /shared/checkpoints/{USER}/mlflow --steps 20 --checkpoint-every 5'")
     job = lab.ssh(lab.head, submit).stdout.strip().split(";")[0]
-    wait_for(f"job {job} to finish", lambda: _job(lab, job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
+    wait_for(f"job {job} to finish", lambda: job_state(lab, job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
              timeout=900, every=5)
-    log = _log(lab, out)
-    assert _job(lab, job)["JobState"] == "COMPLETED", log[-3000:]
+    log = read_log(lab, out)
+    assert job_state(lab, job)["JobState"] == "COMPLETED", log[-3000:]
     registered = re.search(PREFIX + r"registered model train_ddp version (\d+) run ([0-9a-f]{32})", log, re.M)
     assert registered, log[-3000:]
     version, run_id = registered.groups()

@@ -1,5 +1,6 @@
-"""The `storage` and `training` add-ons on a lab of its own (head + 2 nodes), and the proof that
-a distributed training job survives a failed node by resuming from its checkpoint.
+"""The `storage` and `training` add-ons on the training lab (head + 2 nodes, shared with
+test_addon_models.py: tests/integration/training_lab.py), and the proof that a distributed
+training job survives a failed node by resuming from its checkpoint.
 
 * storage: nfs-ganesha on the head answers a user-space NFS client (libnfs's nfs-ls/nfs-cp on a
   node; this kernel has no NFS client); the lab's shared directory (a host directory bound into
@@ -24,62 +25,20 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import podsys, write_manifest_variant
-from tests.integration.conftest import deploy_json, own_lab, wait_for
+from tests.conftest import podsys
+from tests.integration.conftest import wait_for
+from tests.integration.training_lab import (EXPORT, NODE_TIMEOUT, PREFIX, UID, USER, job_state, newest_checkpoint,
+                                            read_log, training_manifest)
 
 pytestmark = [pytest.mark.integration, pytest.mark.lab]
-
-USER, UID = "researcher", 2001
-# On the lab's bound host directory: node roots are overlayfs, which gives ganesha's VFS FSAL
-# no file handles.
-EXPORT = "/shared/export"
-NODE_TIMEOUT = 60
-# torchrun's tee (see PODSYS_TORCHRUN_ARGS in podsys/render/training.py) prefixes rank output.
-PREFIX = r"^(?:\[\w+\]:)?"
-
-
-def models_sections(data: dict, directory) -> dict:
-    """Layers accounting (MLflow's MariaDB; jobs then need an association: team `vision`) and
-    models (tests/integration/models_lab.py), with the wheels it installs: the manifest
-    sections that add them to `data`."""
-    from tests.integration.models_lab import build_wheelhouses, password_hash
-    build_wheelhouses(directory)
-    users = [{**user, "password_hash": password_hash()} if user["name"] == USER else user for user in data["users"]]
-    return {"accounts": {"teams": [{"name": "vision", "users": [USER]}]}, "users": users,
-            "models": {"artifact_dir": "/shared/mlflow"}}
-
-
-def write_variant(lab, name: str = "lab-training", with_models: bool = False) -> Path:
-    """The training lab's manifest; with_models adds accounting and models (test_addon_models.py)."""
-    data = yaml.safe_load(lab.manifest.read_text())
-    storage = data["storage"]
-    assert storage["mounts"] == [{"kind": "lab-bind", "path": "/shared"}], "lab.yaml declares the lab's shared dir"
-    layers = ["base", "slurm", "storage", "training"] + (["accounting", "models"] if with_models else [])
-    return write_manifest_variant(
-        lab.manifest.parent, lab.manifest, name, layers=layers,
-        storage={**storage, "exports": [{"path": EXPORT}], "home": "/shared/home", "scratch": "/shared/scratch"},
-        training={"socket_interface": "eth0", "pytorch": "distro", "node_timeout": NODE_TIMEOUT,
-                  "image_dir": "/shared/images", "checkpoint_dir": "/shared/checkpoints"},
-        **(models_sections(data, lab.manifest.parent) if with_models else {}))
-
-
-@pytest.fixture(scope="module")
-def training_lab(tmp_path_factory):
-    with own_lab(tmp_path_factory, "trainlab", 2) as lab:
-        manifest = write_variant(lab)
-        summary = deploy_json(manifest)
-        assert summary["succeeded"], summary["_output"][-4000:]
-        yield lab
 
 
 def test_a_second_deploy_changes_nothing_in_storage_and_training(training_lab):
     lab = training_lab
-    proc = podsys("deploy", lab.manifest.with_name("lab-training.yaml"), "--json")
+    proc = podsys("deploy", training_manifest(lab), "--json")
     again = json.loads(proc.stdout)
     assert again["succeeded"], proc.stderr[-3000:]
     for host in again["hosts"]:
@@ -131,23 +90,6 @@ def test_each_node_has_its_groups_training_environment(training_lab):
     assert re.search(rf"^SlurmdTimeout\s*=\s*{NODE_TIMEOUT} sec", config, re.M), "SlurmdTimeout not applied"
 
 
-def _job(lab, job: str) -> dict[str, str]:
-    """JobState and Restarts from `scontrol show job` (it keeps finished jobs for MinJobAge;
-    the same with or without the accounting layer, which the models layer brings)."""
-    out = lab.ssh(lab.head, ["scontrol", "-o", "show", "job", job], check=False).stdout
-    return dict(field.split("=", 1) for field in out.split() if "=" in field)
-
-
-def _newest_checkpoint(lab, directory: str) -> int:
-    names = lab.ssh(lab.head, f"ls {directory} 2>/dev/null || true").stdout.split()
-    steps = [int(m.group(1)) for n in names if (m := re.fullmatch(r"step-(\d+)\.pt", n))]
-    return max(steps, default=0)
-
-
-def _log(lab, path: str) -> str:
-    return lab.ssh(lab.head, f"cat {path} 2>/dev/null || true").stdout
-
-
 def test_a_training_job_survives_a_stopped_node_and_resumes_from_its_checkpoint(training_lab):
     lab = training_lab
     victim = lab.nodes[1]
@@ -158,7 +100,7 @@ def test_a_training_job_survives_a_stopped_node_and_resumes_from_its_checkpoint(
               f"--checkpoint-dir {ckpt} --steps 240 --checkpoint-every 10 --step-seconds 0.5'")
     started = time.monotonic()
     job = lab.ssh(lab.head, submit).stdout.strip().split(";")[0]
-    wait_for("a checkpoint at step 30 or later on shared storage", lambda: _newest_checkpoint(lab, ckpt) >= 30,
+    wait_for("a checkpoint at step 30 or later on shared storage", lambda: newest_checkpoint(lab, ckpt) >= 30,
              timeout=600, every=2)
 
     stop = podsys("lab", "stop", victim, "--dir", lab.directory, timeout=300)
@@ -166,17 +108,17 @@ def test_a_training_job_survives_a_stopped_node_and_resumes_from_its_checkpoint(
     print(f"stopped {victim} after {time.monotonic() - started:.0f} s")
     try:
         wait_for(f"Slurm to declare {victim} DOWN and requeue job {job}",
-                 lambda: int(_job(lab, job).get("Restarts", "0")) >= 1, timeout=NODE_TIMEOUT * 6, every=5)
+                 lambda: int(job_state(lab, job).get("Restarts", "0")) >= 1, timeout=NODE_TIMEOUT * 6, every=5)
         print(f"requeued after {time.monotonic() - started:.0f} s")
     finally:
         start = podsys("lab", "start", victim, "--dir", lab.directory, timeout=600)
         assert start.returncode == 0, start.stderr
     wait_for(f"job {job} to finish after the requeue",
-             lambda: _job(lab, job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
+             lambda: job_state(lab, job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"),
              timeout=900, every=5)
     print(f"finished after {time.monotonic() - started:.0f} s")
 
-    log = _log(lab, out)
+    log = read_log(lab, out)
     restarts = re.findall(r"start job=\d+ restart=(\d+)", log)
     assert len(restarts) >= 2 and restarts[-1] != "0", log[-3000:]
     resumed = re.findall(PREFIX + r"resumed from step-(\d+)\.pt at step (\d+)", log, re.M)
@@ -190,7 +132,7 @@ def test_a_training_job_survives_a_stopped_node_and_resumes_from_its_checkpoint(
     assert done, log[-3000:]
     first, final = float(done.group(1)), float(done.group(2))
     assert final < first, (first, final)
-    final = _job(lab, job)
+    final = job_state(lab, job)
     assert final["JobState"] == "COMPLETED" and int(final["Restarts"]) >= 1, final
 
 
@@ -207,21 +149,21 @@ def test_the_signal_before_the_time_limit_checkpoints_requeues_and_resumes(train
     job = lab.ssh(lab.head, submit).stdout.strip().split(";")[0]
     try:
         asked = wait_for("the trainer to checkpoint on the time-limit signal",
-                         lambda: re.search(PREFIX + r"checkpoint on request at step (\d+)", _log(lab, out), re.M),
+                         lambda: re.search(PREFIX + r"checkpoint on request at step (\d+)", read_log(lab, out), re.M),
                          timeout=240, every=3)
         step = int(asked.group(1))
-        log = _log(lab, out)
+        log = read_log(lab, out)
         assert "time limit near: asking the trainer to checkpoint" in log, log[-3000:]
-        assert _newest_checkpoint(lab, ckpt) == step, "the checkpoint is the one written on the request"
-        wait_for(f"job {job} to requeue itself", lambda: int(_job(lab, job).get("Restarts", "0")) >= 1,
+        assert newest_checkpoint(lab, ckpt) == step, "the checkpoint is the one written on the request"
+        wait_for(f"job {job} to requeue itself", lambda: int(job_state(lab, job).get("Restarts", "0")) >= 1,
                  timeout=120, every=3)
         resumed = wait_for("the next run to resume from that checkpoint",
-                           lambda: re.search(PREFIX + r"resumed from step-(\d+)\.pt at step (\d+)", _log(lab, out), re.M),
+                           lambda: re.search(PREFIX + r"resumed from step-(\d+)\.pt at step (\d+)", read_log(lab, out), re.M),
                            timeout=420, every=5)
         assert int(resumed.group(1)) == step and int(resumed.group(2)) == step, (resumed.group(0), step)
-        wait_for("the resumed run's first step", lambda: re.search(PREFIX + rf"step {step + 1} loss", _log(lab, out), re.M),
+        wait_for("the resumed run's first step", lambda: re.search(PREFIX + rf"step {step + 1} loss", read_log(lab, out), re.M),
                  timeout=120, every=3)
-        log = _log(lab, out)
+        log = read_log(lab, out)
         assert re.search(r"requeueing job \d+ after its checkpoint", log), log[-3000:]
         assert re.search(r"start job=\d+ restart=1 ", log), log[-3000:]
         assert not re.search(PREFIX + r"step 1 loss", log[log.index("resumed from"):], re.M), "restarted from 1"
@@ -231,13 +173,13 @@ def test_the_signal_before_the_time_limit_checkpoints_requeues_and_resumes(train
         assert "no checkpoint after the request" not in first_run, first_run[-2000:]
     finally:
         lab.ssh(lab.head, ["scancel", job], check=False)
-        wait_for(f"job {job} to leave the nodes", lambda: _job(lab, job).get("JobState") not in ("RUNNING", "COMPLETING"),
+        wait_for(f"job {job} to leave the nodes", lambda: job_state(lab, job).get("JobState") not in ("RUNNING", "COMPLETING"),
                  timeout=120, every=3)
 
 
 def test_a_registry_import_needs_enroot_on_the_head_and_says_so(training_lab):
     lab = training_lab
-    manifest = lab.manifest.with_name("lab-training.yaml")
+    manifest = training_manifest(lab)
     assert lab.ssh(lab.head, "command -v enroot", check=False).returncode != 0, "the lab head has enroot now: test the import"
     refused = podsys("images", "import", "docker://localhost:5000#tiny:1", manifest, timeout=120)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
@@ -250,7 +192,7 @@ def test_a_registry_import_needs_enroot_on_the_head_and_says_so(training_lab):
 @pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="mksquashfs not installed (Debian package squashfs-tools)")
 def test_an_image_imported_from_a_file_is_on_shared_storage_for_every_node(training_lab, tmp_path):
     lab = training_lab
-    manifest = lab.manifest.with_name("lab-training.yaml")
+    manifest = training_manifest(lab)
     rootfs = tmp_path / "rootfs"
     (rootfs / "etc").mkdir(parents=True)
     (rootfs / "etc" / "image-id").write_text("podsys-test-image\n")
