@@ -42,14 +42,26 @@ def _run(args: list[str], what: str, **kw) -> subprocess.CompletedProcess:
 _GPG_HOME_MAX = 72
 
 
+def _short_link(home: Path) -> Path:
+    return Path(tempfile.gettempdir()) / f"podsys-gnupg-{hashlib.sha256(str(home).encode()).hexdigest()[:16]}"
+
+
 def _short_home(home: Path) -> str:
     if len(str(home)) <= _GPG_HOME_MAX:
         return str(home)
-    link = Path(tempfile.gettempdir()) / f"podsys-gnupg-{hashlib.sha256(str(home).encode()).hexdigest()[:16]}"
+    link = _short_link(home)
     if not (link.is_symlink() and os.readlink(link) == str(home)):
         link.unlink(missing_ok=True)
         link.symlink_to(home)
     return str(link)
+
+
+def _drop_short_home(home: Path) -> None:
+    """Remove the short link of `home`, if it is ours and points there (stop_agent: the key's
+    work is done; a link kept would outlive a removed work directory in the temp dir)."""
+    link = _short_link(home)
+    if link.is_symlink() and os.readlink(link) == str(home):
+        link.unlink()
 
 
 class SiteKey:
@@ -114,6 +126,7 @@ class SiteKey:
         gpgconf = shutil.which("gpgconf")
         if gpgconf and self.home.exists():
             subprocess.run([gpgconf, "--homedir", _short_home(self.home), "--kill", "gpg-agent"], capture_output=True)
+        _drop_short_home(self.home)
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -323,5 +325,9 @@ def test_the_site_key_works_in_a_work_directory_deeper_than_a_socket_path_allows
     try:
         fingerprint = key.ensure("podsys test <root@localhost>")
         assert re.fullmatch(r"[0-9A-F]{40}", fingerprint) and key.fingerprint() == fingerprint
+        assert any(os.readlink(p) == str(key.home) for p in Path(tempfile.gettempdir()).glob("podsys-gnupg-*"))
     finally:
         key.stop_agent()
+    # The short link in the temp dir went with the agent: nothing is left behind there.
+    links = [p for p in Path(tempfile.gettempdir()).glob("podsys-gnupg-*") if os.readlink(p) == str(key.home)]
+    assert links == []
