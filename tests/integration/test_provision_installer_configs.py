@@ -6,6 +6,7 @@ shown a broken variant, so a validator that accepts anything cannot make these p
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -62,8 +63,11 @@ def need(tool: str) -> str:
     return found
 
 
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=120, check=False)
+def run(*argv: str, tmp: Path | None = None) -> subprocess.CompletedProcess:
+    """argv's result; with `tmp`, the tool's temporary files go there (ksvalidator's pykickstart
+    writes a preprocessed copy of each file to the temp dir with mkstemp and never removes it)."""
+    env = {**os.environ, "TMPDIR": str(tmp)} if tmp is not None else None
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=120, check=False, env=env)
 
 
 @pytest.mark.parametrize("version", ["22.04", "24.04"])
@@ -104,14 +108,14 @@ def test_rocky_kickstart_passes_ksvalidator(tmp_path):
     files = rendered(tmp_path, "rocky", "9")
     ks = tmp_path / "ks.cfg"
     ks.write_text(files["provision/boot/nodes/gpu01/ks.cfg"])
-    proc = run(ksvalidator, "-v", "RHEL9", str(ks))
+    proc = run(ksvalidator, "-v", "RHEL9", str(ks), tmp=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = ks.read_text()
     assert "--ip=10.40.1.1 --netmask=255.255.0.0" in text and "--hostname=gpu01.vt.example" in text
     assert "ignoredisk --only-use=nvme0n1" in text and f"rootpw --iscrypted {PASSWORD_HASH}" in text
     bad = tmp_path / "bad.cfg"
     bad.write_text(text.replace("autopart --type=plain", "autopart --type=nosuchtype"))
-    assert run(ksvalidator, "-v", "RHEL9", str(bad)).returncode != 0
+    assert run(ksvalidator, "-v", "RHEL9", str(bad), tmp=tmp_path).returncode != 0
 
 
 def test_debian_preseed_passes_debconf_checkonly(tmp_path):
