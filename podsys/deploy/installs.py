@@ -311,18 +311,24 @@ class InstallDriver:
             self.say(f"already installing, followed without a power cycle: {collapse_hosts(list(plan.watch))}")
         watches = {n: Watch(n, start, records.get(n), errors.get(n, "")) for n in plan.nodes}
         answered: dict[str, str | None] = {n: None for n in plan.nodes}
+        # A node's result is the first final progress it reached: its elapsed is its own time to
+        # SSH (or to its failure), not the time until the slowest node of the batch was done.
+        final: dict[str, Progress] = {}
+
+        def current(now: float, status_error: str) -> list[Progress]:
+            return [final.get(n) or install_progress(watches[n], records.get(n), answered[n], now, deadline,
+                                                     status_error) for n in plan.nodes]
+
         while True:
             now = self.clock()
             fresh, status_error = self._read()
             if fresh is not None:
                 records = dict(fresh)
-            progress = [install_progress(watches[n], records.get(n), answered[n], now, deadline, status_error)
-                        for n in plan.nodes]
-            for p in progress:
+            for p in current(now, status_error):
                 if p.phase is Phase.INSTALLED:
                     answered[p.node] = self.probe_ssh(p.node, records[p.node])
-            progress = [install_progress(watches[n], records.get(n), answered[n], now, deadline, status_error)
-                        for n in plan.nodes]
+            progress = current(now, status_error)
+            final.update((p.node, p) for p in progress if p.phase in FINAL)
             self.show(progress)
             if all(p.phase in FINAL for p in progress):
                 outcome.progress = progress

@@ -266,6 +266,9 @@ def test_driver_powers_waits_and_reports_reachable_without_real_waiting():
     assert 100 <= clock.now <= 110  # done when n2 finished (t=100) and answered SSH, not at the timeout
     phases = {p.phase for frame in shown for p in frame}
     assert {Phase.POWERING, Phase.INSTALLING, Phase.REACHABLE} <= phases
+    # Each node's elapsed is its own power-on to SSH (n1 finished at t=80), not the batch's.
+    elapsed = {p.node: p.elapsed for p in outcome.progress}
+    assert 80 <= elapsed["n1"] < 90 and 100 <= elapsed["n2"] < 110, elapsed
 
 
 def test_driver_times_out_naming_the_last_stage_and_the_other_node_proceeds():
