@@ -59,11 +59,12 @@ def power_on(spec: dict) -> None:
     with open(spec["log"], "a") as out:
         # -daemonize: QEMU returns once the machine exists and its QMP socket listens.
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=120)
-    if proc.returncode != 0 or not qemu_pid(spec):
+    pid = qemu_pid(spec)
+    if proc.returncode != 0 or not pid:
         raise ChassisError(f"QEMU did not start (exit {proc.returncode}); see {spec['log']}")
-    log(spec, f"power on, boot {boot}, pid {qemu_pid(spec)}")
+    log(spec, f"power on, boot {boot}, pid {pid}")
     if spec.get("nice"):
-        log(spec, set_priority(qemu_pid(spec), int(spec["nice"])))
+        log(spec, set_priority(pid, int(spec["nice"])))
     if boot == "pxe":
         # One-shot: the firmware reads the boot order again at every reset, so the next boot
         # (the installed system's reboot) must find the disk first again.

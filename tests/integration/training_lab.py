@@ -23,6 +23,9 @@ NODE_TIMEOUT = 60
 PREFIX = r"^(?:\[\w+\]:)?"
 
 
+MANIFEST = "lab-training"  # the manifest the lab is deployed with, beside lab.yaml
+
+
 def models_sections(data: dict, directory) -> dict:
     """Layers accounting (MLflow's MariaDB; jobs then need an association: team `vision`) and
     models (tests/integration/models_lab.py), with the wheels it installs: the manifest
@@ -35,23 +38,22 @@ def models_sections(data: dict, directory) -> dict:
 
 
 def training_manifest(lab) -> Path:
-    """The manifest the training lab was deployed with (write_variant's default name)."""
-    return lab.manifest.with_name("lab-training.yaml")
+    """The manifest the training lab was deployed with (write_variant's)."""
+    return lab.manifest.with_name(f"{MANIFEST}.yaml")
 
 
-def write_variant(lab, name: str = "lab-training", with_models: bool = True) -> Path:
-    """The training lab's manifest: base, slurm, storage and training, and with_models also
-    accounting and models (test_addon_models.py), as the shared training lab deploys it."""
+def write_variant(lab) -> Path:
+    """The training lab's manifest: base, slurm, storage, training, accounting and models."""
     data = yaml.safe_load(lab.manifest.read_text())
     storage = data["storage"]
     assert storage["mounts"] == [{"kind": "lab-bind", "path": "/shared"}], "lab.yaml declares the lab's shared dir"
-    layers = ["base", "slurm", "storage", "training"] + (["accounting", "models"] if with_models else [])
     return write_manifest_variant(
-        lab.manifest.parent, lab.manifest, name, layers=layers,
+        lab.manifest.parent, lab.manifest, MANIFEST,
+        layers=["base", "slurm", "storage", "training", "accounting", "models"],
         storage={**storage, "exports": [{"path": EXPORT}], "home": "/shared/home", "scratch": "/shared/scratch"},
         training={"socket_interface": "eth0", "pytorch": "distro", "node_timeout": NODE_TIMEOUT,
                   "image_dir": "/shared/images", "checkpoint_dir": "/shared/checkpoints"},
-        **(models_sections(data, lab.manifest.parent) if with_models else {}))
+        **models_sections(data, lab.manifest.parent))
 
 
 def job_state(lab, job: str) -> dict[str, str]:
