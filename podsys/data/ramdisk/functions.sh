@@ -19,6 +19,8 @@ MODPROBE=/usr/sbin/modprobe
 IMAGE_FILE=/run/image.tar.zst
 HOST_KEYS_ANSWER=/run/host-keys.answer
 TARGET=/target
+ESP_MOUNT=/run/esp
+LOG_DIR=/run
 
 log() {
     echo "podsys: $*" > /dev/console
@@ -214,8 +216,22 @@ write_image() {
     report stage write "bytes=$written"
     if [ "$FIRMWARE" = uefi ]; then
         mkdir -p "$TARGET/boot/efi"
+        copy_image_esp || return 1
         mount -t vfat "$ESP_DEV" "$TARGET/boot/efi" || { FAIL_REASON="cannot mount $ESP_DEV"; return 1; }
     fi
+    return 0
+}
+
+# Rocky's shim and GRUB packages install into /boot/efi (EFI/BOOT, EFI/rocky): in the image
+# that is a plain folder, which the ESP mounted over it would hide, so its files go onto the ESP.
+# Debian's images leave it empty (their GRUB is installed by grub-install below).
+copy_image_esp() {
+    [ -n "$(ls -A "$TARGET/boot/efi" 2> /dev/null)" ] || return 0
+    mkdir -p "$ESP_MOUNT"
+    mount -t vfat "$ESP_DEV" "$ESP_MOUNT" || { FAIL_REASON="cannot mount $ESP_DEV"; return 1; }
+    # No owners or modes on FAT: copy, not cp -a.
+    cp -R "$TARGET/boot/efi/." "$ESP_MOUNT/" || { umount "$ESP_MOUNT"; FAIL_REASON="copying the image's /boot/efi onto $ESP_DEV failed"; return 1; }
+    umount "$ESP_MOUNT" || { FAIL_REASON="cannot unmount $ESP_DEV"; return 1; }
     return 0
 }
 
@@ -238,16 +254,60 @@ GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"
 GRUB_TERMINAL="console serial"
 GRUB_SERIAL_COMMAND="serial --speed=115200"
 EOF
+    # Rocky's GRUB is grub2-* (grub2-tools); Debian's is grub-*.
+    if [ -x "$TARGET/usr/sbin/grub2-mkconfig" ]; then
+        install_grub2
+        return
+    fi
     if [ "$FIRMWARE" = uefi ]; then
         # --removable: \EFI\BOOT\BOOTX64.EFI, which firmware boots without an NVRAM entry.
         chroot "$TARGET" grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram \
-            > /run/grub-install.log 2>&1 || { FAIL_REASON="grub-install (uefi): $(tail -n 1 /run/grub-install.log)"; return 1; }
+            > "$LOG_DIR/grub-install.log" 2>&1 || { FAIL_REASON="grub-install (uefi): $(tail -n 1 "$LOG_DIR/grub-install.log")"; return 1; }
     else
         chroot "$TARGET" grub-install --target=i386-pc "$DISK" \
-            > /run/grub-install.log 2>&1 || { FAIL_REASON="grub-install (bios): $(tail -n 1 /run/grub-install.log)"; return 1; }
+            > "$LOG_DIR/grub-install.log" 2>&1 || { FAIL_REASON="grub-install (bios): $(tail -n 1 "$LOG_DIR/grub-install.log")"; return 1; }
     fi
-    chroot "$TARGET" update-grub > /run/update-grub.log 2>&1 \
-        || { FAIL_REASON="update-grub: $(tail -n 1 /run/update-grub.log)"; return 1; }
+    chroot "$TARGET" update-grub > "$LOG_DIR/update-grub.log" 2>&1 \
+        || { FAIL_REASON="update-grub: $(tail -n 1 "$LOG_DIR/update-grub.log")"; return 1; }
+    return 0
+}
+
+# efi_vendor_dir ESP -> the ESP's vendor folder holding grubx64.efi (EFI/rocky), not EFI/BOOT.
+efi_vendor_dir() {
+    for dir in "$1"/EFI/*/; do
+        dir=${dir%/}
+        [ "${dir##*/}" = BOOT ] && continue
+        [ -e "$dir/grubx64.efi" ] && { printf '%s' "$dir"; return 0; }
+    done
+    return 1
+}
+
+# Rocky: classic menu entries from /boot (GRUB_ENABLE_BLSCFG=false: the image's BLS entries, if
+# any, were written at build time under the build's machine-id). BIOS: grub2-install into the
+# BIOS boot partition. UEFI: RHEL's grub2-install refuses EFI (Secure Boot: the signed shim and
+# GRUB come from shim-x64 and grub2-efi-x64, now on the ESP): EFI/BOOT/BOOTX64.EFI is shim, whose
+# fallback (fbx64.efi) adds the boot entry for EFI/rocky from its BOOTX64.CSV, and the GRUB there
+# reads the grub.cfg next to it, which hands over to /boot/grub2/grub.cfg on the root file system.
+install_grub2() {
+    echo "GRUB_ENABLE_BLSCFG=false" >> "$TARGET/etc/default/grub"
+    if [ "$FIRMWARE" = uefi ]; then
+        [ -e "$TARGET/boot/efi/EFI/BOOT/BOOTX64.EFI" ] || { FAIL_REASON="no EFI/BOOT/BOOTX64.EFI in the image (package shim-x64)"; return 1; }
+        vendor=$(efi_vendor_dir "$TARGET/boot/efi") || { FAIL_REASON="no EFI/<vendor>/grubx64.efi in the image (package grub2-efi-x64)"; return 1; }
+        # GRUB's own syntax: $dev and $prefix are GRUB's variables, not the shell's.
+        # shellcheck disable=SC2016
+        {
+            echo "search --no-floppy --fs-uuid --set=dev $(uuid_of "$ROOT_DEV")"
+            echo 'set prefix=($dev)/boot/grub2'
+            echo 'export $prefix'
+            echo 'configfile $prefix/grub.cfg'
+        } > "$vendor/grub.cfg"
+    else
+        chroot "$TARGET" grub2-install --target=i386-pc "$DISK" \
+            > "$LOG_DIR/grub-install.log" 2>&1 || { FAIL_REASON="grub2-install (bios): $(tail -n 1 "$LOG_DIR/grub-install.log")"; return 1; }
+    fi
+    mkdir -p "$TARGET/boot/grub2"
+    chroot "$TARGET" grub2-mkconfig -o /boot/grub2/grub.cfg > "$LOG_DIR/update-grub.log" 2>&1 \
+        || { FAIL_REASON="grub2-mkconfig: $(tail -n 1 "$LOG_DIR/update-grub.log")"; return 1; }
     return 0
 }
 

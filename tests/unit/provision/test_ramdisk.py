@@ -206,3 +206,79 @@ def test_write_identity_reports_the_keys_right_after_making_them():
     keygen = body.index('ssh-keygen -A')
     assert body.index("report_host_keys || return 1") > keygen
     assert body.index("report_host_keys || return 1") < body.index("10-provision.network")
+
+
+def bootloader_target(tmp_path: Path, rocky: bool, shim: bool = True) -> Path:
+    """An unpacked image's root: Rocky's (grub2-tools, shim and GRUB under /boot/efi) or Debian's."""
+    target = tmp_path / "target"
+    for folder in ("etc/default", "usr/sbin", "boot/efi", "dev", "proc", "sys"):
+        (target / folder).mkdir(parents=True, exist_ok=True)
+    if rocky:
+        mkconfig = target / "usr/sbin/grub2-mkconfig"
+        mkconfig.write_text("#!/bin/sh\n")
+        mkconfig.chmod(0o755)
+        efi = target / "boot/efi/EFI"
+        (efi / "rocky").mkdir(parents=True)
+        (efi / "rocky/grubx64.efi").write_text("grub\n")
+        (efi / "rocky/shimx64.efi").write_text("shim\n")
+        if shim:
+            (efi / "BOOT").mkdir()
+            (efi / "BOOT/BOOTX64.EFI").write_text("shim\n")
+    return target
+
+
+def install_bootloader(target: Path, firmware: str, shell: str = "sh") -> list[str]:
+    """install_bootloader for real, with chroot, mount and blkid replaced (they would act on this
+    machine): chroot prints what it would run. Its output lines, then OK or FAILED: reason."""
+    logs = target.parent / "logs"
+    logs.mkdir(exist_ok=True)
+    out = run_function(f'TARGET="{target}"; LOG_DIR="{logs}"; DISK=/dev/vda; FIRMWARE={firmware}; ROOT_DEV=/dev/vda2; '
+                       'ESP_DEV=/dev/vda1; chroot() { echo "chroot $*" >&3; }; mount() { :; }; '
+                       'uuid_of() { echo "uuid-of-$1"; }; '
+                       '{ install_bootloader && echo OK || echo "FAILED: $FAIL_REASON"; } 3>&1', shell)
+    return [line.replace(str(target), "T") for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_rocky_bios_installs_grub2_into_the_install_disk_and_writes_classic_entries(tmp_path, shell):
+    target = bootloader_target(tmp_path, rocky=True)
+    sh = "busybox sh" if shell == "busybox" else shell
+    assert install_bootloader(target, "bios", sh) == [
+        "chroot T grub2-install --target=i386-pc /dev/vda", "chroot T grub2-mkconfig -o /boot/grub2/grub.cfg", "OK"]
+    assert (target / "etc/default/grub").read_text().splitlines()[-1] == "GRUB_ENABLE_BLSCFG=false"
+    assert (target / "etc/fstab").read_text() == "UUID=uuid-of-/dev/vda2 / ext4 errors=remount-ro 0 1\n"
+
+
+def test_rocky_uefi_boots_the_images_shim_and_hands_grub_to_the_root_file_system(tmp_path):
+    target = bootloader_target(tmp_path, rocky=True)
+    # RHEL's grub2-install refuses EFI targets: only the config is made.
+    assert install_bootloader(target, "uefi") == ["chroot T grub2-mkconfig -o /boot/grub2/grub.cfg", "OK"]
+    assert (target / "boot/efi/EFI/rocky/grub.cfg").read_text() == (
+        "search --no-floppy --fs-uuid --set=dev uuid-of-/dev/vda2\nset prefix=($dev)/boot/grub2\n"
+        "export $prefix\nconfigfile $prefix/grub.cfg\n")
+    assert "UUID=uuid-of-/dev/vda1 /boot/efi vfat umask=0077 0 1" in (target / "etc/fstab").read_text()
+    missing = bootloader_target(tmp_path / "noshim", rocky=True, shim=False)
+    assert install_bootloader(missing, "uefi") == ["FAILED: no EFI/BOOT/BOOTX64.EFI in the image (package shim-x64)"]
+
+
+def test_debian_images_keep_grub_install_and_update_grub(tmp_path):
+    target = bootloader_target(tmp_path, rocky=False)
+    assert install_bootloader(target, "uefi") == [
+        "chroot T grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram",
+        "chroot T update-grub", "OK"]
+    assert "BLSCFG" not in (target / "etc/default/grub").read_text()
+
+
+def test_the_images_own_boot_efi_files_are_copied_onto_the_esp(tmp_path):
+    target = bootloader_target(tmp_path, rocky=True)
+    esp = tmp_path / "esp"
+    # mount/umount replaced: the "ESP" is a plain folder here.
+    out = run_function(f'TARGET="{target}"; ESP_MOUNT="{esp}"; ESP_DEV=/dev/vda1; mount() {{ :; }}; umount() {{ :; }}; '
+                       'copy_image_esp && echo OK')
+    assert out == "OK\n"
+    assert sorted(str(p.relative_to(esp)) for p in esp.rglob("*") if p.is_file()) == [
+        "EFI/BOOT/BOOTX64.EFI", "EFI/rocky/grubx64.efi", "EFI/rocky/shimx64.efi"]
+    debian = bootloader_target(tmp_path / "debian", rocky=False)
+    untouched = tmp_path / "untouched"
+    assert run_function(f'TARGET="{debian}"; ESP_MOUNT="{untouched}"; mount() {{ exit 9; }}; copy_image_esp && echo OK') == "OK\n"
+    assert not untouched.exists()
