@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -55,10 +56,19 @@ def build(
     apt_option: Optional[List[str]] = typer.Option(
         None, "--apt-option", help="extra apt option for the build, e.g. 'Acquire::Check-Valid-Until \"false\"'"),
     ramdisk: bool = typer.Option(True, "--ramdisk/--no-ramdisk", help="also build the deploy ramdisk (kernel + initrd)"),
+    epel_mirror: Optional[str] = typer.Option(
+        None, "--epel-mirror", help="Rocky images: EPEL's tree, holding 9/Everything/x86_64/ and RPM-GPG-KEY-EPEL-9 "
+        "(default http://dl.fedoraproject.org/pub/epel)"),
+    ramdisk_mirror: Optional[str] = typer.Option(
+        None, "--ramdisk-mirror", help="Debian mirror the deploy ramdisk is built from (default: the nodes' mirror "
+        "for Debian sites, http://deb.debian.org/debian for Ubuntu and Rocky sites)"),
 ) -> None:
-    """Build every image the manifest's PXE nodes with `provisioning.method: image` need."""
+    """Build every image the manifest's PXE nodes with `provisioning.method: image` need.
+
+    Debian and Ubuntu images are built with mmdebstrap, Rocky images with dnf --installroot (this
+    head needs Debian's dnf and rpm packages); the deploy ramdisk is always Debian's."""
     from podsys.cluster.load import load_cluster
-    from podsys.provision.image import cluster_images, dnf_commands, mmdebstrap_command
+    from podsys.provision.image import cluster_images, dnf_commands, dnf_finish_script, mmdebstrap_command
     from podsys.provision.image_build import build_image
     from podsys.provision.image_source import ImageSource, image_source
     from podsys.provision.ramdisk import build_ramdisk
@@ -66,7 +76,10 @@ def build(
     cluster = load_cluster(manifest)
     images = cluster_images(cluster)
     target = _store(store, manifest)
-    chosen = ImageSource(mirror) if mirror else image_source(cluster)  # --mirror: vendor repositories direct
+    chosen = image_source(cluster)
+    if mirror:  # vendor repositories direct too
+        chosen = ImageSource(mirror, ramdisk_mirror=chosen.ramdisk_mirror)
+    chosen = replace(chosen, epel=epel_mirror or chosen.epel, ramdisk_mirror=ramdisk_mirror or chosen.ramdisk_mirror)
     source = chosen.mirror
     extra_options = tuple(apt_option or ())
     if not images:
@@ -82,7 +95,9 @@ def build(
                                            chosen.build_apt_options(spec, extra_options),
                                            chosen.build_repositories(spec), "APT")]
             else:
-                cmds = dnf_commands(spec, source, "ROOT")
+                # KEYS: the folder the build fetches the repositories' keys into (build_image).
+                cmds = dnf_commands(spec, chosen.build_repositories(spec), "ROOT", "KEYS", chosen.proxy)
+                cmds.append(["sh", "-e", "-c", dnf_finish_script(bool(spec.vendor_packages)), "finish", "ROOT"])
             for cmd in cmds:
                 console.print("  " + shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
             continue
@@ -93,8 +108,8 @@ def build(
         console.print(f"{record['name']}: {state}, {record['archive_bytes'] >> 20} MiB, sha256 {record['sha256'][:16]}, "
                       f"{record['packages']} packages, kernel {record['kernel']}", markup=False, highlight=False)
     if ramdisk and not plan:
-        rd = build_ramdisk(target.root, source, lambda line: err_console.print(line, markup=False),
-                           apt_options=apt_options, force=force)
+        rd = build_ramdisk(target.root, chosen.ramdisk_source, lambda line: err_console.print(line, markup=False),
+                           apt_options=(*chosen.apt_options, *extra_options), force=force)
         console.print(f"deploy ramdisk: kernel {rd['kernel']}, initrd {rd['initrd_bytes'] >> 20} MiB "
                       f"({target.root / ('ramdisk-' + rd['key'][:16])})", markup=False, highlight=False)
 

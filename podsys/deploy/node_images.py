@@ -75,7 +75,7 @@ def ensure_node_images(cluster: Cluster, say: Callable[[str], None]) -> list[dic
         say(f"image {record.get('name', image.spec.name)} ({len(image.nodes)} nodes): {state}")
         records.append(record)
     from_bundle = _from_bundle(bundled, store, ramdisk_folder(), "deploy ramdisk", say)
-    ramdisk = build_ramdisk(store.root, source.mirror, say, apt_options=source.apt_options)
+    ramdisk = build_ramdisk(store.root, source.ramdisk_source, say, apt_options=source.apt_options)
     origin = ": from the bundle" if from_bundle == "imported" else ""
     say(f"deploy ramdisk ramdisk-{ramdisk['key'][:16]}{origin}: kernel {ramdisk['kernel']}")
     records.append(ramdisk)

@@ -54,7 +54,11 @@ APT_BASE = (
 KERNEL = {"debian": "linux-image-amd64", "ubuntu": "linux-image-generic", "rocky": "kernel"}
 # Rocky 9 (dnf --installroot): BaseOS/AppStream names, slurm and node_exporter from EPEL 9
 # (packages.fedoraproject.org: slurm-slurmd, golang-github-prometheus-node-exporter).
+# rocky-release: /etc/os-release and the node's own repository files and keys (rocky-repos,
+# rocky-gpg-keys); dnf and dnf-plugins-core: the roles' dnf tasks and `dnf config-manager`
+# (package_source); python3-libselinux: Ansible's file modules on an SELinux host.
 DNF_BASE = (
+    "rocky-release", "bash", "util-linux", "dnf", "dnf-plugins-core", "python3-libselinux",
     "systemd", "openssh-server", "python3", "iproute", "iputils", "ca-certificates", "sudo",
     "procps-ng", "less", "e2fsprogs", "dosfstools", "dracut", "grub2-pc", "grub2-efi-x64",
     "shim-x64", "chrony", "systemd-networkd",
@@ -127,6 +131,15 @@ class ImageSpec:
         data["apt_pins"] = [list(p) for p in self.apt_pins]
         data["module_streams"] = list(self.module_streams)
         return data
+
+
+def vendor_package_names(spec: ImageSpec) -> list[str]:
+    """The vendor packages' names: apt specs are name=version, dnf specs name-version (dnf(8),
+    "Specifying Packages"), whose name comes from the pins (name=version) they were made from."""
+    if spec.family == "apt":
+        return [p.split("=", 1)[0] for p in spec.vendor_packages]
+    by_spec = {f"{name}-{version}": name for name, _, version in (pin.partition("=") for pin in spec.pins)}
+    return [by_spec.get(p, p) for p in spec.vendor_packages]
 
 
 def image_key(spec: ImageSpec) -> str:
@@ -258,6 +271,8 @@ class BuildRepo:
     components: str = ""
     key_url: str = ""
     fingerprint: str | None = None  # checked when the key is fetched, where podsys knows it
+    gpgcheck: bool = True  # dnf: packages signed
+    repo_gpgcheck: bool = False  # dnf: metadata signed
 
     @property
     def key_file(self) -> str:
@@ -402,29 +417,109 @@ def mmdebstrap_command(spec: ImageSpec, mirror: str, root_dir: str, packages_fil
     return cmd
 
 
-def dnf_commands(spec: ImageSpec, repo_base: str, root_dir: str) -> list[list[str]]:
-    """Rocky: the dnf --installroot plan (rendered, not run on a Debian head). Vendor packages
-    come from the plan's repositories (rhel9 CUDA, OFED's rhelX.Y directory) with their keys and
-    gpgcheck settings, after the driver's module stream is enabled; DKMS modules are then built
-    for the image's kernels as on apt (dkms_hook)."""
+# Rocky (dnf --installroot). The distribution's repositories under the Rocky mirror's tree
+# (<mirror>/<major>/<repo>/x86_64/os/, as the kickstart's); CRB because EPEL's packages build on
+# it (EPEL getting started: "dnf config-manager --set-enabled crb"); EPEL for slurm,
+# node_exporter and dkms. Keys and fingerprints: rockylinux.org/keys ("Rocky Linux 9",
+# dl.rockylinux.org/pub/rocky/RPM-GPG-KEY-Rocky-9) and Fedora's EPEL 9 key
+# (dl.fedoraproject.org/pub/epel/RPM-GPG-KEY-EPEL-9), both as dnf prints them on import.
+DNF_DISTRIBUTION_REPOS = (("baseos", "BaseOS"), ("appstream", "AppStream"), ("crb", "CRB"))
+DNF_REPO_NAMES = frozenset(name for name, _ in DNF_DISTRIBUTION_REPOS) | {"epel"}
+ROCKY_KEYS = {"9": ("RPM-GPG-KEY-Rocky-9", "21CB256AE16FC54C6E652949702D426D350D275D")}
+EPEL_MIRROR = "http://dl.fedoraproject.org/pub/epel"
+EPEL_KEYS = {"9": ("RPM-GPG-KEY-EPEL-9", "FF8AD1344597106ECE813B918A3872BF3228467C")}
+# Rocky 9 keeps its rpm database in /var/lib/rpm (sqlite); Debian's rpm puts it under $HOME
+# (/usr/lib/rpm/macros: %_dbpath ~/.rpmdb), so the build tells rpm where the image's is.
+RPM_DBPATH = "/var/lib/rpm"
+RPM_QUERY_FORMAT = "%{NAME}\\t%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}\\n"
+# dracut.conf(5): hostonly="no" builds a generic initramfs; RHEL's own default (01-dist.conf,
+# hostonly="yes") would hold only the drivers of the machine the image is built on.
+DRACUT_CONF = ("etc/dracut.conf.d/90-podsys.conf",
+               '# podsys: one image for every node, so the initramfs carries every driver\nhostonly="no"\n')
+
+
+def dnf_distribution_repos(spec: ImageSpec, mirror: str, epel: str = EPEL_MIRROR) -> tuple[BuildRepo, ...]:
+    """The Rocky repositories an image is built from: BaseOS, AppStream, CRB from `mirror` (the
+    Rocky tree, /pub/rocky upstream) and EPEL from `epel`, each with its key and fingerprint."""
     major = spec.version.split(".")[0]
-    repos = [f"--repofrompath=baseos,{repo_base}/{major}/BaseOS/x86_64/os/",
-             f"--repofrompath=appstream,{repo_base}/{major}/AppStream/x86_64/os/",
-             f"--repofrompath=epel,{repo_base}/epel/{major}/Everything/x86_64/"]
-    names = ["baseos", "appstream", "epel"]
-    for repo in spec.repositories if spec.vendor_packages else ():
-        name = f"podsys-{repo.name}"
-        names.append(name)
-        repos += [f"--repofrompath={name},{repo.url}", f"--setopt={name}.gpgkey={repo.key_url}",
-                  f"--setopt={name}.gpgcheck={int(repo.gpgcheck)}", f"--setopt={name}.repo_gpgcheck={int(repo.repo_gpgcheck)}"]
-    base = ["dnf", "-y", f"--installroot={root_dir}", f"--releasever={major}", "--disablerepo=*",
-            *repos, f"--enablerepo={','.join(names)}", "--setopt=install_weak_deps=False"]
+    if major not in ROCKY_KEYS:
+        raise ValueError(f"{spec.os_key}: podsys knows the release keys of Rocky {', '.join(ROCKY_KEYS)} only")
+    mirror, epel = mirror.rstrip("/"), epel.rstrip("/")
+    rocky_key, rocky_fpr = ROCKY_KEYS[major]
+    repos = [BuildRepo(name, f"{mirror}/{major}/{folder}/x86_64/os/", "", "", f"{mirror}/{rocky_key}", rocky_fpr)
+             for name, folder in DNF_DISTRIBUTION_REPOS]
+    epel_key, epel_fpr = EPEL_KEYS[major]
+    repos.append(BuildRepo("epel", f"{epel}/{major}/Everything/x86_64/", "", "", f"{epel}/{epel_key}", epel_fpr))
+    return tuple(repos)
+
+
+def dnf_commands(spec: ImageSpec, repos: tuple[BuildRepo, ...], root_dir: str, key_dir: str,
+                 proxy: str = "") -> list[list[str]]:
+    """The dnf --installroot commands that install `spec` into root_dir: the module streams
+    first (the NVIDIA driver's), then every package, from `repos` only (the distribution's and,
+    for vendor packages, the plan's), each checked against its key in key_dir (fetched and
+    fingerprint-checked by the build; dnf reads a file:// gpgkey on the build host). Run with
+    HOME holding an .rpmmacros that sets %_dbpath (rpm_macros)."""
+    major = spec.version.split(".")[0]
+    options: list[str] = []
+    for repo in repos:
+        options += [f"--repofrompath={repo.name},{repo.url}", f"--setopt={repo.name}.gpgcheck={int(repo.gpgcheck)}",
+                    f"--setopt={repo.name}.repo_gpgcheck={int(repo.repo_gpgcheck)}",
+                    f"--setopt={repo.name}.gpgkey=file://{key_dir}/{repo.key_file}"]
+    base = ["dnf", "-y", f"--installroot={root_dir}", f"--releasever={major}", "--disablerepo=*", *options,
+            f"--enablerepo={','.join(r.name for r in repos)}", "--setopt=install_weak_deps=False",
+            # The image's platform, not the build host's os-release, decides which module streams
+            # exist (dnf.conf(5), module_platform_id; Rocky 9's PLATFORM_ID).
+            f"--setopt=module_platform_id=platform:el{major}"]
+    if proxy:
+        base.append(f"--setopt=proxy={proxy}")
     commands = [base + ["module", "enable", stream] for stream in spec.module_streams]
     commands.append(base + ["install", *spec.packages])
-    if spec.vendor_packages:
-        commands.append(["sh", "-c", dkms_hook(), "dkms", root_dir])
-    commands.append(["sh", "-c", secret_removal_script(root_dir)])
     return commands
+
+
+# Run as `sh -c MOUNTS sh ROOT CMD...`: the image's rpm scriptlets and the chroot steps (dracut,
+# dkms) see /proc, /sys and /dev, mounted in a mount namespace of their own (unshare(1)), so
+# they vanish with the command and a failed build never leaves a host /dev bound inside a
+# scratch folder that is then deleted.
+API_MOUNTS = ('root=$1; shift; mkdir -p "$root/proc" "$root/sys" "$root/dev" && '
+              'mount -t proc proc "$root/proc" && mount -t sysfs sysfs "$root/sys" && '
+              'mount --rbind /dev "$root/dev" && exec "$@"')
+
+
+def in_build_namespace(root_dir: str, cmd: list[str]) -> list[str]:
+    """`cmd` in a private mount namespace with the image root's API file systems mounted."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", API_MOUNTS, "sh", root_dir, *cmd]
+
+
+def rpm_macros() -> str:
+    return f"%_dbpath {RPM_DBPATH}\n"
+
+
+def dnf_finish_script(with_dkms: bool) -> str:
+    """Shell run after dnf ($1 = the image root): the boot files of every image kernel in /boot
+    (kernel-core ships /lib/modules/<k>/vmlinuz and leaves the copy and the initramfs to
+    kernel-install in its scriptlets; where those did not make them, they are made here), the
+    DKMS modules for those kernels, networkd and sshd enabled, SELinux relabelled at first boot
+    (the build host labels nothing), dnf's cache out and the secrets removed."""
+    steps = [
+        'for m in "$1"/lib/modules/*/vmlinuz; do [ -e "$m" ] || continue; k=$(basename "$(dirname "$m")"); '
+        '[ -e "$1/boot/vmlinuz-$k" ] || install -m 0755 "$m" "$1/boot/vmlinuz-$k"; '
+        'if [ ! -e "$1/boot/initramfs-$k.img" ]; then '
+        '[ -x "$1/usr/bin/dracut" ] || { echo "podsys: no initramfs for the image kernel $k and no dracut to make one" >&2; exit 1; }; '
+        'chroot "$1" dracut --no-hostonly --force --kver "$k" "/boot/initramfs-$k.img" || exit 1; fi; done',
+    ]
+    if with_dkms:
+        steps.append(dkms_hook())
+    steps += [
+        # systemctl(1) --root: enables units in an image without running anything in it.
+        'systemctl --root="$1" enable systemd-networkd.service sshd.service',
+        # selinux(8) / RHEL: /.autorelabel relabels the whole file system at the next boot.
+        'if [ -e "$1/etc/selinux/config" ]; then : > "$1/.autorelabel"; fi',
+        'rm -rf "$1"/var/cache/dnf',
+        secret_removal_script(),
+    ]
+    return "\n".join(steps) + "\n"
 
 
 def pack_command(root_dir: str, archive: str) -> list[str]:
@@ -434,7 +529,8 @@ def pack_command(root_dir: str, archive: str) -> list[str]:
 
 
 def parse_package_list(text: str) -> dict[str, str]:
-    """dpkg-query -W -f='${Package}\\t${Version}\\n' output -> {package: version}."""
+    """dpkg-query -W -f='${Package}\\t${Version}\\n' (or rpm -qa with RPM_QUERY_FORMAT) output
+    -> {package: version}."""
     versions: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():

@@ -34,14 +34,23 @@ from typing import Callable
 from podsys.errors import InputError, PodsysError, Problem
 from podsys.provision.partition import plan_files
 from podsys.provision.image import (
+    DNF_REPO_NAMES,
+    DRACUT_CONF,
+    RPM_DBPATH,
+    RPM_QUERY_FORMAT,
     SECRET_PATHS,
     BuildRepo,
     ImageSpec,
     NodeImage,
+    dnf_commands,
+    dnf_finish_script,
+    in_build_namespace,
     mmdebstrap_command,
     pack_command,
     parse_package_list,
+    rpm_macros,
     vendor_apt_files,
+    vendor_package_names,
 )
 
 ARCHIVE = "image.tar.zst"
@@ -128,11 +137,11 @@ def tree_bytes(root: Path) -> int:
     return total
 
 
-def _run_logged(cmd: list[str], log: Path, progress: Progress, label: str) -> None:
+def _run_logged(cmd: list[str], log: Path, progress: Progress, label: str, env: dict | None = None) -> None:
     with open(log, "a") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert proc.stdout is not None
         tail: list[str] = []
         try:
@@ -193,9 +202,14 @@ def prepare_vendor_apt(spec: ImageSpec, vendor: tuple[BuildRepo, ...], mirror: s
 
 
 def refuse_unbuildable(spec: ImageSpec) -> None:
-    if spec.family != "apt":
-        raise ImageError(f"{spec.name}: {spec.os_key} images are planned (`podsys image build --plan` prints the "
-                         "dnf --installroot commands) but this head only builds Debian/Ubuntu images")
+    """Before any work: the tools this head needs to build `spec`, named with their Debian packages."""
+    if spec.family == "apt":
+        tools = (("mmdebstrap", "mmdebstrap"),)
+    else:
+        tools = (("dnf", "dnf"), ("rpm", "rpm"), ("unshare", "util-linux"), ("systemctl", "systemd"))
+    missing = [f"{tool} (Debian package {package})" for tool, package in tools if shutil.which(tool) is None]
+    if missing:
+        raise ImageError(f"{spec.name}: building {spec.os_key} images needs {', '.join(missing)} on this head")
 
 
 def build_image(image: NodeImage, store: ImageStore, mirror: str, progress: Progress,
@@ -238,17 +252,10 @@ def _build_into(spec: ImageSpec, nodes: tuple[str, ...], scratch: Path, mirror: 
     root = scratch / "root"
     log = scratch / "build.log"
     packages_file = scratch / PACKAGES
-    apt_dir = scratch.resolve() / "apt"  # apt reads Signed-By keys by absolute path
-    # The command first: it refuses vendor packages without their repositories before any fetch.
-    try:
-        command = mmdebstrap_command(spec, mirror, str(root), str(packages_file), apt_options, vendor, str(apt_dir))
-    except ValueError as exc:
-        raise ImageError(str(exc)) from None
-    if spec.vendor_packages:
-        progress(f"{spec.name}: vendor repositories {', '.join(r.url for r in vendor)}")
-        prepare_vendor_apt(spec, vendor, mirror, apt_dir, key_proxy)
-    progress(f"{spec.name}: mmdebstrap {spec.suite} from {mirror} ({len(spec.packages)} packages)")
-    _run_logged(command, log, progress, "mmdebstrap")
+    if spec.family == "apt":
+        _build_root_apt(spec, scratch, root, log, packages_file, mirror, progress, apt_options, vendor, key_proxy)
+    else:
+        _build_root_dnf(spec, scratch, root, log, packages_file, progress, vendor, key_proxy)
     secrets = leftover_secrets(root)
     if secrets:
         raise ImageError(f"{spec.name}: secrets left in the image: {', '.join(secrets)}")
@@ -264,7 +271,7 @@ def _build_into(spec: ImageSpec, nodes: tuple[str, ...], scratch: Path, mirror: 
     for name, text in plan_files(unpacked).items():
         (scratch / name).write_text(text)
     versions = parse_package_list(packages_file.read_text())
-    vendor_names = [p.split("=", 1)[0] for p in spec.vendor_packages]
+    vendor_names = vendor_package_names(spec)
     absent = [n for n in vendor_names if n not in versions]
     if absent:
         raise ImageError(f"{spec.name}: vendor packages not installed in the image: {', '.join(absent)}")
@@ -274,9 +281,61 @@ def _build_into(spec: ImageSpec, nodes: tuple[str, ...], scratch: Path, mirror: 
         "kernel": kernels[-1], "packages": len(versions), "mirror": mirror,
         # In the image, at these versions (the GPU/InfiniBand roles find them installed).
         "vendor_packages": {n: versions[n] for n in vendor_names},
-        "vendor_repositories": [{"name": r.name, "url": r.url} for r in vendor] if spec.vendor_packages else [],
+        "vendor_repositories": [{"name": r.name, "url": r.url} for r in vendor
+                                if r.name not in DNF_REPO_NAMES] if spec.vendor_packages else [],
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "build_seconds": round(time.monotonic() - started, 1),
     }
     (scratch / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
+
+
+def _build_root_apt(spec: ImageSpec, scratch: Path, root: Path, log: Path, packages_file: Path, mirror: str,
+                    progress: Progress, apt_options: tuple[str, ...], vendor: tuple[BuildRepo, ...],
+                    key_proxy: str) -> None:
+    apt_dir = scratch.resolve() / "apt"  # apt reads Signed-By keys by absolute path
+    # The command first: it refuses vendor packages without their repositories before any fetch.
+    try:
+        command = mmdebstrap_command(spec, mirror, str(root), str(packages_file), apt_options, vendor, str(apt_dir))
+    except ValueError as exc:
+        raise ImageError(str(exc)) from None
+    if spec.vendor_packages:
+        progress(f"{spec.name}: vendor repositories {', '.join(r.url for r in vendor)}")
+        prepare_vendor_apt(spec, vendor, mirror, apt_dir, key_proxy)
+    progress(f"{spec.name}: mmdebstrap {spec.suite} from {mirror} ({len(spec.packages)} packages)")
+    _run_logged(command, log, progress, "mmdebstrap")
+
+
+def _build_root_dnf(spec: ImageSpec, scratch: Path, root: Path, log: Path, packages_file: Path,
+                    progress: Progress, repos: tuple[BuildRepo, ...], proxy: str) -> None:
+    """dnf --installroot from `repos` (image_source: the distribution's, EPEL and the vendor's),
+    their keys fetched and fingerprint-checked first, through `proxy` when given."""
+    if not repos:
+        raise ImageError(f"{spec.name}: no repositories to build {spec.os_key} from")
+    if spec.vendor_packages and all(r.name in DNF_REPO_NAMES for r in repos):
+        raise ImageError(f"{spec.name}: its vendor packages ({', '.join(spec.vendor_packages[:3])} ...) need their repositories")
+    keys = scratch.resolve() / "keys"
+    keys.mkdir()
+    for repo in repos:
+        if repo.gpgcheck or repo.repo_gpgcheck:
+            (keys / repo.key_file).write_bytes(fetch_key(repo, proxy))
+    home = scratch.resolve() / "home"  # rpm reads ~/.rpmmacros: the image's database path
+    home.mkdir()
+    (home / ".rpmmacros").write_text(rpm_macros())
+    env = {**os.environ, "HOME": str(home)}
+    path, text = DRACUT_CONF
+    (root / path).parent.mkdir(parents=True)
+    (root / path).write_text(text)
+    progress(f"{spec.name}: dnf --installroot from {', '.join(r.name for r in repos)} ({len(spec.packages)} packages)")
+    for command in dnf_commands(spec, repos, str(root.resolve()), str(keys), proxy):
+        _run_logged(in_build_namespace(str(root.resolve()), command), log, progress, "dnf", env)
+    finish = ["sh", "-e", "-c", dnf_finish_script(bool(spec.vendor_packages)), "finish", str(root.resolve())]
+    _run_logged(in_build_namespace(str(root.resolve()), finish), log, progress, "image set-up", env)
+    query = subprocess.run(["rpm", "--root", str(root.resolve()), "--dbpath", RPM_DBPATH, "-qa", "--qf", RPM_QUERY_FORMAT],
+                           capture_output=True, text=True, env=env)
+    if query.returncode != 0:
+        raise ImageError(f"{spec.name}: rpm -qa in the image failed: {query.stderr.strip()[-300:]}")
+    shutil.rmtree(home)
+    # rpm lists each imported key as a gpg-pubkey "package"; they are keys, not software.
+    packages_file.write_text("".join(line + "\n" for line in sorted(query.stdout.splitlines())
+                                     if line and not line.startswith("gpg-pubkey\t")))

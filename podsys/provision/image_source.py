@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from podsys.bundle.repo import PUBLIC_KEY_ASC
 from podsys.cluster.model import Cluster
 from podsys.cluster.stack_packages import vendor_proxy_options
-from podsys.provision.image import BuildRepo, ImageSpec
+from podsys.provision.image_build import ImageError
+from podsys.provision.image import EPEL_MIRROR, BuildRepo, ImageSpec, dnf_distribution_repos
 from podsys.provision.render import PUBLIC_MIRRORS, urls_for
 
 
@@ -34,9 +35,21 @@ class ImageSource:
     source: str = "online"  # packages.source
     proxy: str = ""  # packages.proxy (proxy source): the vendor repositories and their keys too
     bundle_fingerprint: str | None = None  # packages.bundle_fingerprint: the bundle's site key
+    epel: str = EPEL_MIRROR  # Rocky images: EPEL's tree (slurm, node_exporter, dkms)
+    # The deploy ramdisk is Debian's whatever the nodes run (podsys/provision/ramdisk.py): for
+    # Ubuntu and Rocky sites, Debian's public mirror through the same proxy.
+    ramdisk_mirror: str = ""
+
+    @property
+    def ramdisk_source(self) -> str:
+        return self.ramdisk_mirror or self.mirror
 
     def build_repositories(self, spec: ImageSpec) -> tuple[BuildRepo, ...]:
-        """The repositories the image's vendor packages come from; none without vendor packages."""
+        """apt: the repositories the image's vendor packages come from (none without vendor
+        packages; the mirror is mmdebstrap's own). dnf: every repository the build reads, the
+        distribution's and EPEL first, then the vendor's."""
+        if spec.family == "dnf":
+            return self._dnf_repositories(spec)
         if not spec.vendor_packages:
             return ()
         if self.source == "bundle":
@@ -45,6 +58,19 @@ class ImageSource:
             return (BuildRepo("bundle", self.mirror, spec.suite or "", "main", f"{self.mirror}/{PUBLIC_KEY_ASC}",
                               self.bundle_fingerprint),)
         return tuple(BuildRepo(r.name, r.url, r.suite, "", r.key_url, r.fingerprint) for r in spec.repositories)
+
+    def _dnf_repositories(self, spec: ImageSpec) -> tuple[BuildRepo, ...]:
+        if self.source == "bundle":
+            # podsys/bundle/build.py writes an apt repository only.
+            raise ImageError(f"{spec.os_key} images cannot be built from an offline bundle: bundles carry apt "
+                             "repositories only (use packages.source: proxy or online)")
+        try:
+            base = dnf_distribution_repos(spec, self.mirror, self.epel)
+        except ValueError as exc:
+            raise ImageError(str(exc)) from None
+        vendor = tuple(BuildRepo(r.name, r.url, "", "", r.key_url, r.fingerprint, r.gpgcheck, r.repo_gpgcheck)
+                       for r in spec.repositories) if spec.vendor_packages else ()
+        return base + vendor
 
     def build_apt_options(self, spec: ImageSpec, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
         """Every apt option of `spec`'s build: the source's, `extra` (the command line's), the
@@ -64,12 +90,14 @@ class ImageSource:
 
 def image_source(cluster: Cluster) -> ImageSource:
     packages = cluster.manifest.packages
-    upstream = (packages.upstream or PUBLIC_MIRRORS[cluster.manifest.os.distro]).rstrip("/")
+    distro = cluster.manifest.os.distro
+    upstream = (packages.upstream or PUBLIC_MIRRORS[distro]).rstrip("/")
+    ramdisk = "" if distro == "debian" else PUBLIC_MIRRORS["debian"]
     if packages.source == "online":
-        return ImageSource(upstream)
+        return ImageSource(upstream, ramdisk_mirror=ramdisk)
     if packages.source == "proxy":
         if packages.proxy:
             proxy = f'{packages.proxy.rstrip("/")}/'
-            return ImageSource(upstream, (f'Acquire::http::Proxy "{proxy}"',), "proxy", proxy)
-        return ImageSource(upstream, (), "proxy")
+            return ImageSource(upstream, (f'Acquire::http::Proxy "{proxy}"',), "proxy", proxy, ramdisk_mirror=ramdisk)
+        return ImageSource(upstream, (), "proxy", ramdisk_mirror=ramdisk)
     return ImageSource(urls_for(cluster).repo, (), "bundle", bundle_fingerprint=packages.bundle_fingerprint)

@@ -156,3 +156,59 @@ def build_tree(work: Path, tree: Path, names: list[str], signer: TestSigner, maj
     (tree / "rocky" / f"RPM-GPG-KEY-Rocky-{major}").write_text(key)
     (tree / "epel" / f"RPM-GPG-KEY-EPEL-{major}").write_text(key)
     return placed
+
+
+# NVIDIA's rhel9 repository serves the driver as module streams (nvidia-driver:<branch>-open,
+# -dkms, latest...); the packages of a stream are modular and invisible until it is enabled.
+STREAM_PACKAGES = ("nvidia-driver", "kmod-nvidia-open-dkms", "nvidia-persistenced", "nvidia-fabricmanager",
+                   "libnvidia-nscq")
+
+
+def _pin_rpm(name: str, version: str) -> DummyRpm:
+    """A pin's version as rpm's version-release: 2.27.7-1+cuda13.0 -> 2.27.7 / 1+cuda13.0."""
+    if "-" in version:
+        version, release = version.rsplit("-", 1)
+    else:
+        release = "1.el9"
+    return DummyRpm(name, version, release)
+
+
+def _modulemd(name: str, stream: str, rpms: list[DummyRpm]) -> str:
+    artifacts = "".join(f"    - {r.name}-0:{r.version}-{r.release}.noarch\n" for r in rpms)
+    return (f"---\ndocument: modulemd\nversion: 2\ndata:\n  name: {name}\n  stream: \"{stream}\"\n  version: 1\n"
+            f"  context: \"00000000\"\n  arch: x86_64\n  summary: dummy {name}\n  description: dummy {name}\n"
+            f"  license:\n    module: [MIT]\n  profiles:\n    default:\n      rpms: [{name}]\n"
+            f"  artifacts:\n    rpms:\n{artifacts}...\n")
+
+
+def build_vendor_repo(work: Path, folder: Path, pins: tuple[str, ...], stream: str, newer_branch: str,
+                      signer: TestSigner) -> None:
+    """The plan's vendor packages at their pinned versions in a signed repository with the
+    driver's module stream, and a newer branch's stream beside it (which the enabled stream must
+    keep dnf from taking)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    module, pinned_stream = stream.split(":", 1)
+    streams: dict[str, list[DummyRpm]] = {pinned_stream: [], f"{newer_branch}-open": []}
+    rpms = []
+    for pin in pins:
+        name, _, version = pin.partition("=")
+        rpm = _pin_rpm(name, version)
+        built = build_rpm(work / "vendor", rpm)
+        shutil.copy(built, folder / built.name)
+        rpms.append(folder / built.name)
+        if name in STREAM_PACKAGES:
+            streams[pinned_stream].append(rpm)
+            newer = DummyRpm(name, f"{newer_branch}.10.01", "1.el9")
+            built = build_rpm(work / "vendor-newer", newer)
+            shutil.copy(built, folder / built.name)
+            rpms.append(folder / built.name)
+            streams[f"{newer_branch}-open"].append(newer)
+    signer.sign(rpms)
+    proc = subprocess.run(["createrepo_c", "-q", str(folder)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    modules = work / "modules.yaml"
+    modules.write_text("".join(_modulemd(module, s, r) for s, r in streams.items()))
+    proc = subprocess.run(["modifyrepo_c", "--mdtype=modules", str(modules), str(folder / "repodata")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (folder / "D42D0685.pub").write_text(signer.public_key())

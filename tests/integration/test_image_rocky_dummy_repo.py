@@ -16,6 +16,7 @@ Only the image build: the packages are empty, so nothing in the image runs. Seco
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import http.server
@@ -211,3 +212,63 @@ def test_podsys_image_build_builds_the_rocky_image(rocky, tmp_path, monkeypatch)
     assert f"{name}: built in " in result.stdout and f"kernel {KERNEL}" in result.stdout
     listed = invoke("image", "list", "--store", store, "--json")
     assert [r["name"] for r in json.loads(listed.stdout)] == [name]
+
+
+GPU_MANIFEST = """\
+apiVersion: podsys/v1
+kind: Cluster
+metadata: {name: rockygpu}
+head: {hostname: head, interface: eth0, address: 10.0.2.2}
+networks:
+  provision: {cidr: 10.0.2.0/24}
+os: {distro: rocky, version: "9"}
+stack: r580-cuda13.0
+layers: [base, gpu]
+node_groups:
+  - name: gpu
+    hosts: gpu01
+    hardware: hgx-h100-8gpu
+    start_address: 10.0.2.15
+    disk: /dev/vda
+    nodes: {gpu01: {mac: "52:54:00:7c:01:01"}}
+"""
+
+
+def test_a_rocky_gpu_image_holds_the_pinned_driver_stream_and_vendor_packages(rocky, tmp_path, monkeypatch):
+    """The driver's module stream is enabled before the install: the repository's newer branch
+    (its own stream) stays out, and every vendor package is in at the matrix's version."""
+    (tmp_path / "cluster.yaml").write_text(GPU_MANIFEST)
+    (image,) = cluster_images(load_cluster(tmp_path / "cluster.yaml"))
+    spec = image.spec
+    assert spec.module_streams == ("nvidia-driver:580-open",)
+    signer = rocky["signer"]
+    tree = tmp_path / "tree"
+    base_names = [p for p in spec.packages if p not in spec.vendor_packages]
+    dummy_rocky_repo.build_tree(tmp_path / "build", tree, base_names, signer)
+    vendor_pins = tuple(pin for pin in spec.pins if f"{pin.replace('=', '-', 1)}" in spec.vendor_packages)
+    dummy_rocky_repo.build_vendor_repo(tmp_path / "build", tree / "cuda/rhel9/x86_64", vendor_pins, spec.module_streams[0],
+                                       "590", signer)
+    server = serve(tree)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        trust(monkeypatch, signer.fingerprint)
+        source = ImageSource(f"{base}/rocky", epel=f"{base}/epel")
+        cuda = f"{base}/cuda/rhel9/x86_64/"
+        repos = tuple(dataclasses.replace(r, url=cuda, key_url=f"{cuda}D42D0685.pub", fingerprint=signer.fingerprint)
+                      if r.name == "cuda" else r for r in source.build_repositories(spec))
+        store = ImageStore(tmp_path / "images")
+        record, built = build_image(image, store, source.mirror, lambda line: None, vendor=repos)
+    finally:
+        server.shutdown()
+    assert built and record["vendor_repositories"] == [{"name": "cuda", "url": cuda}]
+    vendor = record["vendor_packages"]
+    assert vendor["nvidia-driver"] == "580.95.05-1.el9" and vendor["kmod-nvidia-open-dkms"] == "580.95.05-1.el9"
+    assert vendor["libnccl"] == "2.27.7-1+cuda13.0" and len(vendor) == len(spec.vendor_packages)
+    versions = parse_package_list((store.folder(record["key"]) / PACKAGES).read_text())
+    assert not any(v.startswith("590.") for v in versions.values())
+    root = tmp_path / "unpacked"
+    root.mkdir()
+    subprocess.run(["tar", "-I", "zstd", "-xf", str(store.folder(record["key"]) / ARCHIVE), "-C", str(root),
+                    "./etc/dnf/modules.d"], check=True)
+    module = (root / "etc/dnf/modules.d/nvidia-driver.module").read_text()
+    assert "stream=580-open" in module and "state=enabled" in module

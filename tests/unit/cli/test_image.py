@@ -49,3 +49,46 @@ def test_build_plan_prints_keys_and_commands_and_builds_nothing(tmp_path):
     assert "debian-12-cpu-only-" in result.stdout and "nodes 2" in result.stdout
     assert "mmdebstrap --mode=root" in result.stdout and "http://10.40.0.1/repo/debian" in result.stdout
     assert not (tmp_path / "s").exists()
+
+
+ROCKY = 'os: {distro: rocky, version: "9"}\npackages: {source: proxy, proxy: "http://proxy.site:3128"}'
+
+
+def test_rocky_build_plan_prints_the_dnf_commands_through_the_sites_proxy(tmp_path):
+    path = manifest(tmp_path, os_line=ROCKY)
+    result = invoke("image", "build", path, "--plan", "--epel-mirror", "http://mirror.site/epel", "--store", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    assert "rocky-9-cpu-only-" in result.stdout and "dnf -y --installroot=ROOT --releasever=9" in result.stdout
+    assert "--repofrompath=baseos,http://dl.rockylinux.org/pub/rocky/9/BaseOS/x86_64/os/" in result.stdout
+    assert "--repofrompath=epel,http://mirror.site/epel/9/Everything/x86_64/" in result.stdout
+    assert "--setopt=proxy=http://proxy.site:3128/" in result.stdout
+    assert "systemctl --root=" in result.stdout and not (tmp_path / "s").exists()
+
+
+def test_the_ramdisk_of_a_rocky_site_is_built_from_debian_through_the_same_proxy(tmp_path, monkeypatch):
+    # The builds themselves are replaced (they need root and mirrors): what is checked is what
+    # the command hands them.
+    import podsys.provision.image_build as image_build
+    import podsys.provision.ramdisk as ramdisk
+
+    calls = {}
+
+    def build_image(image, store, mirror, progress, **kw):
+        calls["image"] = (mirror, kw)
+        return {"name": image.spec.name, "build_seconds": 1.0, "archive_bytes": 1 << 20, "sha256": "0" * 64,
+                "packages": 1, "kernel": "k"}, True
+
+    def build_ramdisk(store_root, mirror, progress, apt_options=(), force=False):
+        calls["ramdisk"] = (mirror, apt_options)
+        return {"kernel": "6.1.0", "initrd_bytes": 1 << 20, "key": "f" * 64}
+
+    monkeypatch.setattr(image_build, "build_image", build_image)
+    monkeypatch.setattr(ramdisk, "build_ramdisk", build_ramdisk)
+    path = manifest(tmp_path, os_line=ROCKY)
+    result = invoke("image", "build", path, "--store", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    mirror, kw = calls["image"]
+    assert mirror == "http://dl.rockylinux.org/pub/rocky" and kw["key_proxy"] == "http://proxy.site:3128/"
+    assert [r.name for r in kw["vendor"]] == ["baseos", "appstream", "crb", "epel"]
+    assert calls["ramdisk"] == ("http://deb.debian.org/debian", ('Acquire::http::Proxy "http://proxy.site:3128/"',))
+    assert "deploy ramdisk: kernel 6.1.0" in result.stdout

@@ -14,6 +14,7 @@ from podsys.provision.image import (
     ImageSpec,
     cluster_images,
     dnf_commands,
+    dnf_finish_script,
     image_key,
     mmdebstrap_command,
     node_image_keys,
@@ -23,7 +24,7 @@ from podsys.provision.image import (
     secret_removal_script,
     vendor_apt_files,
 )
-from podsys.provision.image_source import image_source
+from podsys.provision.image_source import ImageSource, image_source
 
 
 def manifest(tmp_path: Path, os_line: str = 'os: {distro: debian, version: "12"}',
@@ -297,29 +298,61 @@ def test_mmdebstrap_command_builds_from_the_given_mirror_and_strips_secrets():
     assert "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata" in cmd
 
 
-def test_dnf_plan_for_rocky_uses_the_head_repository(tmp_path):
+def test_dnf_commands_install_from_the_distribution_repositories_each_with_its_key(tmp_path):
     cluster = load_cluster(manifest(tmp_path, os_line='os: {distro: rocky, version: "9"}'))
     (image,) = cluster_images(cluster)
     with pytest.raises(ValueError, match="not built with mmdebstrap"):
         mmdebstrap_command(image.spec, "http://x", "/r", "/p")
-    install, strip = dnf_commands(image.spec, "http://10.40.0.1/repo", "/r")
-    assert "--installroot=/r" in install and "slurm-slurmd" in install and "kernel" in install
+    repos = ImageSource("http://10.40.0.1/repo/").build_repositories(image.spec)
+    assert [r.name for r in repos] == ["baseos", "appstream", "crb", "epel"]
+    assert (repos[0].url, repos[0].key_url, repos[0].fingerprint) == (
+        "http://10.40.0.1/repo/9/BaseOS/x86_64/os/", "http://10.40.0.1/repo/RPM-GPG-KEY-Rocky-9",
+        "21CB256AE16FC54C6E652949702D426D350D275D")
+    assert (repos[3].url, repos[3].key_url, repos[3].fingerprint) == (
+        "http://dl.fedoraproject.org/pub/epel/9/Everything/x86_64/", "http://dl.fedoraproject.org/pub/epel/RPM-GPG-KEY-EPEL-9",
+        "FF8AD1344597106ECE813B918A3872BF3228467C")
+    (install,) = dnf_commands(image.spec, repos, "/r", "/k")
+    assert install[:4] == ["dnf", "-y", "--installroot=/r", "--releasever=9"]
+    assert install[install.index("install") + 1:] == list(image.spec.packages)
+    assert {"slurm-slurmd", "kernel", "rocky-release", "python3-libselinux"} <= set(image.spec.packages)
     assert "--repofrompath=baseos,http://10.40.0.1/repo/9/BaseOS/x86_64/os/" in install
-    assert "munge.key" in strip[-1]
+    assert {"--setopt=baseos.gpgcheck=1", "--setopt=baseos.gpgkey=file:///k/podsys-baseos.asc",
+            "--setopt=epel.gpgkey=file:///k/podsys-epel.asc", "--disablerepo=*",
+            "--enablerepo=baseos,appstream,crb,epel", "--setopt=module_platform_id=platform:el9"} <= set(install)
+    assert not any(o.startswith("--setopt=proxy=") for o in install)
+    (proxied,) = dnf_commands(image.spec, repos, "/r", "/k", "http://proxy.site:3128/")
+    assert "--setopt=proxy=http://proxy.site:3128/" in proxied
+    finish = dnf_finish_script(with_dkms=False)
+    assert dkms_hook() not in finish and finish.rstrip().endswith(secret_removal_script())
+    assert 'systemctl --root="$1" enable systemd-networkd.service sshd.service' in finish
 
 
-def test_dnf_plan_for_a_rocky_gpu_image_adds_the_vendor_repositories(tmp_path):
+def test_dnf_commands_for_a_rocky_gpu_image_enable_the_driver_stream_and_add_the_vendor_repositories(tmp_path):
     cluster = load_cluster(manifest(tmp_path, os_line='os: {distro: rocky, version: "9"}', layers="[base, gpu]",
                                     groups=GPU_GROUP))
     (image,) = cluster_images(cluster)
-    commands = dnf_commands(image.spec, "http://10.40.0.1/repo", "/r")
-    enable, install, dkms, _strip = commands
+    repos = ImageSource("http://10.40.0.1/repo").build_repositories(image.spec)
+    enable, install = dnf_commands(image.spec, repos, "/r", "/k")
     cuda = "https://developer.download.nvidia.com/compute/cuda/repos/rhel9/x86_64/"
-    assert f"--repofrompath=podsys-cuda,{cuda}" in install and f"--setopt=podsys-cuda.gpgkey={cuda}D42D0685.pub" in install
-    assert "--enablerepo=baseos,appstream,epel,podsys-cuda" in install
+    assert f"--repofrompath=cuda,{cuda}" in install and "--setopt=cuda.gpgkey=file:///k/podsys-cuda.asc" in install
+    assert next(r for r in repos if r.name == "cuda").key_url == f"{cuda}D42D0685.pub"
+    assert "--enablerepo=baseos,appstream,crb,epel,cuda" in install
     assert enable[-3:] == ["module", "enable", f"nvidia-driver:{cluster.stack.branch[1:]}-open"]
     assert "kernel-devel" in install and "dkms" in install  # the image kernel's headers, dkms from EPEL
-    assert dkms == ["sh", "-c", dkms_hook(), "dkms", "/r"]
+    assert dkms_hook() in dnf_finish_script(with_dkms=True)
+
+
+def test_rocky_images_are_not_built_from_a_bundle_and_their_ramdisk_comes_from_debian(tmp_path):
+    from podsys.provision.image_build import ImageError
+
+    cluster = load_cluster(manifest(tmp_path, os_line='os: {distro: rocky, version: "9"}'))
+    (image,) = cluster_images(cluster)
+    with pytest.raises(ImageError, match="bundles carry apt repositories only"):
+        ImageSource("http://10.40.0.1:8080/repo", source="bundle").build_repositories(image.spec)
+    source = image_source(cluster)
+    assert (source.mirror, source.ramdisk_source) == ("http://dl.rockylinux.org/pub/rocky", "http://deb.debian.org/debian")
+    debian = image_source(load_cluster(manifest(tmp_path)))
+    assert debian.ramdisk_source == debian.mirror == "http://deb.debian.org/debian"
 
 
 def test_pack_keeps_owners_and_xattrs():
@@ -349,3 +382,18 @@ def test_a_bad_method_is_an_input_error_naming_its_line_and_field(tmp_path):
     text = str(err.value.problems[0])
     line = path.read_text().splitlines().index("    provisioning: {method: kickstart}") + 1
     assert f"cluster.yaml:{line}" in text and "node_groups[0].provisioning.method" in text, text
+
+
+def test_vendor_package_names_from_apt_and_dnf_specs(tmp_path):
+    from podsys.provision.image import vendor_package_names
+
+    rocky = load_cluster(manifest(tmp_path, os_line='os: {distro: rocky, version: "9"}', layers="[base, gpu]",
+                                  groups=GPU_GROUP))
+    (image,) = cluster_images(rocky)
+    names = vendor_package_names(image.spec)
+    driver = next(p for p in image.spec.pins if p.startswith("nvidia-driver=")).split("=", 1)[1]
+    assert f"nvidia-driver-{driver}" in image.spec.vendor_packages and "nvidia-driver" in names
+    # Names and versions both hold dashes (libcudnn9-cuda-13-9.13.0.50-1): the name is the pin's.
+    assert {"libnccl", "libcudnn9-cuda-13", "cuda-toolkit-13-0", "datacenter-gpu-manager-4-proprietary-cuda13"} <= set(names)
+    assert sorted(names) == sorted(pin.split("=", 1)[0] for pin in image.spec.pins)
+    assert vendor_package_names(spec(vendor_packages=("libnccl2=2.27.7-1+cuda13.0",))) == ["libnccl2"]
