@@ -62,10 +62,42 @@ def _replaces(name: str) -> str:
     return ""
 
 
-def build_deb(work: Path, name: str, version: str, depends: str = "") -> Path:
+# A real kernel module's DKMS source: the smallest module that builds against a kernel's headers.
+DKMS_MODULE = "podsys_dummy_nvidia"
+DKMS_SOURCE = {
+    "Makefile": f"obj-m := {DKMS_MODULE}.o\n",
+    f"{DKMS_MODULE}.c": ('#include <linux/init.h>\n#include <linux/module.h>\n'
+                         'MODULE_LICENSE("GPL");\nMODULE_DESCRIPTION("podsys dummy NVIDIA kernel module (tests)");\n'
+                         "static int __init dummy_init(void) { return 0; }\nstatic void __exit dummy_exit(void) { }\n"
+                         "module_init(dummy_init);\nmodule_exit(dummy_exit);\n"),
+}
+
+
+def _dkms_conf(version: str) -> str:
+    """dkms.conf(5) for DKMS_SOURCE as /usr/src/nvidia-<version>: module nvidia, that version."""
+    build = "${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build"
+    return (f'PACKAGE_NAME="nvidia"\nPACKAGE_VERSION="{version}"\nBUILT_MODULE_NAME[0]="{DKMS_MODULE}"\n'
+            'DEST_MODULE_LOCATION[0]="/updates/dkms"\n'
+            f'MAKE[0]="make -C ${{kernel_source_dir}} M={build} modules"\n'
+            f'CLEAN="make -C ${{kernel_source_dir}} M={build} clean"\nAUTOINSTALL="yes"\n')
+
+
+def build_deb(work: Path, name: str, version: str, depends: str = "", dkms_source: bool = False) -> Path:
+    """dkms_source: the package carries DKMS_SOURCE and adds it to DKMS in its postinst (as
+    dh_dkms's postinst does), depending on dkms; only the image build test builds it."""
     root = work / "src" / f"{name}_{version}".replace(":", "_")
     (root / "DEBIAN").mkdir(parents=True, exist_ok=True)
     replaces = _replaces(name)
+    if dkms_source:
+        upstream = version.rsplit("-", 1)[0]
+        src = root / "usr/src" / f"nvidia-{upstream}"
+        src.mkdir(parents=True, exist_ok=True)
+        for file, text in {**DKMS_SOURCE, "dkms.conf": _dkms_conf(upstream)}.items():
+            (src / file).write_text(text)
+        depends = ", ".join(d for d in (depends, "dkms") if d)
+        postinst = root / "DEBIAN/postinst"
+        postinst.write_text(f"#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n\tdkms add -m nvidia -v {upstream}\nfi\n")
+        postinst.chmod(0o755)
     control = (f"Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: podsys tests <tests@podsys.invalid>\n"
                + (f"Depends: {depends}\n" if depends else "")
                + (f"Conflicts: {replaces}\nReplaces: {replaces}\n" if replaces else "")
@@ -96,8 +128,10 @@ def planned(stack: Stack, profile_id: str, kernel: str) -> list:
     return node_plan(stack, OS_KEY, builtin_profiles()[profile_id], options).packages
 
 
-def build(work: Path, stack: Stack, profile_id: str = "hgx-h100-8gpu", kernel: str | None = None) -> dict[str, str]:
-    """Build and sign the repository in work/repo; returns {package: planned Debian version}."""
+def build(work: Path, stack: Stack, profile_id: str = "hgx-h100-8gpu", kernel: str | None = None,
+          dkms_source: bool = False) -> dict[str, str]:
+    """Build and sign the repository in work/repo; returns {package: planned Debian version}.
+    dkms_source: the pinned nvidia-kernel-open-dkms carries a real DKMS module source."""
     from podsys.bundle.repo import SiteKey, build_repository
 
     kernel = kernel or platform.release()
@@ -107,7 +141,8 @@ def build(work: Path, stack: Stack, profile_id: str = "hgx-h100-8gpu", kernel: s
     for pkg in plan:
         version = deb_version(pkg.spec) if "=" in pkg.spec else (f"{pkg.version}-1" if pkg.version else "1.0-1")
         versions[pkg.name] = version
-        build_deb(work, pkg.name, version, _depends(pkg.name, version, names))
+        build_deb(work, pkg.name, version, _depends(pkg.name, version, names),
+                  dkms_source=dkms_source and pkg.name == "nvidia-kernel-open-dkms")
     versions["libcuda1"] = f"{stack.driver}-1"
     build_deb(work, "libcuda1", versions["libcuda1"])
     newer = f"{NEWER_DRIVER[stack.branch]}-1"

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 import pytest
 import yaml
 
 from podsys.lab import cluster as lab_api
-from tests.integration.test_bundle import _skip_unless_ready, podsys
+from tests.integration.test_bundle import _skip_unless_ready
 from tests.integration.conftest import wait_for
 from tests.conftest import podsys, write_manifest_variant
 

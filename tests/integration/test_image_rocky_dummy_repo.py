@@ -17,14 +17,11 @@ Only the image build: the packages are empty, so nothing in the image runs. Seco
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import http.server
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -36,6 +33,7 @@ from podsys.provision.image_build import ARCHIVE, PACKAGES, ImageError, ImageSto
 from podsys.provision.image_source import ImageSource
 from tests.integration import dummy_rocky_repo
 from tests.integration.dummy_rocky_repo import KERNEL, TestSigner
+from tests.integration.loopback_http import serve_directory
 
 MANIFEST = """\
 apiVersion: podsys/v1
@@ -69,17 +67,6 @@ def missing() -> str | None:
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 
 
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def serve(directory: Path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 @pytest.fixture(scope="module")
 def rocky(tmp_path_factory):
     """The cluster, its one image, the signed dummy tree served on loopback and its signer."""
@@ -100,7 +87,7 @@ def rocky(tmp_path_factory):
                 target.symlink_to(entry)
             else:
                 target.write_text(other.public_key())
-    server = serve(work)
+    server = serve_directory(work)
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         yield {"image": image, "signer": signer, "other": other, "placed": placed, "tree": f"{base}/tree",
@@ -248,7 +235,7 @@ def test_a_rocky_gpu_image_holds_the_pinned_driver_stream_and_vendor_packages(ro
     vendor_pins = tuple(pin for pin in spec.pins if f"{pin.replace('=', '-', 1)}" in spec.vendor_packages)
     dummy_rocky_repo.build_vendor_repo(tmp_path / "build", tree / "cuda/rhel9/x86_64", vendor_pins, spec.module_streams[0],
                                        "590", signer)
-    server = serve(tree)
+    server = serve_directory(tree)
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         trust(monkeypatch, signer.fingerprint)

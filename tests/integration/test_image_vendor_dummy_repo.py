@@ -7,19 +7,18 @@ test_provision_image_qemu.py), and the image then holds
   driver's version although the repository also has a newer driver (the build's pins),
 * the repository's key at the path the package_source role uses, fetched and checked against
   the fingerprint it was given, and no build-only sources or pins,
-* the headers of its own kernel (not the build host's), and no secret.
+* the headers of its own kernel (not the build host's), and the driver package's DKMS module
+  (a real one, built with gcc against those headers by the build's dkms hook) for that kernel,
+* no secret.
 
 Only the image build: no lab, no VM. Slow (a few hundred MB from the mirror): not in default CI."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import platform
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from podsys.lab.plan import host_debian_mirror
 from podsys.provision.image import BuildRepo, cluster_images
 from podsys.provision.image_build import ARCHIVE, PACKAGES, ImageStore, build_image, parse_package_list
 from tests.integration import dummy_nvidia_repo
+from tests.integration.loopback_http import serve_directory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,11 +65,6 @@ def missing() -> str | None:
     return None
 
 
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 def members(archive: Path) -> set[str]:
     out = subprocess.run(["tar", "-I", "zstd", "-tf", str(archive)], capture_output=True, text=True, check=True).stdout
     return {line.removeprefix("./") for line in out.splitlines()}
@@ -84,11 +79,9 @@ def test_gpu_image_holds_the_pinned_vendor_packages_and_their_key(tmp_path):
     from podsys.cluster.matrix import load_matrix
 
     stack = load_matrix().stack(STACK)
-    versions = dummy_nvidia_repo.build(tmp_path / "dummy", stack, kernel="podsys-unused")
+    versions = dummy_nvidia_repo.build(tmp_path / "dummy", stack, kernel="podsys-unused", dkms_source=True)
     fingerprint = SiteKey(tmp_path / "dummy" / "keys").fingerprint()
-    handler = functools.partial(Quiet, directory=str(tmp_path / "dummy"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_directory(tmp_path / "dummy")
     try:
         manifest = tmp_path / "cluster.yaml"
         manifest.write_text(MANIFEST)
@@ -124,6 +117,12 @@ def test_gpu_image_holds_the_pinned_vendor_packages_and_their_key(tmp_path):
     assert f"linux-headers-{record['kernel']}" in installed and "linux-headers-amd64" in installed
 
     files = members(folder / ARCHIVE)
+    # The driver package's DKMS source was built by the build's hook for the image's kernel (its
+    # postinst only added it: the chroot's running kernel is the build host's).
+    # (merged /usr: the archive holds usr/lib, and lib is a link to it)
+    module = f"usr/lib/modules/{record['kernel']}/updates/dkms/{dummy_nvidia_repo.DKMS_MODULE}.ko"
+    assert [f for f in files if f.startswith(module)], sorted(f for f in files if "/updates/" in f)
+    assert not [f for f in files if f.startswith(f"usr/lib/modules/{platform.release()}/")]
     assert "usr/share/keyrings/podsys-cuda.asc" in files, "the key stays: the node's apt trusts the same repository"
     assert "etc/apt/sources.list.d/podsys-cuda.sources" not in files, "the role writes the node's sources"
     assert "etc/apt/preferences.d/podsys-image-build" not in files and "etc/apt/apt.conf.d/99mmdebstrap" not in files

@@ -20,7 +20,6 @@ reaches the lab's proxy for python3-apt."""
 from __future__ import annotations
 
 import atexit
-import os
 import platform
 import shlex
 import subprocess
