@@ -201,6 +201,11 @@ def prepare_vendor_apt(spec: ImageSpec, vendor: tuple[BuildRepo, ...], mirror: s
         (apt_dir / name).write_text(text)
 
 
+# mmdebstrap verifies an Ubuntu archive with this keyring (mmdebstrap(1), "signed-by"; its
+# get_keyring_by_suite): package ubuntu-keyring on Ubuntu, in bookworm-backports on Debian.
+UBUNTU_KEYRING = Path("/usr/share/keyrings/ubuntu-archive-keyring.gpg")
+
+
 def refuse_unbuildable(spec: ImageSpec) -> None:
     """Before any work: the tools this head needs to build `spec`, named with their Debian packages."""
     if spec.family == "apt":
@@ -208,6 +213,9 @@ def refuse_unbuildable(spec: ImageSpec) -> None:
     else:
         tools = (("dnf", "dnf"), ("rpm", "rpm"), ("unshare", "util-linux"), ("systemctl", "systemd"))
     missing = [f"{tool} (Debian package {package})" for tool, package in tools if shutil.which(tool) is None]
+    if spec.distro == "ubuntu" and not UBUNTU_KEYRING.is_file():
+        missing.append(f"Ubuntu's archive key {UBUNTU_KEYRING} (package ubuntu-keyring; on Debian 12 from "
+                       "bookworm-backports)")
     if missing:
         raise ImageError(f"{spec.name}: building {spec.os_key} images needs {', '.join(missing)} on this head")
 
