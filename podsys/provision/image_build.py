@@ -4,13 +4,15 @@ Store layout (one folder per image key; `.podsys/images/` beside the manifest, o
 HeadPaths.image_root, which nginx serves under /boot/images/):
   <key>/image.tar.zst     the root filesystem (tar, numeric owners, xattrs), zstd
   <key>/image.sha256      "<sha256>  image.tar.zst" (sha256sum -c format; the ramdisk checks it)
-  <key>/packages.tsv      every installed package and its version (dpkg-query)
+  <key>/packages.tsv      every installed package and its version (dpkg-query; rpm -qa for Rocky)
   <key>/image.json        the spec, the nodes it was built for, sizes, sha256, build time
   <key>/partitions-{bios,uefi}.{sfdisk,min-bytes}  the install disk's plan (podsys.provision.partition)
 
 A GPU/InfiniBand image's build first fetches its vendor repositories' keys (checking the
 fingerprints podsys knows) into the scratch folder's apt/, with the sources and pins the
-build's hooks copy in (image.vendor_apt_files).
+build's hooks copy in (image.vendor_apt_files). A Rocky image's build fetches every
+repository's key (the distribution's, EPEL's, the vendor's) into keys/ the same way, and dnf
+checks each package against them.
 
 A folder appears only once complete (built in a scratch folder, then renamed), so a killed
 build never leaves a half image that a later `build` would take as up to date."""
@@ -59,6 +61,9 @@ PACKAGES = "packages.tsv"
 RECORD = "image.json"
 
 Progress = Callable[[str], None]
+# dnf's milestones (its transaction summary, key imports, the transaction, the end): a few
+# lines for a build of minutes, not one per package.
+DNF_PROGRESS = ("Importing GPG key", "Install ", "Upgrade ", "Running transaction", "Complete!")
 
 
 class ImageError(PodsysError):
@@ -151,6 +156,8 @@ def _run_logged(cmd: list[str], log: Path, progress: Progress, label: str, env: 
                 tail = (tail + [line])[-3:]
                 if line.startswith(("I: ", "mmdebstrap: ")):
                     progress(f"{label}: {line.split(': ', 1)[1]}")
+                elif line.startswith(DNF_PROGRESS):
+                    progress(f"{label}: {line}")
         except BaseException:
             proc.terminate()
             proc.wait()
@@ -224,8 +231,9 @@ def build_image(image: NodeImage, store: ImageStore, mirror: str, progress: Prog
                 force: bool = False, apt_options: tuple[str, ...] = (), vendor: tuple[BuildRepo, ...] = (),
                 key_proxy: str = "") -> tuple[dict, bool]:
     """Build `image` into the store unless an intact build of the same key is there. Returns
-    (record, built_now). vendor: the repositories of its vendor packages (image_source's
-    build_repositories); key_proxy: the proxy their keys are fetched through."""
+    (record, built_now). vendor: image_source's build_repositories (apt: the repositories of
+    its vendor packages; dnf: every repository the build reads); key_proxy: the proxy their keys
+    are fetched through, and dnf's proxy."""
     spec = image.spec
     if not force and store.is_current(spec.key):
         return store.record(spec.key) or {}, False

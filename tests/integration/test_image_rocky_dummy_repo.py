@@ -125,6 +125,9 @@ def test_rocky_image_holds_its_packages_from_the_signed_repositories(rocky, tmp_
     record, built = build(rocky, store, rocky["tree"], lines)
     assert built and record["kernel"] == KERNEL
     assert any(line.startswith(f"{record['name']}: dnf --installroot from baseos, appstream, crb, epel") for line in lines)
+    # dnf's milestones reach the progress, not one line per package.
+    assert "dnf: Complete!" in lines and any(line.startswith("dnf: Importing GPG key 0x") for line in lines)
+    assert any(line.startswith("dnf: Install ") and "Packages" in line for line in lines) and len(lines) < 20
     folder = store.folder(record["key"])
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("partitions-")) == [
         "build.log", "image.json", "image.sha256", "image.tar.zst", "keys", "packages.tsv"]
