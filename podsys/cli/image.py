@@ -58,7 +58,7 @@ def build(
     ramdisk: bool = typer.Option(True, "--ramdisk/--no-ramdisk", help="also build the deploy ramdisk (kernel + initrd)"),
     epel_mirror: Optional[str] = typer.Option(
         None, "--epel-mirror", help="Rocky images: EPEL's tree, holding 9/Everything/x86_64/ and RPM-GPG-KEY-EPEL-9 "
-        "(default http://dl.fedoraproject.org/pub/epel)"),
+        "(default: packages.epel, else http://dl.fedoraproject.org/pub/epel)"),
     ramdisk_mirror: Optional[str] = typer.Option(
         None, "--ramdisk-mirror", help="Debian mirror the deploy ramdisk is built from (default: the nodes' mirror "
         "for Debian sites, http://deb.debian.org/debian for Ubuntu and Rocky sites)"),
@@ -78,7 +78,7 @@ def build(
     target = _store(store, manifest)
     chosen = image_source(cluster)
     if mirror:  # vendor repositories direct too
-        chosen = ImageSource(mirror, ramdisk_mirror=chosen.ramdisk_mirror)
+        chosen = ImageSource(mirror, ramdisk_mirror=chosen.ramdisk_mirror, epel=chosen.epel)
     chosen = replace(chosen, epel=epel_mirror or chosen.epel, ramdisk_mirror=ramdisk_mirror or chosen.ramdisk_mirror)
     source = chosen.mirror
     extra_options = tuple(apt_option or ())

@@ -258,6 +258,11 @@ class Packages(Strict):
     source: Literal["proxy", "bundle", "online"] = "proxy"
     upstream: str | None = Field(default=None, description="distribution mirror URL the head's proxy uses")
     proxy: str | None = Field(default=None, description="site proxy the head goes through")
+    epel: str | None = Field(
+        default=None,
+        description="Rocky: the EPEL mirror node images are built from (its tree: 9/Everything/x86_64/ and "
+                    "RPM-GPG-KEY-EPEL-9), reached like upstream; default http://dl.fedoraproject.org/pub/epel",
+    )
     bundle_path: str = Field(
         default="/srv/podsys/bundle",
         description="source: bundle: where the bundle directory is on the head (copied there, or the ISO mounted there)",
@@ -278,6 +283,11 @@ class Packages(Strict):
     @classmethod
     def _proxy_url(cls, value):
         return _url_field(value, "proxy")
+
+    @field_validator("epel", mode="before")
+    @classmethod
+    def _epel_url(cls, value):
+        return _url_field(value, "epel")
 
     @field_validator("bundle_path")
     @classmethod

@@ -52,8 +52,9 @@ APT_BASE = (
     "python3-apt",
 )
 KERNEL = {"debian": "linux-image-amd64", "ubuntu": "linux-image-generic", "rocky": "kernel"}
-# Rocky 9 (dnf --installroot): BaseOS/AppStream names, slurm and node_exporter from EPEL 9
-# (packages.fedoraproject.org: slurm-slurmd, golang-github-prometheus-node-exporter).
+# Rocky 9 (dnf --installroot): BaseOS/AppStream names, slurm, node_exporter and networkd from
+# EPEL 9 (packages.fedoraproject.org: slurm-slurmd, golang-github-prometheus-node-exporter;
+# systemd-networkd: EPEL 9 after CRB, as EL9 node set-up scripts install it).
 # rocky-release: /etc/os-release and the node's own repository files and keys (rocky-repos,
 # rocky-gpg-keys); dnf and dnf-plugins-core: the roles' dnf tasks and `dnf config-manager`
 # (package_source); python3-libselinux: Ansible's file modules on an SELinux host.

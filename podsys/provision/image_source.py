@@ -1,7 +1,8 @@
 """Where node images are built from: the package source the manifest gives its nodes, reached
 from the machine podsys runs on (the head, at a site; the lab's host in the lab).
 
-  packages.source: online  -> the upstream mirror (packages.upstream, or the distribution's).
+  packages.source: online  -> the upstream mirror (packages.upstream, or the distribution's;
+                              Rocky images also EPEL: packages.epel, or Fedora's).
   packages.source: proxy   -> the upstream mirror through packages.proxy when one is set (the
                               same proxy the head's package cache goes through), else directly:
                               the head then reaches upstream itself.
@@ -93,11 +94,13 @@ def image_source(cluster: Cluster) -> ImageSource:
     distro = cluster.manifest.os.distro
     upstream = (packages.upstream or PUBLIC_MIRRORS[distro]).rstrip("/")
     ramdisk = "" if distro == "debian" else PUBLIC_MIRRORS["debian"]
+    epel = (packages.epel or EPEL_MIRROR).rstrip("/")
     if packages.source == "online":
-        return ImageSource(upstream, ramdisk_mirror=ramdisk)
+        return ImageSource(upstream, ramdisk_mirror=ramdisk, epel=epel)
     if packages.source == "proxy":
         if packages.proxy:
             proxy = f'{packages.proxy.rstrip("/")}/'
-            return ImageSource(upstream, (f'Acquire::http::Proxy "{proxy}"',), "proxy", proxy, ramdisk_mirror=ramdisk)
-        return ImageSource(upstream, (), "proxy", ramdisk_mirror=ramdisk)
+            return ImageSource(upstream, (f'Acquire::http::Proxy "{proxy}"',), "proxy", proxy, ramdisk_mirror=ramdisk,
+                               epel=epel)
+        return ImageSource(upstream, (), "proxy", ramdisk_mirror=ramdisk, epel=epel)
     return ImageSource(urls_for(cluster).repo, (), "bundle", bundle_fingerprint=packages.bundle_fingerprint)

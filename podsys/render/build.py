@@ -233,7 +233,7 @@ def move_secrets(all_vars: dict) -> dict:
 
     if all_vars["podsys_provisioning"].get("root_password_hash"):
         move("podsys_provisioning", "root_password_hash", "root_password_hash")
-    for key in ("upstream", "proxy"):
+    for key in ("upstream", "proxy", "epel"):
         if _has_credentials(all_vars["podsys_packages"].get(key)):
             move("podsys_packages", key, f"packages_{key}")
     return secrets
@@ -245,7 +245,7 @@ def secret_values(cluster: Cluster) -> list[str]:
     m = cluster.manifest
     values = [m.provisioning.root_password_hash] if m.provisioning.root_password_hash else []
     values += [u.password_hash for u in m.users if u.password_hash]
-    for url in (m.packages.upstream, m.packages.proxy):
+    for url in (m.packages.upstream, m.packages.proxy, m.packages.epel):
         if _has_credentials(url):
             values += [url, urlsplit(url).netloc.rpartition("@")[0]]
     return sorted({v for v in values if v}, key=len, reverse=True)

@@ -37,6 +37,29 @@ def test_images_are_built_from_what_the_nodes_packages_come_through(tmp_path, pa
     assert (source.mirror, source.apt_options) == (mirror, options)
 
 
+def test_rocky_images_take_epel_from_the_manifest(tmp_path):
+    path = manifest(tmp_path, os_line='os: {distro: rocky, version: "9"}')
+    path.write_text(path.read_text() + "packages: {source: proxy, upstream: 'http://mirror.site/rocky', "
+                                       "epel: 'http://mirror.site/epel/'}\n")
+    cluster = load_cluster(path)
+    source = image_source(cluster)
+    (image,) = cluster_images(cluster)
+    epel = source.build_repositories(image.spec)[-1]
+    assert (epel.name, epel.url, epel.key_url) == ("epel", "http://mirror.site/epel/9/Everything/x86_64/",
+                                                  "http://mirror.site/epel/RPM-GPG-KEY-EPEL-9")
+    assert source.build_repositories(image.spec)[0].url == "http://mirror.site/rocky/9/BaseOS/x86_64/os/"
+
+
+def test_a_bad_epel_url_is_a_one_line_input_error(tmp_path):
+    from podsys.errors import InputError
+
+    path = manifest(tmp_path, os_line='os: {distro: rocky, version: "9"}')
+    path.write_text(path.read_text() + "packages: {source: proxy, epel: 'mirror.site/epel'}\n")
+    with pytest.raises(InputError) as err:
+        load_cluster(path)
+    assert "packages.epel" in str(err.value) and "http:// or https:// URL" in str(err.value)
+
+
 def test_proxy_source_says_which_proxy():
     from podsys.provision.image_source import ImageSource
 

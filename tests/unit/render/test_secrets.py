@@ -22,9 +22,10 @@ REPO = REPO_ROOT
 HASH = "$6$rounds=5000$podsystestsalt$" + "Q" * 86
 UPSTREAM_USER, UPSTREAM_PASSWORD = "mirroruser", "Upstream-Pw-4711"
 PROXY_USER, PROXY_PASSWORD = "proxyuser", "Proxy-Pw-0815"
+EPEL_PASSWORD = "Epel-Pw-1234"
 BMC_PASSWORD = "Bmc-Pw-2342"
 USER_HASH = "$6$aliceweb$" + "U" * 86
-SECRETS = [HASH, "podsystestsalt", UPSTREAM_PASSWORD, PROXY_PASSWORD, BMC_PASSWORD, USER_HASH, "aliceweb"]
+SECRETS = [HASH, "podsystestsalt", UPSTREAM_PASSWORD, PROXY_PASSWORD, EPEL_PASSWORD, BMC_PASSWORD, USER_HASH, "aliceweb"]
 ROOT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPodsysTestKeyOnlyForTests000000000000000000 root@admin"
 
 # Installer nodes: their per-node configs carry the root hash and keys (image nodes get neither).
@@ -34,6 +35,7 @@ packages:
   source: online
   upstream: "http://{UPSTREAM_USER}:{UPSTREAM_PASSWORD}@mirror.example.com/ubuntu"
   proxy: "http://{PROXY_USER}:{PROXY_PASSWORD}@proxy.example.com:3128"
+  epel: "http://epeluser:{EPEL_PASSWORD}@mirror.example.com/epel"
 provisioning:
   root_password_hash: "{HASH}"
   root_authorized_keys: ["{ROOT_KEY}"]
@@ -96,6 +98,8 @@ def test_no_secret_in_a_readable_build_file_nor_on_the_terminal(tmp_path):
     variables = yaml.safe_load((out / VARS_FILE).read_text())
     assert variables["podsys_provisioning"]["root_password_hash"] == "{{ podsys_secrets.root_password_hash }}"
     assert variables["podsys_packages"]["proxy"] == "{{ podsys_secrets.packages_proxy }}"
+    assert variables["podsys_packages"]["epel"] == "{{ podsys_secrets.packages_epel }}"
+    assert secrets["packages_epel"] == f"http://epeluser:{EPEL_PASSWORD}@mirror.example.com/epel"
     # The installer configs carry the hash, so they are private to the build's owner.
     user_data = out / "provision/boot/nodes/gpu001/user-data"
     assert "R" * 86 in user_data.read_text() and user_data.stat().st_mode & 0o777 == 0o600
