@@ -177,8 +177,30 @@ def _choose_plan(directory: Path, nodes: int, vms: int = 0) -> LabPlan:
         if conflict:
             reasons.append(conflict)
             continue
+        if not _claim_slot(plan.prefix, directory):
+            reasons.append(f"{plan.prefix} was just taken by another lab")
+            continue
         return plan
     raise PodsysError("no free lab slot: " + "; ".join(reasons[:3]))
+
+
+def _claim_slot(prefix: str, directory: Path) -> bool:
+    """Take the slot's registry entry for `directory`, unless another lab holds it. Created with
+    O_EXCL: two `lab up`s choosing at the same moment (a test session's workers, two of whose
+    directories hash to one slot) cannot both take it; seen in CI, the loser's namespaces
+    collided with the winner's."""
+    REGISTRY.mkdir(parents=True, exist_ok=True)
+    entry = REGISTRY / prefix
+    try:
+        fd = os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        try:
+            return entry.read_text().strip() == str(directory)
+        except FileNotFoundError:  # its lab went down meanwhile: try again
+            return _claim_slot(prefix, directory)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{directory}\n")
+    return True
 
 
 # --- up ---------------------------------------------------------------------------------------
@@ -271,9 +293,7 @@ def _up(paths: LabPaths, nodes: int, mirror: str | None, progress: Progress, vms
         raise InputError(Problem("/etc/apt/sources.list", None, "",
                                  "no Debian mirror configured here (nor in sources.list.d); pass --mirror URL"))
 
-    plan = _choose_plan(paths.directory, nodes, vms)
-    REGISTRY.mkdir(parents=True, exist_ok=True)
-    (REGISTRY / plan.prefix).write_text(str(paths.directory) + "\n")
+    plan = _choose_plan(paths.directory, nodes, vms)  # registers the lab under its prefix
     state = {
         "version": STATE_VERSION, "directory": str(paths.directory), "phase": "creating",
         "prefix": plan.prefix, "mirror": mirror, "plan": plan.to_dict(),

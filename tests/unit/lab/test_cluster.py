@@ -296,3 +296,35 @@ def test_ssh_config_reaches_the_vms_through_head_too(tmp_path):
         block = next(b for b in text.split("\n\n") if b.startswith(f"Host {vm.hostname} "))
         assert f"Host {vm.hostname} {vm.address}\n  HostName {vm.address}\n" in block
         assert "ProxyCommand ssh -F /k/config -W %h:%p head" in block
+
+
+def test_labs_choosing_one_slot_at_the_same_moment_get_different_ones(tmp_path, monkeypatch):
+    # Seen in CI: two workers' lab directories hashed to one slot, both chose it before either
+    # registered it, and the second lab's namespaces collided with the first's.
+    import threading
+
+    from podsys.lab import net as lab_net
+
+    monkeypatch.setattr(lab, "REGISTRY", tmp_path / "registry")
+    monkeypatch.setattr(lab_plan, "lab_slot", lambda directory: 7)
+    monkeypatch.setattr(lab_net, "list_netns", lambda: [])
+    monkeypatch.setattr(lab_net, "uplink_conflict", lambda plan: None)
+    directories = [tmp_path / f"lab{i}" for i in range(8)]
+    start = threading.Barrier(len(directories))
+    chosen: dict[Path, str] = {}
+
+    def choose(directory: Path) -> None:
+        start.wait()
+        chosen[directory] = lab._choose_plan(directory, 1).prefix
+
+    threads = [threading.Thread(target=choose, args=(d,)) for d in directories]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(chosen.values())) == len(directories)
+    assert sorted(chosen.values()) == [lab_plan.lab_prefix(7 + i) for i in range(8)]
+    for directory, prefix in chosen.items():
+        assert (tmp_path / "registry" / prefix).read_text() == f"{directory}\n"
+    # A lab coming up again in its own directory keeps its slot.
+    assert lab._choose_plan(directories[3], 1).prefix == chosen[directories[3]]
