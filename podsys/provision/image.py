@@ -56,8 +56,13 @@ KERNEL = {"debian": "linux-image-amd64", "ubuntu": "linux-image-generic", "rocky
 # EPEL 9 (packages.fedoraproject.org: slurm-slurmd, golang-github-prometheus-node-exporter;
 # systemd-networkd: EPEL 9 after CRB, as EL9 node set-up scripts install it).
 # rocky-release: /etc/os-release and the node's own repository files and keys (rocky-repos,
-# rocky-gpg-keys); dnf and dnf-plugins-core: the roles' dnf tasks and `dnf config-manager`
-# (package_source); python3-libselinux: Ansible's file modules on an SELinux host.
+# rocky-gpg-keys; rockylinux.org/keys: "The Project GPG keys are included in the ...-release
+# package"; rpm inventories of Rocky 9 list rocky-release and rocky-gpg-keys). dnf and
+# dnf-plugins-core: the roles' dnf tasks and `dnf config-manager` (package_source; EL9 set-up
+# scripts: "dnf install -y dnf-plugins-core epel-release; dnf config-manager --set-enabled
+# crb"). python3-libselinux: Ansible's file modules on an SELinux host (kubespray #5622:
+# "libselinux-python has been named python3-libselinux since Fedora 31"). bash, util-linux:
+# RHEL 9 BaseOS names, as Debian's.
 DNF_BASE = (
     "rocky-release", "bash", "util-linux", "dnf", "dnf-plugins-core", "python3-libselinux",
     "systemd", "openssh-server", "python3", "iproute", "iputils", "ca-certificates", "sudo",

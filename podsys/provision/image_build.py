@@ -339,15 +339,16 @@ def _build_root_dnf(spec: ImageSpec, scratch: Path, root: Path, log: Path, packa
     home.mkdir()
     (home / ".rpmmacros").write_text(rpm_macros())
     env = {**os.environ, "HOME": str(home)}
+    image_root = str(root.resolve())
     path, text = DRACUT_CONF
     (root / path).parent.mkdir(parents=True)
     (root / path).write_text(text)
     progress(f"{spec.name}: dnf --installroot from {', '.join(r.name for r in repos)} ({len(spec.packages)} packages)")
-    for command in dnf_commands(spec, repos, str(root.resolve()), str(keys), proxy):
-        _run_logged(in_build_namespace(str(root.resolve()), command), log, progress, "dnf", env)
-    finish = ["sh", "-e", "-c", dnf_finish_script(bool(spec.vendor_packages)), "finish", str(root.resolve())]
-    _run_logged(in_build_namespace(str(root.resolve()), finish), log, progress, "image set-up", env)
-    query = subprocess.run(["rpm", "--root", str(root.resolve()), "--dbpath", RPM_DBPATH, "-qa", "--qf", RPM_QUERY_FORMAT],
+    for command in dnf_commands(spec, repos, image_root, str(keys), proxy):
+        _run_logged(in_build_namespace(image_root, command), log, progress, "dnf", env)
+    finish = ["sh", "-e", "-c", dnf_finish_script(bool(spec.vendor_packages)), "finish", image_root]
+    _run_logged(in_build_namespace(image_root, finish), log, progress, "image set-up", env)
+    query = subprocess.run(["rpm", "--root", image_root, "--dbpath", RPM_DBPATH, "-qa", "--qf", RPM_QUERY_FORMAT],
                            capture_output=True, text=True, env=env)
     if query.returncode != 0:
         raise ImageError(f"{spec.name}: rpm -qa in the image failed: {query.stderr.strip()[-300:]}")

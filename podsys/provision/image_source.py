@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from podsys.bundle.repo import PUBLIC_KEY_ASC
 from podsys.cluster.model import Cluster
-from podsys.cluster.stack_packages import vendor_proxy_options
+from podsys.cluster.stack_packages import Repository, vendor_proxy_options
 from podsys.provision.image_build import ImageError
 from podsys.provision.image import EPEL_MIRROR, BuildRepo, ImageSpec, dnf_distribution_repos
 from podsys.provision.render import PUBLIC_MIRRORS, urls_for
@@ -58,7 +58,7 @@ class ImageSource:
             # the package_source role's bundle mode names it for nodes.
             return (BuildRepo("bundle", self.mirror, spec.suite or "", "main", f"{self.mirror}/{PUBLIC_KEY_ASC}",
                               self.bundle_fingerprint),)
-        return tuple(BuildRepo(r.name, r.url, r.suite, "", r.key_url, r.fingerprint) for r in spec.repositories)
+        return tuple(map(_from_plan, spec.repositories))
 
     def _dnf_repositories(self, spec: ImageSpec) -> tuple[BuildRepo, ...]:
         if self.source == "bundle":
@@ -69,8 +69,7 @@ class ImageSource:
             base = dnf_distribution_repos(spec, self.mirror, self.epel)
         except ValueError as exc:
             raise ImageError(str(exc)) from None
-        vendor = tuple(BuildRepo(r.name, r.url, "", "", r.key_url, r.fingerprint, r.gpgcheck, r.repo_gpgcheck)
-                       for r in spec.repositories) if spec.vendor_packages else ()
+        vendor = tuple(map(_from_plan, spec.repositories)) if spec.vendor_packages else ()
         return base + vendor
 
     def build_apt_options(self, spec: ImageSpec, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -87,6 +86,13 @@ class ImageSource:
     def describe(self) -> str:
         proxy = [o for o in self.apt_options if o.startswith("Acquire::http::Proxy")]
         return self.mirror + (f" via {proxy[0].split(None, 1)[1].strip(chr(34))}" if proxy else "")
+
+
+def _from_plan(repo: Repository) -> BuildRepo:
+    """The plan's repository as the build reaches it directly (apt reads its suite, dnf its
+    gpgcheck settings; a dnf repository's suite is empty)."""
+    return BuildRepo(repo.name, repo.url, repo.suite, "", repo.key_url, repo.fingerprint, repo.gpgcheck,
+                     repo.repo_gpgcheck)
 
 
 def image_source(cluster: Cluster) -> ImageSource:
